@@ -1,0 +1,45 @@
+# ct_train: `make train` and `make test` set everything up themselves (a .venv in this directory).
+#   make train            a real 2-rank CPU run (DeepSpeed ZeRO-3, gloo) of a tiny Llama on the skill suite
+#   make test             the test suite (unit + 2-rank distributed + CLI integration)
+#   make lint             ruff
+# Variables: PYTHON (the interpreter to build .venv from), TORCH (the torch requirement installed
+# first: the default is the CPU build present on our machines; on a GPU box use e.g. TORCH=torch),
+# NPROC (ranks for `make train`), ARGS (extra Hydra overrides for `make train`).
+
+PYTHON ?= python3
+TORCH ?= torch==2.13.0
+NPROC ?= 2
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cksum setup.py | cut -d' ' -f1)
+RUN_DIR ?= outputs/make-train-$(shell date +%Y%m%d-%H%M%S)
+ARGS ?=
+
+.PHONY: setup train test test-fast lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# torch first and pinned: an unpinned torch would pull gigabytes of CUDA packages.
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+train: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" NPROC=$(NPROC) bash launchers/local_cpu.sh \
+		trainer.output_dir=$(RUN_DIR) $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -ra tests
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -ra -m "not distributed and not integration" tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check ct_train tests hydra_conf
+	$(BIN)/ruff format --check ct_train tests
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

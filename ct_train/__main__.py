@@ -1,0 +1,3 @@
+from ct_train.cli import main
+
+main()

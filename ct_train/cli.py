@@ -1,0 +1,75 @@
+"""The Hydra entry point: `ct-train`, `python -m ct_train`, and under `deepspeed`/`torchrun`.
+
+The deepspeed launcher (without --no_local_rank) appends `--local_rank=N`, which Hydra would reject
+as an override; it is stripped here before Hydra parses and LOCAL_RANK is taken from the environment
+(set by every launcher) or from that argument. User errors (bad config value, bad data file) print
+one line on rank 0 and exit with status 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import warnings
+from typing import List
+
+EXIT_USER_ERROR = 2
+_LOCAL_RANK = re.compile(r"^--local[_-]rank(=(\d+))?$")
+
+
+def strip_local_rank(argv: List[str]) -> List[str]:
+    """argv without `--local_rank=N` / `--local_rank N` (also `--local-rank`); sets LOCAL_RANK if unset."""
+    out, i = [], 0
+    while i < len(argv):
+        m = _LOCAL_RANK.match(argv[i])
+        if m:
+            value = m.group(2)
+            if value is None and i + 1 < len(argv) and argv[i + 1].isdigit():
+                value = argv[i + 1]
+                i += 1
+            if value is not None:
+                os.environ.setdefault("LOCAL_RANK", value)
+        else:
+            out.append(argv[i])
+        i += 1
+    return out
+
+
+def _run(cfg) -> None:
+    from omegaconf import OmegaConf
+
+    from ct_train import distributed as dist
+    from ct_train.config import to_typed
+    from ct_train.errors import UserError
+
+    try:
+        typed = to_typed(cfg)
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        from ct_train.trainer import train
+
+        train(typed, resolved)
+    except UserError as e:
+        if dist.rank() == 0:
+            print(f"ct-train: error: {e}", file=sys.stderr, flush=True)
+        dist.shutdown()
+        sys.exit(EXIT_USER_ERROR)
+    dist.shutdown()
+
+
+def main() -> None:
+    # DeepSpeed 0.19 calls collectives torch 2.13 renamed; the warning repeats every step and says
+    # nothing a user can act on.
+    warnings.filterwarnings("ignore", message=r".*`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
+    sys.argv = [sys.argv[0]] + strip_local_rank(sys.argv[1:])
+    import hydra
+
+    from ct_train.config import register_configs
+
+    register_configs()
+    app = hydra.main(version_base="1.3", config_path="pkg://ct_train.hydra_conf", config_name="config")(_run)
+    app()
+
+
+if __name__ == "__main__":
+    main()

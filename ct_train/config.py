@@ -1,0 +1,277 @@
+"""Typed configuration: the schema Hydra composes into and the checks that run before training.
+
+Every field here is a Hydra key (`trainer.max_steps=...`). The dataclasses are registered in Hydra's
+ConfigStore as `ct_train_schema`, which `hydra_conf/config.yaml` lists first in its defaults, so the
+YAML groups merge into typed nodes in struct mode: an unknown key or a wrong type fails at start with
+Hydra's own message. Choices and cross-field rules are checked by `validate()` (run by `to_typed`,
+before any work) and raise `ConfigError` naming the key and what it accepts.
+
+Must not import deepspeed (DESIGN.md): this module is loaded by tools that never train.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from ct_train.errors import ConfigError
+
+
+def _choice(key: str, value: Any, options: tuple) -> None:
+    if value not in options:
+        raise ConfigError(f"{key}={value!r} is not valid; expected one of: {', '.join(map(str, options))}")
+
+
+def _positive(key: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{key}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
+
+
+def as_path_list(key: str, value: Any) -> List[str]:
+    """A data path setting (one string or a list of strings) as a list; ConfigError otherwise."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise ConfigError(f"{key} must be a path or a list of paths, got {value!r}")
+
+
+@dataclass
+class ModelConfig:
+    """Which causal LM to train.
+
+    With `path` the weights, config and tokenizer come from that local Hugging Face directory;
+    without it the model is built from `architecture` (a transformers config, `model_type` first)
+    with random weights, and the tokenizer is the built-in byte-level one.
+    """
+
+    name: str = "tiny"
+    path: Optional[str] = None
+    architecture: Dict[str, Any] = field(default_factory=dict)
+    tokenizer: Optional[str] = None
+    attn_implementation: str = "auto"
+    dtype: str = "auto"
+    gradient_checkpointing: bool = False
+
+    def validate(self) -> None:
+        _choice("model.attn_implementation", self.attn_implementation, ("auto", "flash_attention_2", "sdpa", "eager"))
+        _choice("model.dtype", self.dtype, ("auto", "bf16", "fp16", "fp32"))
+        if self.path is None and not self.architecture:
+            raise ConfigError("model: set model.path=DIR (a local Hugging Face checkpoint) or model.architecture")
+        if self.path is None and "model_type" not in self.architecture:
+            raise ConfigError("model.architecture.model_type is required when model.path is not set (e.g. llama)")
+
+
+@dataclass
+class SkillsConfig:
+    """The bundled skill suite (`data=skills`): a deterministic generator, see `ct_train.data.skills`."""
+
+    clusters: List[str] = field(default_factory=list)  # empty: every registered skill
+    levels: int = 3
+    train_per_level: int = 300
+    eval_per_level: int = 16
+    seed: int = 1234
+
+    def validate(self) -> None:
+        _positive("data.skills.levels", self.levels)
+        _positive("data.skills.train_per_level", self.train_per_level)
+        _positive("data.skills.eval_per_level", self.eval_per_level)
+
+
+@dataclass
+class DataConfig:
+    """Where the instruction data comes from and how it becomes token ids and labels."""
+
+    name: str = "skills"
+    path: Any = None  # a file, a directory, or a list of them
+    sources: Optional[Dict[str, Any]] = None  # cluster name -> path(s): many datasets, named clusters
+    eval_path: Any = None  # held-out files; without them a split of the training data
+    format: str = "auto"
+    cluster_field: Optional[str] = None
+    difficulty_field: Optional[str] = None
+    template: str = "auto"
+    max_seq_len: int = 512
+    truncation: str = "truncate"
+    on_bad_record: str = "skip"
+    eval_fraction: float = 0.02
+    eval_max_per_cluster: int = 64
+    exact_match: bool = False  # report eval/<cluster>/exact_match (greedy decoding == reference)
+    num_proc: int = 1
+    skills: SkillsConfig = field(default_factory=SkillsConfig)
+
+    def validate(self) -> None:
+        from ct_train.data.formats import FORMATS
+        from ct_train.data.templates import TEMPLATES
+
+        _choice("data.name", self.name, ("skills", "jsonl"))
+        _choice("data.format", self.format, ("auto",) + tuple(FORMATS))
+        _choice("data.template", self.template, ("auto", "chat") + tuple(TEMPLATES))
+        _choice("data.truncation", self.truncation, ("truncate", "drop"))
+        _choice("data.on_bad_record", self.on_bad_record, ("skip", "error"))
+        _positive("data.max_seq_len", self.max_seq_len)
+        _positive("data.num_proc", self.num_proc)
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ConfigError(f"data.eval_fraction={self.eval_fraction!r} must be in [0, 1)")
+        as_path_list("data.path", self.path)
+        as_path_list("data.eval_path", self.eval_path)
+        if self.name == "jsonl" and not self.path and not self.sources:
+            raise ConfigError("data=jsonl needs data.path=FILE_OR_DIR (or data.sources={cluster: path})")
+        if self.path and self.sources:
+            raise ConfigError("set either data.path or data.sources, not both")
+        for cluster, paths in (self.sources or {}).items():
+            if not as_path_list(f"data.sources.{cluster}", paths):
+                raise ConfigError(f"data.sources.{cluster} names no file; give a path or a list of paths")
+
+
+@dataclass
+class CurriculumConfig:
+    """Which curriculum decides what the next global batch draws from (`ct_train.curriculum`)."""
+
+    name: str = "iid"
+
+    def validate(self) -> None:
+        from ct_train.curriculum import CURRICULA
+
+        _choice("curriculum.name", self.name, tuple(CURRICULA))
+
+
+@dataclass
+class DeepSpeedConfig:
+    """The ZeRO setup; `overrides` is merged last into the generated ds_config (DeepSpeed's own keys)."""
+
+    name: str = "zero3"
+    zero_stage: int = 3
+    offload_optimizer: bool = False
+    offload_param: bool = False
+    overrides: Dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        _choice("deepspeed.zero_stage", self.zero_stage, (0, 1, 2, 3))
+        if self.offload_param and self.zero_stage != 3:
+            raise ConfigError("deepspeed.offload_param=true needs deepspeed.zero_stage=3")
+
+
+@dataclass
+class TrainerConfig:
+    """The loop: how long, how big, how fast, where the outputs go."""
+
+    max_steps: int = 200
+    global_batch_size: int = 32
+    micro_batch_size: int = 8
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    lr_schedule: str = "cosine"
+    warmup_steps: int = 10
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    adam_betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
+    adam_eps: float = 1e-8
+    grad_clip: float = 1.0
+    loss_normalization: str = "token"
+    output_dir: str = "outputs/run"
+    save_every_steps: int = 0
+    eval_every_steps: int = 0
+    log_every_steps: int = 1
+    resume: str = "auto"
+    seed: int = 42
+    log_samples: bool = False
+    export_final: bool = True
+    dist_timeout_s: int = 600
+
+    def validate(self) -> None:
+        _positive("trainer.max_steps", self.max_steps)
+        _positive("trainer.global_batch_size", self.global_batch_size)
+        _positive("trainer.micro_batch_size", self.micro_batch_size)
+        _positive("trainer.lr", self.lr, allow_zero=True)
+        _positive("trainer.warmup_steps", self.warmup_steps, allow_zero=True)
+        _positive("trainer.save_every_steps", self.save_every_steps, allow_zero=True)
+        _positive("trainer.eval_every_steps", self.eval_every_steps, allow_zero=True)
+        _positive("trainer.log_every_steps", self.log_every_steps)
+        _positive("trainer.grad_clip", self.grad_clip, allow_zero=True)
+        _positive("trainer.dist_timeout_s", self.dist_timeout_s)
+        _choice("trainer.optimizer", self.optimizer, ("adamw", "sgd"))
+        _choice("trainer.lr_schedule", self.lr_schedule, ("cosine", "linear", "constant"))
+        _choice("trainer.loss_normalization", self.loss_normalization, ("token", "sample"))
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"trainer.min_lr_ratio={self.min_lr_ratio!r} must be in [0, 1]")
+        if len(self.adam_betas) != 2:
+            raise ConfigError(f"trainer.adam_betas must be two numbers, got {list(self.adam_betas)!r}")
+        if self.global_batch_size % self.micro_batch_size:
+            raise ConfigError(
+                f"trainer.global_batch_size={self.global_batch_size} is not divisible by "
+                f"trainer.micro_batch_size={self.micro_batch_size}"
+            )
+        if self.resume not in ("auto", "never") and not self.resume.strip():
+            raise ConfigError("trainer.resume must be auto, never, or a checkpoint directory")
+
+    def grad_accum_steps(self, world_size: int) -> int:
+        """Micro-batches per rank per optimizer step; ConfigError when the split does not divide."""
+        per_step = world_size * self.micro_batch_size
+        if self.global_batch_size % per_step:
+            raise ConfigError(
+                f"trainer.global_batch_size={self.global_batch_size} is not divisible by ranks x "
+                f"trainer.micro_batch_size = {world_size} x {self.micro_batch_size} = {per_step}"
+            )
+        return self.global_batch_size // per_step
+
+
+@dataclass
+class LoggerConfig:
+    """metrics.jsonl is always written; `name=wandb` adds W&B on rank 0."""
+
+    name: str = "none"
+    mode: str = "offline"
+    project: str = "ct_train"
+    entity: Optional[str] = None
+    run_name: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+    progress_bar: bool = True
+
+    def validate(self) -> None:
+        _choice("logger.name", self.name, ("none", "wandb"))
+        _choice("logger.mode", self.mode, ("online", "offline", "disabled"))
+
+
+@dataclass
+class Config:
+    """The whole run. `mode` selects what the CLI does (only `train` so far)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    mode: str = "train"
+
+    def validate(self) -> None:
+        """Every section's checks; raises ConfigError naming the first bad key."""
+        _choice("mode", self.mode, ("train",))
+        for section in (self.model, self.data, self.data.skills, self.curriculum, self.deepspeed, self.trainer,
+                        self.logger):
+            section.validate()
+
+
+def register_configs() -> None:
+    """Register the schema so `hydra_conf/config.yaml` can list `ct_train_schema` first."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="ct_train_schema", node=Config)
+
+
+def to_typed(cfg: Any) -> Config:
+    """Turn a composed DictConfig into a validated `Config` (ConfigError on a missing or bad value)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"{missing[0]} is required (set {missing[0]}=...)")
+    try:
+        typed = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as e:
+        raise ConfigError(str(e).splitlines()[0]) from None
+    typed.validate()
+    return typed

@@ -1,0 +1,153 @@
+"""From files to example records through `datasets`: path expansion, format detection, bad-input errors.
+
+`datasets` does the reading (Arrow, memory-mapped, cached by file fingerprint). When it fails on a
+file we scan that file ourselves to name the first malformed line, because its own message names
+neither the file nor the line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
+
+from ct_train.data.formats import BadRecord, SourceInfo, detect_format, normalize
+from ct_train.errors import DataError
+
+EXTENSIONS = (".jsonl", ".json", ".parquet")
+
+
+def _features() -> Any:
+    from datasets import Features, Value
+
+    return Features({
+        "id": Value("string"), "prompt": Value("string"), "input": Value("string"),
+        "response": Value("string"),
+        "messages": [{"role": Value("string"), "content": Value("string")}],
+        "cluster": Value("string"), "difficulty": Value("float64"), "source": Value("string"),
+        "_error": Value("string"),
+    })
+
+
+@dataclass
+class FileSpec:
+    path: str
+    cluster: Optional[str] = None  # forced by data.sources
+
+
+def expand(key: str, paths: List[str], cluster: Optional[str] = None) -> List[FileSpec]:
+    """Files named by a config key: files as given, directories as their data files (sorted)."""
+    out: List[FileSpec] = []
+    for path in paths:
+        path = os.path.expanduser(path)
+        if os.path.isdir(path):
+            found = sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(EXTENSIONS))
+            if not found:
+                raise DataError(f"{key}: directory {path} holds no {'/'.join(EXTENSIONS)} file")
+            out += [FileSpec(f, cluster) for f in found]
+        elif os.path.isfile(path):
+            if not path.endswith(EXTENSIONS):
+                raise DataError(f"{key}: {path} is not a {'/'.join(EXTENSIONS)} file")
+            out.append(FileSpec(path, cluster))
+        else:
+            raise DataError(f"{key}: no such file or directory: {path}")
+    return out
+
+
+def _first_json_error(path: str) -> Optional[str]:
+    """`file:line: problem` for the first malformed JSON in a .json/.jsonl file, else None."""
+    with open(path, encoding="utf-8", errors="strict") as f:
+        if path.endswith(".json"):
+            try:
+                json.load(f)
+            except json.JSONDecodeError as e:
+                return f"{path}:{e.lineno}: malformed JSON ({e.msg})"
+            except UnicodeDecodeError as e:
+                return f"{path}: not UTF-8 text ({e.reason})"
+            return None
+        try:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    value = json.loads(line)
+                except json.JSONDecodeError as e:
+                    return f"{path}:{lineno}: malformed JSON ({e.msg})"
+                if not isinstance(value, dict):
+                    return f"{path}:{lineno}: expected a JSON object per line, got {type(value).__name__}"
+        except UnicodeDecodeError as e:
+            return f"{path}: not UTF-8 text ({e.reason})"
+    return None
+
+
+def read_raw(path: str) -> Any:
+    """One file as a `datasets.Dataset` of its raw records."""
+    import datasets
+
+    builder = "parquet" if path.endswith(".parquet") else "json"
+    if os.path.getsize(path) == 0:
+        return datasets.Dataset.from_dict({})
+    try:
+        return datasets.load_dataset(builder, data_files=path, split="train")
+    except Exception as e:  # datasets wraps arrow/json errors in several types
+        problem = None if builder == "parquet" else _first_json_error(path)
+        if problem:
+            raise DataError(problem) from None
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"{path}: could not be read ({reason})") from None
+
+
+def _normalizer(fmt: str, src: SourceInfo, on_bad_record: str):
+    def fn(batch: Dict[str, List[Any]], indices: List[int]) -> Dict[str, List[Any]]:
+        cols = list(batch)
+        out: Dict[str, List[Any]] = {k: [] for k in _features()}
+        for row, index in enumerate(indices):
+            rec = {c: batch[c][row] for c in cols}
+            try:
+                examples = normalize(rec, fmt, index, src)
+            except BadRecord as e:
+                if on_bad_record == "error":
+                    raise DataError(f"{src.path}: record {index + 1}: {e} (data.on_bad_record=error)") from None
+                examples = [dict(id="", prompt="", input="", response="", messages=[], cluster="",
+                                 difficulty=None, source=src.name, _error=str(e))]
+            for ex in examples:
+                ex.setdefault("_error", "")
+                for k in out:
+                    out[k].append(ex[k])
+        return out
+
+    return fn
+
+
+def load_examples(specs: List[FileSpec], fmt: str, cluster_field: Optional[str],
+                  difficulty_field: Optional[str], on_bad_record: str,
+                  num_proc: int = 1) -> Tuple[Any, Dict[str, int]]:
+    """All files as one dataset of example records, and counts (`records`, `skipped_bad`)."""
+    import datasets
+
+    parts = []
+    stats = {"records": 0, "skipped_bad": 0}
+    for spec in specs:
+        raw = read_raw(spec.path)
+        if len(raw) == 0:
+            continue
+        file_fmt = detect_format(raw.column_names, spec.path) if fmt == "auto" else fmt
+        name = os.path.basename(spec.path)
+        stem = name.split(".")[0]
+        src = SourceInfo(path=spec.path, name=name, cluster=spec.cluster, default_cluster=stem,
+                         cluster_field=cluster_field, difficulty_field=difficulty_field)
+        examples = raw.map(_normalizer(file_fmt, src, on_bad_record), batched=True, with_indices=True,
+                           remove_columns=raw.column_names, features=_features(),
+                           num_proc=num_proc if num_proc > 1 else None, desc=f"normalise {name}")
+        bad = sum(1 for err in examples["_error"] if err)
+        if bad:
+            examples = examples.filter(lambda e: not e["_error"], num_proc=num_proc if num_proc > 1 else None)
+        stats["skipped_bad"] += bad
+        stats["records"] += len(examples)
+        parts.append(examples.remove_columns("_error"))
+    if not parts or stats["records"] == 0:
+        names = ", ".join(s.path for s in specs)
+        raise DataError(f"no usable record in {names}" + (f" ({stats['skipped_bad']} malformed records skipped)"
+                                                           if stats["skipped_bad"] else ""))
+    return datasets.concatenate_datasets(parts), stats

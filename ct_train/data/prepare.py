@@ -1,0 +1,140 @@
+"""The data side of a run: config -> tokenised train/eval sets with cluster ids and difficulty.
+
+Tokenisation is a `datasets.map` over file-backed datasets, so it is cached by `datasets` and a second
+run (or the other ranks, which prepare after rank 0) reads the cache instead of tokenising again.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from ct_train.config import DataConfig, as_path_list
+from ct_train.data import skills as skill_suite
+from ct_train.data.loading import FileSpec, expand, load_examples
+from ct_train.data.templates import resolve_template, tokenize_example
+from ct_train.errors import DataError
+
+TOKEN_COLUMNS = ["id", "cluster", "difficulty", "input_ids", "labels", "n_target"]
+
+
+@dataclass
+class TokenizedSplit:
+    """A tokenised split: the `datasets.Dataset`, and its cluster ids as an array for the sampler."""
+
+    dataset: Any
+    cluster_ids: np.ndarray  # (num_samples,) int64 index into PreparedData.clusters
+    difficulty: np.ndarray  # (num_samples,) float64, NaN where the data has none
+    lengths: np.ndarray  # (num_samples,) int64 tokens per sample
+    n_target: np.ndarray  # (num_samples,) int64 response tokens predicted per sample
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+
+@dataclass
+class PreparedData:
+    train: TokenizedSplit
+    eval: Optional[TokenizedSplit]
+    clusters: List[str]
+    template: str
+    stats: Dict[str, int] = field(default_factory=dict)
+
+
+def _specs(cfg: DataConfig) -> Dict[str, List[FileSpec]]:
+    if cfg.name == "skills":
+        names = list(cfg.skills.clusters) or list(skill_suite.SKILLS)
+        paths = skill_suite.materialize(names, cfg.skills.levels, cfg.skills.train_per_level,
+                                        cfg.skills.eval_per_level, cfg.skills.seed)
+        return {"train": [FileSpec(paths["train"])], "eval": [FileSpec(paths["eval"])]}
+    if cfg.sources:
+        train = []
+        for cluster, paths in cfg.sources.items():
+            train += expand(f"data.sources.{cluster}", as_path_list(f"data.sources.{cluster}", paths), cluster)
+    else:
+        train = expand("data.path", as_path_list("data.path", cfg.path))
+    evals = expand("data.eval_path", as_path_list("data.eval_path", cfg.eval_path))
+    return {"train": train, "eval": evals}
+
+
+def _split_eval(examples: Any, fraction: float, max_per_cluster: int) -> Dict[str, Any]:
+    """Hold out up to `fraction` of each cluster (at most `max_per_cluster`), chosen by id hash.
+
+    Hashing the id (not a seeded shuffle) keeps the split of a record fixed when files are added.
+    """
+    if fraction <= 0:
+        return {"train": examples, "eval": None}
+    keys = np.array([zlib.crc32(i.encode()) / 2**32 for i in examples["id"]])
+    clusters = np.array(examples["cluster"])
+    held = np.zeros(len(keys), dtype=bool)
+    for c in np.unique(clusters):
+        idx = np.flatnonzero(clusters == c)
+        k = min(int(len(idx) * fraction), max_per_cluster)
+        if k > 0 and len(idx) > k:
+            held[idx[np.argsort(keys[idx], kind="stable")[:k]]] = True
+    return {"train": examples.select(np.flatnonzero(~held)),
+            "eval": examples.select(np.flatnonzero(held)) if held.any() else None}
+
+
+def _tokenize(examples: Any, template: str, tokenizer: Any, cfg: DataConfig, stats: Dict[str, int],
+              split: str) -> Any:
+    def fn(ex: Dict[str, Any]) -> Dict[str, Any]:
+        return tokenize_example(ex, template, tokenizer, cfg.max_seq_len)
+
+    tok = examples.map(fn, remove_columns=["prompt", "input", "response", "messages", "source"],
+                       num_proc=cfg.num_proc if cfg.num_proc > 1 else None, desc=f"tokenise {split}")
+    too_long = np.asarray(tok["full_length"]) > cfg.max_seq_len
+    stats[f"{split}_too_long"] = int(too_long.sum())
+    if cfg.truncation == "drop" and too_long.any():
+        tok = tok.select(np.flatnonzero(~too_long))
+        stats[f"{split}_dropped_too_long"] = int(too_long.sum())
+    else:
+        stats[f"{split}_truncated"] = int(too_long.sum())
+    stats[f"{split}_no_target"] = int((np.asarray(tok["n_target"]) == 0).sum())
+    return tok.select_columns(TOKEN_COLUMNS)
+
+
+def prepare_data(cfg: DataConfig, tokenizer: Any) -> PreparedData:
+    """Load, normalise, split and tokenise; raises DataError/ConfigError on bad input."""
+    specs = _specs(cfg)
+    template = resolve_template(cfg.template, tokenizer)
+    load = dict(fmt=cfg.format, cluster_field=cfg.cluster_field, difficulty_field=cfg.difficulty_field,
+                on_bad_record=cfg.on_bad_record, num_proc=cfg.num_proc)
+    examples, stats = load_examples(specs["train"], **load)
+    if specs["eval"]:
+        eval_examples, eval_stats = load_examples(specs["eval"], **load)
+        stats["eval_records"] = eval_stats["records"]
+        stats["eval_skipped_bad"] = eval_stats["skipped_bad"]
+        eval_examples = _cap_per_cluster(eval_examples, cfg.eval_max_per_cluster)
+        split = {"train": examples, "eval": eval_examples}
+    else:
+        split = _split_eval(examples, cfg.eval_fraction, cfg.eval_max_per_cluster)
+    train = _tokenize(split["train"], template, tokenizer, cfg, stats, "train")
+    if len(train) == 0:
+        raise DataError("no training sample left after tokenisation (all longer than data.max_seq_len "
+                        f"={cfg.max_seq_len} with data.truncation=drop?)")
+    evals = _tokenize(split["eval"], template, tokenizer, cfg, stats, "eval") if split["eval"] is not None else None
+    clusters = sorted(set(train["cluster"]) | (set(evals["cluster"]) if evals is not None else set()))
+    stats["train_samples"] = len(train)
+    stats["eval_samples"] = len(evals) if evals is not None else 0
+    return PreparedData(train=_split(train, clusters), eval=_split(evals, clusters) if evals is not None else None,
+                        clusters=clusters, template=template, stats=stats)
+
+
+def _cap_per_cluster(examples: Any, cap: int) -> Any:
+    clusters = np.array(examples["cluster"])
+    keep = np.concatenate([np.flatnonzero(clusters == c)[:cap] for c in np.unique(clusters)])
+    return examples.select(np.sort(keep)) if len(keep) < len(clusters) else examples
+
+
+def _split(ds: Any, clusters: List[str]) -> TokenizedSplit:
+    index = {c: i for i, c in enumerate(clusters)}
+    cluster_ids = np.array([index[c] for c in ds["cluster"]], dtype=np.int64)
+    difficulty = np.array([np.nan if d is None else d for d in ds["difficulty"]], dtype=np.float64)
+    lengths = np.array([len(x) for x in ds["input_ids"]], dtype=np.int64)
+    n_target = np.asarray(ds["n_target"], dtype=np.int64)
+    return TokenizedSplit(dataset=ds, cluster_ids=cluster_ids, difficulty=difficulty, lengths=lengths,
+                          n_target=n_target)

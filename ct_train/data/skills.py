@@ -1,0 +1,192 @@
+"""The bundled skill suite (`data=skills`): synthetic instruction tasks with graded difficulty.
+
+Each skill is a task cluster; `level` 1..L makes the same task harder (longer strings, more digits,
+more pairs). Instructions are paraphrased (several phrasings per skill) so a model must read them.
+Generation is deterministic in (seed, skill, level, split); the held-out split is generated first and
+excluded from training, and both are written as JSON lines into a cache directory and loaded through
+the same `datasets` path as user data. Exact match (the response string, whole) is the task metric.
+
+Level 1 of every skill is within reach of a ~1M-parameter model in a few minutes of CPU training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import string
+import zlib
+from pathlib import Path
+from typing import Callable, Dict, List, Tuple
+
+GENERATOR_VERSION = 1
+
+Instance = Tuple[str, str]  # (prompt, response)
+
+CJK_CHARS = "天地人日月山水火木金土风云雨雪春夏秋冬东南西北大小上下左右中文字"
+
+
+def _letters(rng: random.Random, n: int) -> str:
+    return "".join(rng.choice(string.ascii_lowercase[:12]) for _ in range(n))
+
+
+def _number(rng: random.Random, digits: int) -> int:
+    return rng.randint(0 if digits == 1 else 10 ** (digits - 1), 10 ** digits - 1)
+
+
+def _pick(rng: random.Random, phrasings: List[str], **kw: object) -> str:
+    return rng.choice(phrasings).format(**kw)
+
+
+def copy(rng: random.Random, level: int) -> Instance:
+    s = _letters(rng, 2 + 2 * level)
+    return _pick(rng, ["Repeat exactly: {s}", "Copy this text: {s}", "Write {s} again."], s=s), s
+
+
+def reverse(rng: random.Random, level: int) -> Instance:
+    s = _letters(rng, 1 + 2 * level)
+    return _pick(rng, ["Reverse the string: {s}", "Write {s} backwards.", "Spell {s} in reverse order."],
+                 s=s), s[::-1]
+
+
+def sort(rng: random.Random, level: int) -> Instance:
+    s = _letters(rng, 1 + 2 * level)
+    return _pick(rng, ["Sort the letters of {s} alphabetically.", "Put these letters in order: {s}",
+                       "Arrange {s} from a to z."], s=s), "".join(sorted(s))
+
+
+def count(rng: random.Random, level: int) -> Instance:
+    s = _letters(rng, 2 + 3 * level)
+    c = rng.choice(s)
+    return _pick(rng, ["How many times does {c} appear in {s}?", "Count the letter {c} in {s}.",
+                       "In {s}, how often is {c} used?"], c=c, s=s), str(s.count(c))
+
+
+def add(rng: random.Random, level: int) -> Instance:
+    a, b = _number(rng, level), _number(rng, level)
+    return _pick(rng, ["What is {a} + {b}?", "Add {a} and {b}.", "Compute the sum of {a} and {b}."],
+                 a=a, b=b), str(a + b)
+
+
+def multiply(rng: random.Random, level: int) -> Instance:
+    a, b = _number(rng, (level + 1) // 2), _number(rng, level // 2 + 1)  # 1x1, 1x2, 2x2, 2x3 digits
+    return _pick(rng, ["What is {a} * {b}?", "Multiply {a} by {b}.", "Compute the product of {a} and {b}."],
+                 a=a, b=b), str(a * b)
+
+
+def compare(rng: random.Random, level: int) -> Instance:
+    a, b = _number(rng, level), _number(rng, level)
+    while b == a:
+        b = _number(rng, level)
+    return _pick(rng, ["Which is larger, {a} or {b}?", "Name the bigger number: {a}, {b}.",
+                       "Between {a} and {b}, which is greater?"], a=a, b=b), str(max(a, b))
+
+
+def brackets(rng: random.Random, level: int) -> Instance:
+    n = 1 + level
+    chars, depth = [], 0
+    for _ in range(2 * n):  # a random balanced string, then maybe one flip
+        if depth == 0 or (rng.random() < 0.5 and len(chars) + depth < 2 * n):
+            chars.append("(")
+            depth += 1
+        else:
+            chars.append(")")
+            depth -= 1
+    chars += [")"] * depth
+    if rng.random() < 0.5:
+        i = rng.randrange(len(chars))
+        chars[i] = "(" if chars[i] == ")" else ")"
+    s = "".join(chars)
+    balanced, depth = True, 0
+    for ch in s:
+        depth += 1 if ch == "(" else -1
+        balanced &= depth >= 0
+    balanced &= depth == 0
+    return _pick(rng, ["Are the brackets balanced: {s}", "Is {s} properly nested? Answer yes or no.",
+                       "Check the parentheses {s}: balanced?"], s=s), "yes" if balanced else "no"
+
+
+def lookup(rng: random.Random, level: int) -> Instance:
+    keys = rng.sample(string.ascii_lowercase, 1 + level)
+    table = {k: rng.randint(0, 9) for k in keys}
+    pairs = ", ".join(f"{k}={v}" for k, v in table.items())
+    q = rng.choice(keys)
+    return _pick(rng, ["Given {p}, what is {q}?", "With {p}: find {q}.", "Look up {q} in {p}."],
+                 p=pairs, q=q), str(table[q])
+
+
+def cjk_reverse(rng: random.Random, level: int) -> Instance:
+    s = "".join(rng.choice(CJK_CHARS) for _ in range(1 + level))
+    return _pick(rng, ["把这些字倒过来写：{s}", "请反转：{s}", "倒序输出：{s}"], s=s), s[::-1]
+
+
+SKILLS: Dict[str, Callable[[random.Random, int], Instance]] = {
+    "copy": copy, "reverse": reverse, "sort": sort, "count": count, "add": add, "multiply": multiply,
+    "compare": compare, "brackets": brackets, "lookup": lookup, "cjk_reverse": cjk_reverse,
+}
+
+
+def _rng(seed: int, skill: str, level: int, split: str) -> random.Random:
+    return random.Random(f"{seed}:{zlib.crc32(skill.encode())}:{level}:{split}")
+
+
+def generate(skills: List[str], levels: int, train_per_level: int, eval_per_level: int,
+             seed: int) -> Dict[str, List[dict]]:
+    """Both splits as lists of prompt/response records with `cluster`, `difficulty` and `id`."""
+    out: Dict[str, List[dict]] = {"train": [], "eval": []}
+    for skill in skills:
+        make = SKILLS[skill]
+        for level in range(1, levels + 1):
+            rng = _rng(seed, skill, level, "eval")
+            held_out = set()
+            for i in range(eval_per_level):
+                for _ in range(50):  # prefer distinct held-out items; tiny levels have few
+                    prompt, response = make(rng, level)
+                    if (prompt, response) not in held_out:
+                        break
+                held_out.add((prompt, response))
+                out["eval"].append(dict(id=f"{skill}-L{level}-eval-{i}", prompt=prompt, response=response,
+                                        cluster=skill, difficulty=float(level)))
+            rng = _rng(seed, skill, level, "train")
+            for i in range(train_per_level):
+                for _ in range(1000):
+                    prompt, response = make(rng, level)
+                    if (prompt, response) not in held_out:
+                        break
+                out["train"].append(dict(id=f"{skill}-L{level}-train-{i}", prompt=prompt, response=response,
+                                         cluster=skill, difficulty=float(level)))
+    return out
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("CT_TRAIN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "ct_train")
+    return Path(root)
+
+
+def materialize(skills: List[str], levels: int, train_per_level: int, eval_per_level: int,
+                seed: int) -> Dict[str, str]:
+    """Write the suite as train.jsonl / eval.jsonl (once per setting) and return their paths.
+
+    Written to a temporary name and renamed, so concurrent ranks or an interrupted run never leave a
+    half-written file under the final name.
+    """
+    from ct_train.errors import ConfigError
+
+    unknown = sorted(set(skills) - set(SKILLS))
+    if unknown:
+        raise ConfigError(f"data.skills.clusters: unknown skills {unknown}; known: {sorted(SKILLS)}")
+    key = json.dumps([GENERATOR_VERSION, skills, levels, train_per_level, eval_per_level, seed])
+    folder = cache_dir() / "skills" / hashlib.sha1(key.encode()).hexdigest()[:16]
+    paths = {split: str(folder / f"{split}.jsonl") for split in ("train", "eval")}
+    if all(os.path.exists(p) for p in paths.values()):
+        return paths
+    folder.mkdir(parents=True, exist_ok=True)
+    data = generate(skills, levels, train_per_level, eval_per_level, seed)
+    for split, path in paths.items():
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            for rec in data[split]:
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    return paths

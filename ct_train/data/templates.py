@@ -1,0 +1,126 @@
+"""Prompt templates and response-only labels.
+
+A template renders an example record as text segments, each marked as target (trained on) or not.
+Segments are tokenised one by one and concatenated, so the label mask follows segment boundaries
+exactly: prompt tokens get -100, response tokens (and the end-of-turn token after them) keep their ids.
+
+`chat` uses the tokenizer's own chat template. The conversation is rendered incrementally (prefix up
+to each assistant turn with the generation prompt, then including that turn) and the difference is the
+assistant's text; templates that do not render incrementally are rejected with a clear message.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Tuple
+
+from ct_train.errors import ConfigError
+
+Segment = Tuple[str, bool]  # (text, is_target)
+
+ALPACA_PREAMBLE = (
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request.\n\n"
+)
+ALPACA_PREAMBLE_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further "
+    "context. Write a response that appropriately completes the request.\n\n"
+)
+
+
+def _turns(ex: Dict[str, Any]) -> List[Dict[str, str]]:
+    """The example as role/content messages (single-turn records become user + assistant)."""
+    if ex["messages"]:
+        return list(ex["messages"])
+    user = ex["prompt"] + (f"\n\n{ex['input']}" if ex["input"] else "")
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": ex["response"]}]
+
+
+def _alpaca(ex: Dict[str, Any], eos: str, preamble: bool) -> List[Segment]:
+    segs: List[Segment] = []
+    if not ex["messages"]:
+        head = (ALPACA_PREAMBLE_INPUT if ex["input"] else ALPACA_PREAMBLE) if preamble else ""
+        head += f"### Instruction:\n{ex['prompt']}\n\n"
+        if ex["input"]:
+            head += f"### Input:\n{ex['input']}\n\n"
+        return [(head + "### Response:\n", False), (ex["response"] + eos, True)]
+    text = ALPACA_PREAMBLE if preamble else ""
+    for m in ex["messages"]:
+        if m["role"] == "system":
+            text += m["content"] + "\n\n"
+        elif m["role"] == "user":
+            text += f"### Instruction:\n{m['content']}\n\n### Response:\n"
+        else:
+            segs.append((text, False))
+            segs.append((m["content"] + eos, True))
+            text = "\n\n"
+    return segs
+
+
+TEMPLATES = {
+    "alpaca": lambda ex, eos: _alpaca(ex, eos, preamble=True),
+    "simple": lambda ex, eos: _alpaca(ex, eos, preamble=False),
+}
+
+
+def _chat(ex: Dict[str, Any], tokenizer: Any) -> List[Segment]:
+    msgs = _turns(ex)
+
+    def render(upto: int, gen: bool) -> str:
+        return tokenizer.apply_chat_template(msgs[:upto], tokenize=False, add_generation_prompt=gen)
+
+    segs: List[Segment] = []
+    done = ""
+    for i, m in enumerate(msgs):
+        if m["role"] != "assistant":
+            continue
+        prefix, full = render(i, True), render(i + 1, False)
+        if not (prefix.startswith(done) and full.startswith(prefix)):
+            raise ConfigError(
+                "data.template=chat: this tokenizer's chat template does not render conversations "
+                "incrementally, so assistant tokens cannot be located; use data.template=alpaca"
+            )
+        segs += [(prefix[len(done):], False), (full[len(prefix):], True)]
+        done = full
+    tail = render(len(msgs), False)[len(done):]
+    if tail:
+        segs.append((tail, False))
+    return segs
+
+
+def resolve_template(name: str, tokenizer: Any) -> str:
+    """`auto` -> `chat` when the tokenizer has a chat template, else `alpaca`."""
+    has_chat = bool(getattr(tokenizer, "chat_template", None))
+    if name == "auto":
+        return "chat" if has_chat else "alpaca"
+    if name == "chat" and not has_chat:
+        raise ConfigError("data.template=chat but the tokenizer has no chat template; use alpaca or simple")
+    return name
+
+
+def render(ex: Dict[str, Any], template: str, tokenizer: Any) -> List[Segment]:
+    if template == "chat":
+        return _chat(ex, tokenizer)
+    return TEMPLATES[template](ex, tokenizer.eos_token or "")
+
+
+def tokenize_example(ex: Dict[str, Any], template: str, tokenizer: Any, max_seq_len: int) -> Dict[str, Any]:
+    """input_ids and labels (-100 on prompt tokens), cut to `max_seq_len`.
+
+    Returns also `full_length` (before cutting) and `n_target`: how many labels are predicted after
+    the causal shift (labels[1:] != -100), the count every loss normalisation uses.
+    """
+    ids: List[int] = []
+    labels: List[int] = []
+    if template != "chat" and tokenizer.bos_token_id is not None:
+        ids.append(tokenizer.bos_token_id)
+        labels.append(-100)
+    for text, is_target in render(ex, template, tokenizer):
+        if not text:
+            continue
+        seg = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids += seg
+        labels += seg if is_target else [-100] * len(seg)
+    full_length = len(ids)
+    ids, labels = ids[:max_seq_len], labels[:max_seq_len]
+    n_target = sum(1 for label in labels[1:] if label != -100)
+    return {"input_ids": ids, "labels": labels, "full_length": full_length, "n_target": n_target}

@@ -1,0 +1,167 @@
+"""All process-group plumbing in one place (nanochat's `common.py` shape).
+
+Nothing else in ct_train calls `torch.distributed` directly. The group is created here, before
+DeepSpeed sees it, from the variables every launcher we support sets (the deepspeed launcher,
+torchrun, our SLURM script): RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT. A plain
+`python -m ct_train` with none of them becomes a world of one on a free local port, because ZeRO
+needs a process group even then.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import pickle
+import socket
+from typing import Any, Callable, List
+
+import torch
+import torch.distributed as dist
+
+
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_initialized() else int(os.environ.get("RANK", 0))
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_initialized() else int(os.environ.get("WORLD_SIZE", 1))
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def print0(*args: Any, **kwargs: Any) -> None:
+    """print on rank 0 only."""
+    if is_main():
+        print(*args, **kwargs, flush=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def device() -> torch.device:
+    """This rank's device: cuda:LOCAL_RANK when CUDA is usable, else CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank())
+    return torch.device("cpu")
+
+
+def backend() -> str:
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def init(timeout_s: int = 600) -> None:
+    """Create the default process group (idempotent).
+
+    `timeout_s` bounds every collective: a rank that dies makes the others fail after at most this
+    long instead of hanging forever.
+    """
+    if is_initialized():
+        return
+    if "WORLD_SIZE" not in os.environ:
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank())
+    dist.init_process_group(
+        backend=backend(),
+        timeout=datetime.timedelta(seconds=timeout_s),
+        device_id=device() if torch.cuda.is_available() else None,
+    )
+
+
+def shutdown() -> None:
+    if is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if is_initialized() and world_size() > 1:
+        dist.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """In-place SUM over ranks; returns the tensor. NCCL needs it on this rank's GPU, gloo on CPU."""
+    if is_initialized() and world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    if is_initialized() and world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank `src`'s object on every rank (pickled; for small things like paths and decisions)."""
+    if not (is_initialized() and world_size() > 1):
+        return obj
+    box: List[Any] = [obj]
+    dist.broadcast_object_list(box, src=src, device=device() if backend() == "nccl" else None)
+    return box[0]
+
+
+def all_gather_object(obj: Any) -> List[Any]:
+    if not (is_initialized() and world_size() > 1):
+        return [obj]
+    out: List[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def same_on_all_ranks(obj: Any) -> bool:
+    """True when every rank holds an equal (pickle-identical) object; used by tests and checks."""
+    blobs = all_gather_object(pickle.dumps(obj))
+    return all(b == blobs[0] for b in blobs)
+
+
+def main_first(fn: Callable[[], Any]) -> Any:
+    """Run `fn` on rank 0, then on the other ranks (which then hit rank 0's caches).
+
+    If rank 0 raises a user error, every rank raises it (instead of the others waiting at a barrier
+    until the collective timeout).
+    """
+    from ct_train.errors import UserError
+
+    result, error = None, None
+    if is_main():
+        try:
+            result = fn()
+        except UserError as e:
+            error = e
+    error = broadcast_object(error)  # also the barrier: rank 0 has finished
+    if error is not None:
+        raise error
+    if not is_main():
+        result = fn()
+    return result
+
+
+def on_main(fn: Callable[[], Any]) -> Any:
+    """Run `fn` on rank 0 only and give its result (or its user error) to every rank."""
+    from ct_train.errors import UserError
+
+    result, error = None, None
+    if is_main():
+        try:
+            result = fn()
+        except UserError as e:
+            error = e
+    result, error = broadcast_object((result, error))
+    if error is not None:
+        raise error
+    return result

@@ -1,0 +1,168 @@
+"""The one DeepSpeed adapter: ds_config from the typed config, model under zero.Init, step, save/load,
+and the Hugging Face export. It knows nothing about curricula.
+
+Everything DeepSpeed-specific is here so that the trainer reads as the algorithm. DeepSpeed's own
+conventions stay visible where users expect them: the ds_config it builds is logged, and
+`deepspeed.overrides` is merged last into it with DeepSpeed's own keys.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import math
+import os
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+
+from ct_train import distributed as dist
+from ct_train.config import Config, DeepSpeedConfig, TrainerConfig
+from ct_train.modeling import SampleLossModel, build_hf_model, resolve_dtype
+
+
+def _merge(base: Dict[str, Any], extra: Dict[str, Any]) -> Dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def build_ds_config(ds: DeepSpeedConfig, tr: TrainerConfig, dtype: torch.dtype, world_size: int) -> Dict[str, Any]:
+    """The DeepSpeed config dict for this run."""
+    on_gpu = torch.cuda.is_available()
+    zero: Dict[str, Any] = {"stage": ds.zero_stage, "contiguous_gradients": True, "overlap_comm": on_gpu}
+    if ds.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": on_gpu}
+    if ds.offload_param:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": on_gpu}
+    if ds.zero_stage == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    if tr.optimizer == "adamw":
+        # torch's AdamW unless offloading (then DeepSpeedCPUAdam): nothing to compile at start.
+        params = {"lr": tr.lr, "betas": list(tr.adam_betas), "eps": tr.adam_eps, "weight_decay": tr.weight_decay,
+                  "torch_adam": not ds.offload_optimizer}
+        optimizer = {"type": "AdamW", "params": params}
+    else:
+        optimizer = {"type": "SGD", "params": {"lr": tr.lr, "weight_decay": tr.weight_decay}}
+    config = {
+        "train_batch_size": tr.global_batch_size,
+        "train_micro_batch_size_per_gpu": tr.micro_batch_size,
+        "gradient_accumulation_steps": tr.grad_accum_steps(world_size),
+        "gradient_clipping": tr.grad_clip,
+        "zero_optimization": zero,
+        "optimizer": optimizer,
+        "bf16": {"enabled": dtype == torch.bfloat16},
+        "fp16": {"enabled": dtype == torch.float16, "loss_scale": 0},
+        "steps_per_print": 10**9,  # the trainer logs; keep DeepSpeed's own step prints quiet
+        "wall_clock_breakdown": False,
+    }
+    return _merge(config, dict(ds.overrides))
+
+
+def lr_lambda(tr: TrainerConfig):
+    """Linear warmup, then cosine/linear decay to `min_lr_ratio`, or constant."""
+
+    def fn(step: int) -> float:
+        if tr.warmup_steps and step < tr.warmup_steps:
+            return (step + 1) / tr.warmup_steps
+        if tr.lr_schedule == "constant":
+            return 1.0
+        span = max(tr.max_steps - tr.warmup_steps, 1)
+        progress = min(max(step - tr.warmup_steps, 0) / span, 1.0)
+        decay = 0.5 * (1 + math.cos(math.pi * progress)) if tr.lr_schedule == "cosine" else 1 - progress
+        return tr.min_lr_ratio + (1 - tr.min_lr_ratio) * decay
+
+    return fn
+
+
+class Engine:
+    """A DeepSpeed engine around `SampleLossModel`."""
+
+    def __init__(self, cfg: Config, tokenizer: Any) -> None:
+        import deepspeed
+        from transformers.integrations import HfDeepSpeedConfig
+
+        # Our process group exists already (distributed.init); this makes deepspeed.comm adopt it before
+        # anything below asks DeepSpeed for the world size.
+        deepspeed.init_distributed(dist_backend=dist.backend(), timeout=datetime.timedelta(seconds=cfg.trainer.dist_timeout_s))
+        self.cfg = cfg
+        self.dtype = resolve_dtype(cfg.model.dtype)
+        self.world_size = dist.world_size()
+        self.grad_accum_steps = cfg.trainer.grad_accum_steps(self.world_size)
+        self.ds_config = build_ds_config(cfg.deepspeed, cfg.trainer, self.dtype, self.world_size)
+        self.zero3 = self.ds_config["zero_optimization"]["stage"] == 3
+        # Alive while the model is built: transformers then constructs it inside zero.Init (each rank
+        # materialises only its partition) and loads checkpoints shard by shard.
+        self._hf_ds_config = HfDeepSpeedConfig(self.ds_config) if self.zero3 else None
+        torch.manual_seed(cfg.trainer.seed)  # identical initial weights on every rank
+        model = SampleLossModel(build_hf_model(cfg.model, tokenizer, self.dtype))
+        if self.zero3:
+            # lm_head's forward never runs (we project in the loss): gather its weight for ours.
+            deepspeed.zero.register_external_parameter(model, model.output_weight())
+        decay, no_decay = [], []
+        for name, p in model.named_parameters():
+            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+        groups = [{"params": decay, "weight_decay": cfg.trainer.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model, model_parameters=groups, config=self.ds_config,
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.trainer)))
+        self.device = self.ds.device
+
+    @property
+    def module(self) -> SampleLossModel:
+        return self.ds.module
+
+    def num_parameters(self) -> int:
+        # Under ZeRO-3 each parameter is a partition; ds_numel is the full size.
+        return sum(getattr(p, "ds_numel", p.numel()) for p in self.module.parameters())
+
+    def train(self, mode: bool = True) -> None:
+        self.ds.train(mode)
+
+    def forward(self, batch: Any) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample losses (B,) and argmax-correct token counts (B,) for a MicroBatch."""
+        return self.ds(batch.input_ids, batch.attention_mask, batch.labels)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.ds.backward(loss)
+
+    def step(self) -> Optional[float]:
+        """Optimizer step at the accumulation boundary (DeepSpeed counts micro-steps itself)."""
+        self.ds.step()
+
+    def grad_norm(self) -> Optional[float]:
+        norm = self.ds.get_global_grad_norm()
+        if norm is None:
+            return None
+        return float(norm.item() if torch.is_tensor(norm) else norm)
+
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def save(self, checkpoint_dir: str, tag: str) -> None:
+        """A collective: every rank writes its ZeRO partition under checkpoint_dir/tag."""
+        self.ds.save_checkpoint(checkpoint_dir, tag=tag, save_latest=False)
+
+    def load(self, checkpoint_dir: str, tag: str) -> None:
+        path, _ = self.ds.load_checkpoint(checkpoint_dir, tag=tag, load_optimizer_states=True,
+                                          load_lr_scheduler_states=True)
+        if path is None:
+            raise RuntimeError(f"DeepSpeed could not load checkpoint {checkpoint_dir}/{tag}")
+
+    def export_hf(self, out_dir: str, tokenizer: Any) -> None:
+        """A Hugging Face model directory (safetensors + config + tokenizer), written by rank 0.
+
+        Under ZeRO-3 the full weights are gathered to rank 0 (a collective: every rank calls this).
+        """
+        if self.zero3:
+            state = self.ds._zero3_consolidated_16bit_state_dict()  # the HF Trainer's route, too
+        else:
+            state = self.module.state_dict() if dist.is_main() else None
+        if dist.is_main():
+            state = {k[len("lm."):]: v for k, v in state.items() if k.startswith("lm.")}
+            os.makedirs(out_dir, exist_ok=True)
+            self.module.lm.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
+            tokenizer.save_pretrained(out_dir)
+        dist.barrier()

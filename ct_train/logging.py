@@ -1,0 +1,110 @@
+"""Run logging: metrics.jsonl (always), W&B (rank 0, `logger=wandb`), a tqdm bar on rank 0.
+
+Non-zero ranks get a logger that only writes their `samples.rank<R>.jsonl`, so callers never branch
+on rank. On resume, lines for steps after the checkpoint are dropped from metrics.jsonl and the
+samples files (those steps are trained again and re-logged), keeping one line per step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from typing import Any, Dict, List, Optional
+
+from ct_train import distributed as dist
+from ct_train.config import LoggerConfig
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def read_jsonl(path: str) -> List[Dict[str, Any]]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _truncate_after(path: str, step: int) -> None:
+    """Keep only lines with `step` <= step (atomic rewrite)."""
+    if not os.path.exists(path):
+        return
+    kept = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in kept)
+    os.replace(tmp, path)
+
+
+class RunLogger:
+    def __init__(self, cfg: LoggerConfig, output_dir: str, resolved_config: Dict[str, Any], max_steps: int,
+                 start_step: int, log_samples: bool) -> None:
+        self.main = dist.is_main()
+        self.output_dir = output_dir
+        self.metrics_path = os.path.join(output_dir, METRICS_FILE)
+        self.samples_path = os.path.join(output_dir, f"samples.rank{dist.rank()}.jsonl") if log_samples else None
+        if self.samples_path:
+            _truncate_after(self.samples_path, start_step)
+        if self.main:
+            _truncate_after(self.metrics_path, start_step)
+        self.wandb = None
+        if self.main and cfg.name == "wandb":
+            self.wandb = self._init_wandb(cfg, resolved_config)
+        self.bar = None
+        if self.main and cfg.progress_bar:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=max_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+
+    def _init_wandb(self, cfg: LoggerConfig, resolved_config: Dict[str, Any]) -> Any:
+        import wandb
+
+        # One W&B run per output dir: a resumed job continues the same run.
+        id_file = os.path.join(self.output_dir, "wandb_run_id")
+        if os.path.exists(id_file):
+            run_id = open(id_file).read().strip()
+        else:
+            run_id = uuid.uuid4().hex[:12]
+            with open(id_file, "w") as f:
+                f.write(run_id)
+        return wandb.init(project=cfg.project, entity=cfg.entity, name=cfg.run_name, tags=list(cfg.tags),
+                          mode=cfg.mode, dir=self.output_dir, config=resolved_config, id=run_id, resume="allow")
+
+    def log(self, step: int, metrics: Dict[str, Any]) -> None:
+        """One metrics.jsonl line (and W&B point) for `step`."""
+        if not self.main:
+            return
+        row = {"step": step, **metrics}
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.wandb is not None:
+            self.wandb.log(metrics, step=step)
+
+    def log_samples(self, step: int, ids: List[str]) -> None:
+        if self.samples_path:
+            with open(self.samples_path, "a") as f:
+                f.write(json.dumps({"step": step, "ids": ids}) + "\n")
+
+    def progress(self, step: int, postfix: Optional[Dict[str, str]] = None) -> None:
+        if self.bar is not None:
+            self.bar.n = step
+            if postfix:
+                self.bar.set_postfix(postfix, refresh=False)
+            self.bar.refresh()
+
+    def write(self, message: str) -> None:
+        """A line on rank 0's console that does not break the progress bar."""
+        if not self.main:
+            return
+        if self.bar is not None:
+            self.bar.write(message)
+        else:
+            print(message, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if self.wandb is not None:
+            self.wandb.finish()
+            self.wandb = None

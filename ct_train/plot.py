@@ -1,0 +1,89 @@
+"""`ct-train-plot OUTPUT_DIR`: PNG plots of a run's metrics.jsonl.
+
+Writes `loss.png` (training loss, and held-out loss at eval steps) and `clusters.png` (per-cluster
+training loss and held-out loss) into OUTPUT_DIR/plots/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections import defaultdict
+from typing import Dict, List, Tuple
+
+from ct_train.logging import METRICS_FILE, read_jsonl
+
+
+def _series(rows: List[dict]) -> Dict[str, Tuple[List[int], List[float]]]:
+    out: Dict[str, Tuple[List[int], List[float]]] = defaultdict(lambda: ([], []))
+    for row in rows:
+        for key, value in row.items():
+            if key != "step" and isinstance(value, (int, float)):
+                out[key][0].append(row["step"])
+                out[key][1].append(float(value))
+    return out
+
+
+def plot_run(output_dir: str) -> List[str]:
+    """Write the plots; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_jsonl(os.path.join(output_dir, METRICS_FILE))
+    if not rows:
+        raise FileNotFoundError(f"{os.path.join(output_dir, METRICS_FILE)}: missing or empty")
+    series = _series(rows)
+    plots = os.path.join(output_dir, "plots")
+    os.makedirs(plots, exist_ok=True)
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, style in (("loss", "-"), ("eval/loss", "o-")):
+        if key in series:
+            ax.plot(*series[key], style, label=key)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (mean per-sample response-token CE)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    paths.append(os.path.join(plots, "loss.png"))
+    fig.tight_layout()
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    clusters = sorted({k.split("/")[1] for k in series if k.startswith(("cluster/", "eval/")) and k.count("/") == 2})
+    if clusters:
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+        for name in clusters:
+            for ax, key in zip(axes, (f"cluster/{name}/loss", f"eval/{name}/loss")):
+                if key in series:
+                    ax.plot(*series[key], "-" if key.startswith("cluster") else "o-", label=name, lw=1)
+        axes[0].set_title("training loss per cluster")
+        axes[1].set_title("held-out loss per cluster")
+        for ax in axes:
+            ax.set_xlabel("optimizer step")
+            ax.grid(alpha=0.3)
+        axes[1].legend(fontsize=7, ncol=2)
+        paths.append(os.path.join(plots, "clusters.png"))
+        fig.tight_layout()
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+    return paths
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="ct-train-plot", description=__doc__.splitlines()[0])
+    parser.add_argument("output_dir", help="a run's trainer.output_dir (holds metrics.jsonl)")
+    args = parser.parse_args()
+    try:
+        for path in plot_run(args.output_dir):
+            print(path)
+    except FileNotFoundError as e:
+        print(f"ct-train-plot: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

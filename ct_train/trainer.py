@@ -1,0 +1,198 @@
+"""The training loop, top to bottom: plan -> batches -> forward/backward/step -> signal -> observe ->
+log -> checkpoint.
+
+Everything a step needs that depends on the global batch (its token count, the loss denominator) is
+computed from the sampler's global batch on every rank, so the only collective per step beyond
+ZeRO's own is the (2 x C) per-cluster signal all-reduce.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict
+
+import numpy as np
+import yaml
+
+from ct_train import checkpoint
+from ct_train import distributed as dist
+from ct_train.config import Config
+from ct_train.curriculum import ALL, build_curriculum
+from ct_train.data import collate, load_tokenizer, prepare_data
+from ct_train.engine import Engine
+from ct_train.errors import ConfigError
+from ct_train.evaluation import evaluate
+from ct_train.logging import RunLogger
+from ct_train.losses import objective
+from ct_train.sampler import CurriculumSampler
+from ct_train.signals import ClusterLossAccumulator, cluster_loss_metrics
+
+
+@dataclass
+class TrainState:
+    """What the trainer itself must carry across a resume (the engine saves the rest)."""
+
+    step: int = 0
+    tokens: int = 0
+    initial_eval: Dict[str, float] = field(default_factory=dict)
+    last_eval: Dict[str, float] = field(default_factory=dict)
+
+
+def prepare_output_dir(cfg: Config, resolved: Dict[str, Any]) -> str:
+    """Create and check the output dir on rank 0 before anything heavy; every rank gets the path."""
+
+    def check() -> str:
+        out = os.path.abspath(os.path.expanduser(cfg.trainer.output_dir))
+        try:
+            os.makedirs(out, exist_ok=True)
+            probe = os.path.join(out, f".write_test.{os.getpid()}")
+            with open(probe, "w") as f:
+                f.write("ok")
+            os.remove(probe)
+        except OSError as e:
+            raise ConfigError(f"trainer.output_dir={cfg.trainer.output_dir} is not writable ({e.strerror})") from None
+        if cfg.trainer.resume == "never" and checkpoint.complete_tags(checkpoint.checkpoints_dir(out)):
+            raise ConfigError(f"trainer.output_dir={out} already holds checkpoints and trainer.resume=never; "
+                              "use trainer.resume=auto to continue, or another trainer.output_dir")
+        with open(os.path.join(out, "config.yaml"), "w") as f:
+            yaml.safe_dump(resolved, f, sort_keys=False)
+        return out
+
+    return dist.on_main(check)
+
+
+def train(cfg: Config, resolved: Dict[str, Any]) -> Dict[str, Any]:
+    """Run training as configured; returns the summary (final eval, paths). Call on every rank."""
+    tr = cfg.trainer
+    dist.init(tr.dist_timeout_s)
+    world, rank = dist.world_size(), dist.rank()
+    grad_accum_steps = tr.grad_accum_steps(world)  # fails here, before any data work, if it does not divide
+    output_dir = prepare_output_dir(cfg, resolved)
+
+    tokenizer = load_tokenizer(cfg.model.tokenizer, cfg.model.path)
+    data = dist.main_first(lambda: prepare_data(cfg.data, tokenizer))
+    train_split = data.train
+    sizes = np.bincount(train_split.cluster_ids, minlength=len(data.clusters))
+    pools = {ALL: np.arange(len(train_split))}
+    pools.update({c: np.flatnonzero(train_split.cluster_ids == i) for i, c in enumerate(data.clusters) if sizes[i]})
+    curriculum = build_curriculum(cfg.curriculum, data.clusters, sizes.tolist())
+    sampler = CurriculumSampler(pools, tr.global_batch_size, tr.seed)
+    resume_from = checkpoint.resolve_resume(tr.resume, output_dir)
+
+    engine = Engine(cfg, tokenizer)
+    state = TrainState()
+    if resume_from is not None:
+        saved = checkpoint.load(engine, *resume_from)
+        if saved["clusters"] != data.clusters:
+            raise ConfigError(f"cannot resume from {resume_from[1]}: its clusters {saved['clusters']} differ from "
+                              f"the data's {data.clusters} (did data.* change?)")
+        try:
+            sampler.load_state_dict(saved["sampler"])
+        except ValueError as e:
+            raise ConfigError(f"cannot resume from {resume_from[1]}: {e}") from None
+        curriculum.load_state_dict(saved["curriculum"])
+        state = TrainState(**saved["trainer"])
+    log = RunLogger(cfg.logger, output_dir, resolved, tr.max_steps, state.step, tr.log_samples)
+    log.write(f"ct_train: {world} rank(s), {engine.num_parameters():,} parameters, ZeRO-{engine.ds_config['zero_optimization']['stage']}, "
+              f"{len(train_split):,} train / {len(data.eval) if data.eval else 0:,} eval samples in "
+              f"{len(data.clusters)} clusters, global batch {tr.global_batch_size} = {world} ranks x "
+              f"{tr.micro_batch_size} x {grad_accum_steps} accumulation steps; data: {data.stats}")
+    if resume_from is not None:
+        log.write(f"resumed from {os.path.join(*resume_from)} at step {state.step}")
+
+    def run_eval() -> Dict[str, float]:
+        if data.eval is None:
+            return {}
+        return evaluate(engine, data.eval, data.clusters, tr.micro_batch_size, tokenizer.pad_token_id,
+                        cfg.data.exact_match)
+
+    def save() -> None:
+        checkpoint.save(engine, output_dir, state.step, {
+            "clusters": data.clusters, "sampler": sampler.state_dict(), "curriculum": curriculum.state_dict(),
+            "trainer": state.__dict__, "world_size": world})
+
+    try:
+        if state.step == 0 and not state.initial_eval:
+            state.initial_eval = state.last_eval = run_eval()
+            log.log(0, state.initial_eval)
+        signal = ClusterLossAccumulator(data.clusters, engine.device)
+        engine.train()
+        while state.step < tr.max_steps:
+            t0 = time.perf_counter()
+            plan = curriculum.plan(state.step)
+            global_batch = sampler.global_batch(state.step, plan)
+            # Loss denominator of the whole global batch, the same on every rank: no collective.
+            if tr.loss_normalization == "token":
+                denominator = float(train_split.n_target[global_batch].sum())
+            else:
+                denominator = float((train_split.n_target[global_batch] > 0).sum())
+            trained_ids = []
+            for idx in sampler.rank_micro_batches(global_batch, rank, world, tr.micro_batch_size):
+                batch = collate(train_split, idx, tokenizer.pad_token_id).to(engine.device)
+                per_sample, _ = engine.forward(batch)
+                loss = objective(per_sample, batch.n_target, tr.loss_normalization, denominator,
+                                 grad_scale=world * grad_accum_steps)
+                engine.backward(loss)
+                engine.step()  # DeepSpeed steps the optimizer only at the accumulation boundary
+                signal.add(batch.cluster_ids, per_sample, batch.n_target)
+                trained_ids += batch.ids
+            stats = signal.reduce()
+            curriculum.observe(state.step, stats)
+            state.step += 1
+            step_tokens = int(train_split.lengths[global_batch].sum())
+            state.tokens += step_tokens
+            elapsed = time.perf_counter() - t0
+            log.log_samples(state.step, trained_ids)
+
+            metrics: Dict[str, Any] = {}
+            if state.step % tr.log_every_steps == 0 or state.step == tr.max_steps:
+                mean_loss = float(stats.loss_sum.sum() / max(stats.count.sum(), 1.0))
+                metrics = {"loss": mean_loss, "lr": engine.lr(), "grad_norm": engine.grad_norm(),
+                           "tokens": state.tokens, "tokens_per_s": step_tokens / elapsed,
+                           **cluster_loss_metrics(stats), **{f"curriculum/{k}": v for k, v in plan.info.items()}}
+                log.progress(state.step, {"loss": f"{mean_loss:.4f}", "tok/s": f"{step_tokens / elapsed:,.0f}"})
+            if tr.eval_every_steps and state.step % tr.eval_every_steps == 0 and state.step < tr.max_steps:
+                state.last_eval = run_eval()
+                metrics.update(state.last_eval)
+            if metrics:
+                log.log(state.step, metrics)
+            if tr.save_every_steps and state.step % tr.save_every_steps == 0 and state.step < tr.max_steps:
+                save()
+
+        state.last_eval = run_eval()
+        log.log(state.step, state.last_eval)
+        if not os.path.exists(os.path.join(checkpoint.checkpoints_dir(output_dir), checkpoint.tag_for(state.step),
+                                           checkpoint.STATE_FILE)):
+            save()  # (a resumed, already finished run keeps its final checkpoint untouched)
+        final_dir = os.path.join(output_dir, "final")
+        if tr.export_final:
+            engine.export_hf(final_dir, tokenizer)
+    finally:
+        log.close()
+    summary = {"output_dir": output_dir, "final_dir": final_dir if tr.export_final else None,
+               "step": state.step, "initial_eval": state.initial_eval, "final_eval": state.last_eval,
+               "clusters": data.clusters}
+    if dist.is_main():
+        print(format_summary(summary), flush=True)
+    return summary
+
+
+def format_summary(summary: Dict[str, Any]) -> str:
+    """The end-of-run table: held-out loss (and exact match) per cluster, before and after."""
+    before, after = summary["initial_eval"], summary["final_eval"]
+    has_em = any(k.endswith("/exact_match") for k in after)
+    head = f"{'cluster':<16}{'loss before':>12}{'loss after':>12}" + (f"{'EM before':>11}{'EM after':>10}" if has_em else "")
+    lines = [head, "-" * len(head)]
+    for name in summary["clusters"] + [None]:
+        key = f"eval/{name}" if name else "eval"
+        if f"{key}/loss" not in after:
+            continue
+        row = f"{name or 'ALL':<16}{before.get(f'{key}/loss', float('nan')):>12.4f}{after[f'{key}/loss']:>12.4f}"
+        if has_em:
+            row += f"{before.get(f'{key}/exact_match', float('nan')):>11.3f}{after[f'{key}/exact_match']:>10.3f}"
+        lines.append(row)
+    lines.append(f"\noutputs: {summary['output_dir']}  (metrics.jsonl, checkpoints/"
+                 + (", final/ = Hugging Face model" if summary["final_dir"] else "") + ")")
+    return "\n".join(lines)

@@ -1,0 +1,38 @@
+from setuptools import setup
+
+setup(
+    name="ct_train",
+    version="0.1.0",
+    description="Curriculum-learning instruction tuning for LLMs on DeepSpeed ZeRO-3",
+    python_requires=">=3.10",
+    packages=["ct_train", "ct_train.data", "ct_train.curriculum", "ct_train.hydra_conf"],
+    # hydra_conf/ lives at the top level (the design card's layout) but installs inside the package, so
+    # Hydra finds it as pkg://ct_train.hydra_conf from any working directory.
+    package_dir={"ct_train": "ct_train", "ct_train.hydra_conf": "hydra_conf"},
+    package_data={"ct_train.hydra_conf": ["*.yaml", "*/*.yaml"]},
+    install_requires=[
+        "torch>=2.4",
+        "deepspeed>=0.16",
+        "transformers>=4.46",
+        "accelerate>=1.1",  # transformers needs it for its DeepSpeed (HfDeepSpeedConfig) integration
+        "datasets>=3.0",
+        "hydra-core>=1.3,<1.4",
+        "omegaconf>=2.3,<2.4",  # hydra-core 1.3 breaks on omegaconf 2.4
+        "wandb>=0.17",
+        "tqdm",
+        "numpy",
+        "pyyaml",
+        "matplotlib",
+        "scipy",
+    ],
+    extras_require={
+        "gpu": ["flash-attn>=2.5"],
+        "dev": ["pytest>=8", "ruff>=0.6"],
+    },
+    entry_points={
+        "console_scripts": [
+            "ct-train=ct_train.cli:main",
+            "ct-train-plot=ct_train.plot:main",
+        ]
+    },
+)

@@ -1,0 +1,138 @@
+"""Formats, detection and bad input, through the real `datasets` loading path."""
+
+import json
+
+import pytest
+
+from ct_train.data.loading import FileSpec, expand, load_examples
+from ct_train.errors import DataError
+
+LOAD = dict(fmt="auto", cluster_field=None, difficulty_field=None, on_bad_record="skip")
+
+
+def _write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def _load(path, **kw):
+    return load_examples([FileSpec(str(path))], **{**LOAD, **kw})
+
+
+def test_alpaca_with_and_without_input(tmp_path):
+    f = _write_jsonl(tmp_path / "alp.jsonl", [
+        {"instruction": "Add", "input": "2 3", "output": "5"},
+        {"instruction": "Say hi", "input": "", "output": "hi", "category": "greet"},
+    ])
+    ds, stats = _load(f)
+    assert stats == {"records": 2, "skipped_bad": 0}
+    rows = ds.to_list()
+    assert rows[0]["prompt"] == "Add" and rows[0]["input"] == "2 3" and rows[0]["response"] == "5"
+    assert rows[0]["id"] == "alp.jsonl:0" and rows[0]["cluster"] == "alp"  # file stem when no cluster field
+    assert rows[1]["cluster"] == "greet" and rows[1]["difficulty"] is None
+
+
+def test_phased_score_string_becomes_difficulty(tmp_path):
+    f = _write_jsonl(tmp_path / "p.jsonl", [{"id": "a1", "score": "4.25", "data": ["Do x", "Done"]}])
+    row = _load(f)[0][0]
+    assert row["difficulty"] == 4.25 and row["id"] == "a1" and row["response"] == "Done"
+
+
+def test_sharegpt_and_messages_keep_every_turn(tmp_path):
+    conv = [{"from": "system", "value": "Be brief"}, {"from": "human", "value": "Q1"}, {"from": "gpt", "value": "A1"},
+            {"from": "human", "value": "Q2"}, {"from": "gpt", "value": "A2"}]
+    row = _load(_write_jsonl(tmp_path / "s.jsonl", [{"conversations": conv}]))[0][0]
+    assert [m["role"] for m in row["messages"]] == ["system", "user", "assistant", "user", "assistant"]
+    msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    row = _load(_write_jsonl(tmp_path / "m.jsonl", [{"messages": msgs, "difficulty": 2}]))[0][0]
+    assert row["messages"][1]["content"] == "yo" and row["difficulty"] == 2.0
+
+
+def test_self_instruct_one_record_per_instance(tmp_path):
+    task = {"id": "seed_task_7", "name": "antonyms", "instruction": "Give the antonym.", "is_classification": False,
+            "instances": [{"input": "hot", "output": "cold"}, {"input": "up", "output": "down"}]}
+    ds, stats = _load(_write_jsonl(tmp_path / "si.jsonl", [task]))
+    assert stats["records"] == 2
+    assert ds["id"] == ["seed_task_7:0", "seed_task_7:1"] and set(ds["cluster"]) == {"antonyms"}
+
+
+def test_cluster_and_difficulty_field_overrides(tmp_path):
+    f = _write_jsonl(tmp_path / "o.jsonl", [{"instruction": "a", "output": "b", "topic": "math", "hardness": 3}])
+    row = _load(f, cluster_field="topic", difficulty_field="hardness")[0][0]
+    assert row["cluster"] == "math" and row["difficulty"] == 3.0
+
+
+def test_sources_force_cluster(tmp_path):
+    f = _write_jsonl(tmp_path / "x.jsonl", [{"instruction": "a", "output": "b", "cluster": "ignored"}])
+    ds, _ = load_examples(expand("data.sources.qa", [str(f)], cluster="qa"), **LOAD)
+    assert ds["cluster"] == ["qa"]
+
+
+def test_malformed_json_line_names_file_and_line(tmp_path):
+    f = tmp_path / "bad.jsonl"
+    f.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "c", "output": \n')
+    with pytest.raises(DataError, match=r"bad.jsonl:2: malformed JSON"):
+        _load(f)
+
+
+def test_bad_records_skipped_and_counted_or_fatal(tmp_path):
+    f = _write_jsonl(tmp_path / "b.jsonl", [{"instruction": "a", "output": "b"}, {"instruction": "", "output": "x"},
+                                             {"instruction": "c", "output": ""}])
+    ds, stats = _load(f)
+    assert len(ds) == 1 and stats["skipped_bad"] == 2
+    with pytest.raises(DataError, match=r"b.jsonl: record 2: empty prompt.*on_bad_record=error"):
+        _load(f, on_bad_record="error")
+
+
+def test_non_numeric_difficulty_names_record(tmp_path):
+    f = _write_jsonl(tmp_path / "d.jsonl", [{"instruction": "a", "output": "b", "difficulty": "hard"}])
+    with pytest.raises(DataError, match=r"d.jsonl: record 1: difficulty field 'difficulty' must be a number, got 'hard'"):
+        _load(f)
+
+
+def test_empty_and_missing_inputs(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(DataError, match="no usable record"):
+        _load(empty)
+    with pytest.raises(DataError, match="data.path: no such file or directory: .*nope.jsonl"):
+        expand("data.path", [str(tmp_path / "nope.jsonl")])
+    (tmp_path / "d").mkdir()
+    with pytest.raises(DataError, match="holds no"):
+        expand("data.path", [str(tmp_path / "d")])
+
+
+def test_unknown_fields_ask_for_format(tmp_path):
+    with pytest.raises(DataError, match="cannot tell the format"):
+        _load(_write_jsonl(tmp_path / "u.jsonl", [{"question": "a", "answer": "b"}]))
+
+
+def test_parquet_and_directory(tmp_path):
+    import datasets
+
+    datasets.Dataset.from_list([{"instruction": "a", "output": "b"}]).to_parquet(str(tmp_path / "one.parquet"))
+    _write_jsonl(tmp_path / "two.jsonl", [{"prompt": "p", "response": "r"}])
+    ds, stats = load_examples(expand("data.path", [str(tmp_path)]), **LOAD)
+    assert stats["records"] == 2 and sorted(ds["cluster"]) == ["one", "two"]
+
+
+# The real public files in ../shared/data.
+
+def test_real_phased_ift_stage3(shared_data):
+    ds, stats = _load(shared_data / "alpaca52k-gpt4-scored-stage3.jsonl")
+    assert stats["records"] + stats["skipped_bad"] == 6889
+    assert min(ds["difficulty"]) >= 3.5 and max(ds["difficulty"]) <= 5.0
+
+
+def test_real_chinese_alpaca(shared_data):
+    ds, stats = _load(shared_data / "alpaca-zh-2k.json")
+    assert stats["records"] + stats["skipped_bad"] == 2000 and stats["records"] > 1900
+    assert any("\u4e00" <= ch <= "\u9fff" for ch in ds[0]["prompt"] + ds[0]["response"])
+
+
+def test_real_self_instruct_seed_tasks(shared_data):
+    path = shared_data / "self-instruct-seed-tasks.jsonl"
+    tasks = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    ds, stats = _load(path)
+    assert stats["records"] + stats["skipped_bad"] == sum(len(t["instances"]) for t in tasks)
+    assert set(ds["cluster"]) == {t["name"] for t in tasks}  # the task name is the cluster

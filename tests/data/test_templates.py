@@ -1,0 +1,74 @@
+"""Response-only labels: the trained tokens are exactly the response(s) and their end token."""
+
+import pytest
+
+from ct_train.data.templates import resolve_template, tokenize_example
+from ct_train.data.tokenizer import byte_tokenizer
+from ct_train.errors import ConfigError
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def _ex(prompt="What is 2+2?", response="4", input="", messages=()):
+    return dict(prompt=prompt, input=input, response=response, messages=list(messages))
+
+
+def _targets(tok, out):
+    return tok.decode([t for t in out["labels"] if t != -100])
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return byte_tokenizer()
+
+
+def test_byte_tokenizer_round_trips_cjk(tok):
+    text = "把这些字倒过来写：天地"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) == len(text.encode("utf-8")) and tok.decode(ids) == text
+
+
+@pytest.mark.parametrize("template", ["alpaca", "simple"])
+def test_only_response_and_eos_are_labels(tok, template):
+    out = tokenize_example(_ex(input="ctx"), template, tok, max_seq_len=1024)
+    assert _targets(tok, out) == "4</s>"
+    assert out["input_ids"][0] == tok.bos_token_id
+    text = tok.decode(out["input_ids"])
+    assert "### Input:\nctx" in text and text.endswith("### Response:\n4</s>")
+    assert out["n_target"] == 2  # "4" and </s>, both after the shift
+
+
+def test_multi_turn_alpaca_trains_every_assistant_turn(tok):
+    msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"},
+            {"role": "user", "content": "Q2"}, {"role": "assistant", "content": "A2"}]
+    out = tokenize_example(_ex(messages=msgs), "alpaca", tok, 1024)
+    assert _targets(tok, out) == "A1</s>A2</s>"
+
+
+def test_chat_template_incremental_spans(tok):
+    tok = byte_tokenizer()
+    tok.chat_template = CHAT_TEMPLATE
+    assert resolve_template("auto", tok) == "chat"
+    msgs = [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"},
+            {"role": "user", "content": "Q2"}, {"role": "assistant", "content": "A2"}]
+    out = tokenize_example(_ex(messages=msgs), "chat", tok, 1024)
+    assert _targets(tok, out) == "A1</s>A2</s>"
+    assert tok.decode(out["input_ids"]).startswith("<|user|>Q1</s><|assistant|>A1")
+
+
+def test_chat_needs_a_chat_template(tok):
+    assert resolve_template("auto", tok) == "alpaca"
+    with pytest.raises(ConfigError, match="no chat template"):
+        resolve_template("chat", tok)
+
+
+def test_truncation_keeps_length_and_counts(tok):
+    out = tokenize_example(_ex(response="x" * 50), "simple", tok, max_seq_len=40)
+    assert len(out["input_ids"]) == len(out["labels"]) == 40
+    assert out["full_length"] > 40
+    assert out["n_target"] == sum(1 for t in out["labels"][1:] if t != -100)
+    short = tokenize_example(_ex(prompt="p" * 60), "simple", tok, max_seq_len=20)
+    assert short["n_target"] == 0  # the response was cut off entirely

@@ -1,0 +1,86 @@
+"""Every shipped YAML composes and validates; bad keys and values fail with a message naming them."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.errors import ConfigCompositionException
+
+from ct_train.config import Config, register_configs, to_typed
+from ct_train.errors import ConfigError
+
+CONF = Path(__file__).resolve().parents[1] / "hydra_conf"
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and not p.name.startswith("_"))
+
+
+def _compose(overrides):
+    register_configs()
+    with initialize_config_module(config_module="ct_train.hydra_conf", version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def _options(group):
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in _options(g)])
+def test_every_shipped_yaml_composes_and_validates(group, option):
+    overrides = [f"{group}={option}"]
+    if (group, option) == ("model", "hf"):
+        overrides.append("model.path=/some/model")
+    if group == "data" and option == "jsonl":
+        overrides.append("data.path=x.jsonl")
+    cfg = to_typed(_compose(overrides))
+    assert isinstance(cfg, Config)
+    section = getattr(cfg, group)
+    assert getattr(section, "name", option) == option
+
+
+def test_defaults_are_the_tiny_cpu_run():
+    cfg = to_typed(_compose([]))
+    assert (cfg.model.name, cfg.data.name, cfg.curriculum.name, cfg.deepspeed.zero_stage) == ("tiny", "skills", "iid", 3)
+    assert cfg.trainer.output_dir == "outputs/tiny-skills-iid"
+
+
+def test_unknown_key_fails_at_compose():
+    with pytest.raises(ConfigCompositionException, match="max_stepz"):
+        _compose(["trainer.max_stepz=3"])
+
+
+def test_wrong_type_fails_at_compose():
+    with pytest.raises(ConfigCompositionException, match="max_steps"):
+        _compose(["trainer.max_steps=many"])
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("trainer.lr_schedule=wavy", "trainer.lr_schedule='wavy' is not valid; expected one of: cosine, linear, constant"),
+    ("data.truncation=chop", "data.truncation='chop'"),
+    ("logger.mode=loud", "logger.mode='loud'"),
+    ("deepspeed.zero_stage=4", "deepspeed.zero_stage=4"),
+    ("curriculum.name=magic", "curriculum.name='magic'"),
+    ("trainer.global_batch_size=30", "trainer.global_batch_size=30 is not divisible by trainer.micro_batch_size=8"),
+    ("model.attn_implementation=fast", "model.attn_implementation='fast'"),
+])
+def test_bad_value_names_key_and_choices(override, needle):
+    with pytest.raises(ConfigError) as err:
+        to_typed(_compose([override]))
+    assert needle in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_model_path_for_hf_model():
+    with pytest.raises(ConfigError, match=r"set model.path=DIR"):
+        to_typed(_compose(["model=hf"]))
+
+
+def test_jsonl_without_path_is_rejected():
+    with pytest.raises(ConfigError, match="data=jsonl needs data.path"):
+        to_typed(_compose(["data=jsonl"]))
+
+
+def test_grad_accum_steps_from_world_size():
+    cfg = to_typed(_compose(["trainer.global_batch_size=32", "trainer.micro_batch_size=4"]))
+    assert cfg.trainer.grad_accum_steps(1) == 8
+    assert cfg.trainer.grad_accum_steps(2) == 4
+    with pytest.raises(ConfigError, match="ranks x trainer.micro_batch_size = 3 x 4 = 12"):
+        cfg.trainer.grad_accum_steps(3)
