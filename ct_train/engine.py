@@ -38,6 +38,7 @@ def build_ds_config(ds: DeepSpeedConfig, tr: TrainerConfig, dtype: torch.dtype, 
         zero["offload_param"] = {"device": "cpu", "pin_memory": on_gpu}
     if ds.zero_stage == 3:
         zero["stage3_gather_16bit_weights_on_model_save"] = True
+    zero_allow_untested = False
     if tr.optimizer == "adamw":
         # torch's AdamW unless offloading (then DeepSpeedCPUAdam): nothing to compile at start.
         params = {"lr": tr.lr, "betas": list(tr.adam_betas), "eps": tr.adam_eps, "weight_decay": tr.weight_decay,
@@ -45,6 +46,7 @@ def build_ds_config(ds: DeepSpeedConfig, tr: TrainerConfig, dtype: torch.dtype, 
         optimizer = {"type": "AdamW", "params": params}
     else:
         optimizer = {"type": "SGD", "params": {"lr": tr.lr, "weight_decay": tr.weight_decay}}
+        zero_allow_untested = True  # torch.optim.SGD under ZeRO: plain elementwise update, safe
     config = {
         "train_batch_size": tr.global_batch_size,
         "train_micro_batch_size_per_gpu": tr.micro_batch_size,
@@ -56,6 +58,7 @@ def build_ds_config(ds: DeepSpeedConfig, tr: TrainerConfig, dtype: torch.dtype, 
         "fp16": {"enabled": dtype == torch.float16, "loss_scale": 0},
         "steps_per_print": 10**9,  # the trainer logs; keep DeepSpeed's own step prints quiet
         "wall_clock_breakdown": False,
+        "zero_allow_untested_optimizer": zero_allow_untested,
     }
     return _merge(config, dict(ds.overrides))
 

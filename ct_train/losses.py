@@ -21,6 +21,11 @@ import torch
 IGNORE_INDEX = -100
 
 
+def _acc(x: torch.Tensor) -> torch.Tensor:
+    """Accumulate in at least fp32 (bf16/fp16 logits are upcast; fp64 stays fp64 for tests)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
 class _ChunkedLinearCE(torch.autograd.Function):
     """Mean cross-entropy per sample over compacted valid rows; recompute-in-backward."""
 
@@ -28,17 +33,19 @@ class _ChunkedLinearCE(torch.autograd.Function):
     def forward(ctx, hidden, weight, targets, sample_index, inv_count, chunk_tokens):
         # hidden: (N, H) valid rows only; weight: (V, H); targets, sample_index: (N,); inv_count: (B,)
         n = hidden.shape[0]
-        lse = torch.empty(n, dtype=torch.float32, device=hidden.device)
-        token_loss = torch.empty(n, dtype=torch.float32, device=hidden.device)
+        acc = _acc(hidden[:0]).dtype
+        lse = torch.empty(n, dtype=acc, device=hidden.device)
+        token_loss = torch.empty(n, dtype=acc, device=hidden.device)
         correct = torch.empty(n, dtype=torch.bool, device=hidden.device)
         for s in range(0, n, chunk_tokens):
-            logits = (hidden[s: s + chunk_tokens] @ weight.t()).float()  # (n_c, V) fp32
+            logits = _acc(hidden[s: s + chunk_tokens] @ weight.t())  # (n_c, V), fp32 or wider
             t = targets[s: s + chunk_tokens]
             lse[s: s + chunk_tokens] = torch.logsumexp(logits, dim=-1)
             token_loss[s: s + chunk_tokens] = lse[s: s + chunk_tokens] - logits.gather(1, t[:, None]).squeeze(1)
             correct[s: s + chunk_tokens] = logits.argmax(dim=-1) == t
+        inv_count = inv_count.to(acc)
         per_sample = torch.zeros_like(inv_count).index_add_(0, sample_index, token_loss) * inv_count
-        n_correct = torch.zeros_like(inv_count).index_add_(0, sample_index, correct.float())
+        n_correct = torch.zeros_like(inv_count).index_add_(0, sample_index, correct.to(acc))
         ctx.save_for_backward(hidden, weight, targets, sample_index, inv_count, lse)
         ctx.chunk_tokens = chunk_tokens
         ctx.mark_non_differentiable(n_correct)
@@ -48,14 +55,14 @@ class _ChunkedLinearCE(torch.autograd.Function):
     def backward(ctx, grad_per_sample, _grad_correct):
         hidden, weight, targets, sample_index, inv_count, lse = ctx.saved_tensors
         # d loss_s / d logit_t = (softmax_t - onehot_t) / n_s for each token t of sample s.
-        token_scale = (grad_per_sample.float() * inv_count)[sample_index]  # (N,)
+        token_scale = (grad_per_sample.to(inv_count.dtype) * inv_count)[sample_index]  # (N,)
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
+        grad_weight = torch.zeros(weight.shape, dtype=_acc(weight[:0]).dtype, device=weight.device) \
             if ctx.needs_input_grad[1] else None
         step = ctx.chunk_tokens
         for s in range(0, hidden.shape[0], step):
             h = hidden[s: s + step]
-            logits = (h @ weight.t()).float()
+            logits = _acc(h @ weight.t())
             dlogits = torch.exp(logits - lse[s: s + step, None])
             rows = torch.arange(h.shape[0], device=h.device)
             dlogits[rows, targets[s: s + step]] -= 1.0
@@ -64,7 +71,7 @@ class _ChunkedLinearCE(torch.autograd.Function):
             if grad_hidden is not None:
                 grad_hidden[s: s + step] = dlogits @ weight
             if grad_weight is not None:
-                grad_weight += (dlogits.t() @ h).float()
+                grad_weight += _acc(dlogits.t() @ h)
         if grad_weight is not None:
             grad_weight = grad_weight.to(weight.dtype)
         return grad_hidden, grad_weight, None, None, None, None
@@ -81,13 +88,13 @@ def per_sample_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Te
         chunk_tokens: response tokens projected at once; bounds the fp32 logits to chunk x V.
 
     Returns:
-        (loss, n_correct), both (B,) fp32. A sample with no response token has loss 0 (not NaN).
+        (loss, n_correct), both (B,) in fp32 (fp64 for fp64 inputs). A sample with no response token has loss 0 (not NaN).
         `n_correct == n_target` means greedy decoding reproduces the response (exact match).
     """
     h = hidden[:, :-1]  # (B, T-1, H)
     target = labels[:, 1:]  # (B, T-1)
     valid = target != IGNORE_INDEX
-    counts = valid.sum(dim=1).float()  # (B,)
+    counts = valid.sum(dim=1).to(_acc(hidden[:0, :0, :0]).dtype)  # (B,)
     inv_count = torch.where(counts > 0, 1.0 / counts.clamp(min=1.0), torch.zeros_like(counts))
     sample_index = valid.nonzero(as_tuple=True)[0]  # row of each valid token, in row-major order
     return _ChunkedLinearCE.apply(h[valid], weight, target[valid], sample_index, inv_count, chunk_tokens)

@@ -1,0 +1,117 @@
+"""Real multi-process runs: 2 gloo ranks, DeepSpeed ZeRO-3, through the deepspeed launcher and torchrun."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import FAST, REPO, cli_env, free_port, run_cli
+from tests.helpers import last_eval, metrics, samples, train_rows
+
+pytestmark = pytest.mark.distributed
+
+
+def _ok(proc):
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+
+
+def test_gradient_is_the_same_for_two_batch_splits(tmp_path):
+    """One SGD step on the same global batch of 8: 2 ranks x 2 x 2 accumulation (torchrun) vs
+    1 rank x 1 x 8 accumulation (plain python): identical updated weights and gradient norm."""
+    common = FAST + ["trainer.max_steps=1", "trainer.global_batch_size=8", "trainer.optimizer=sgd", "trainer.lr=0.5",
+                     "trainer.warmup_steps=0", "trainer.lr_schedule=constant", "trainer.grad_clip=0",
+                     "trainer.eval_every_steps=0", "trainer.save_every_steps=0"]
+    two = run_cli(common + ["trainer.micro_batch_size=2", f"trainer.output_dir={tmp_path / 'two'}"],
+                  launcher="torchrun", nproc=2)
+    _ok(two)
+    one = run_cli(common + ["trainer.micro_batch_size=1", f"trainer.output_dir={tmp_path / 'one'}"])
+    _ok(one)
+    g2, g1 = train_rows(tmp_path / "two")[1]["grad_norm"], train_rows(tmp_path / "one")[1]["grad_norm"]
+    assert g1 > 0 and g2 == pytest.approx(g1, rel=1e-5)
+    w2, w1 = load_file(tmp_path / "two/final/model.safetensors"), load_file(tmp_path / "one/final/model.safetensors")
+    assert w2.keys() == w1.keys()
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-5, atol=1e-6, msg=k)
+    # The step really moved the weights (lr 0.5 x gradient), so equality above is not trivial.
+    assert train_rows(tmp_path / "one")[1]["loss"] > 0
+
+
+RESUME = FAST + ["trainer.max_steps=12", "trainer.global_batch_size=8", "trainer.micro_batch_size=2",
+                 "trainer.save_every_steps=4", "trainer.eval_every_steps=0", "trainer.log_samples=true",
+                 "trainer.warmup_steps=2"]
+
+
+def _ds_cmd(out: Path, port: int):
+    bindir = Path(sys.executable).parent
+    return [str(bindir / "deepspeed"), "--num_gpus", "2", "--master_port", str(port), "--module", "ct_train",
+            *RESUME, f"trainer.output_dir={out}"]
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run_and_export_loads(tmp_path):
+    ref = tmp_path / "ref"
+    _ok(run_cli(RESUME + [f"trainer.output_dir={ref}"], launcher="deepspeed", nproc=2))
+
+    # Same command, killed (SIGKILL to the launcher and both ranks) once the step-8 checkpoint is complete.
+    out = tmp_path / "killed"
+    cmd = _ds_cmd(out, free_port())
+    proc = subprocess.Popen(cmd, cwd=REPO, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    marker = out / "checkpoints/step00000008/trainer_state.json"
+    deadline = time.time() + 300
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert marker.exists(), "the run ended before its step-8 checkpoint"
+    assert not (out / "final").exists(), "the run finished before it could be killed; the test proves nothing"
+
+    resumed = subprocess.run(_ds_cmd(out, free_port()), cwd=REPO, env=cli_env(), capture_output=True, text=True,
+                             timeout=600)
+    _ok(resumed)
+    assert "resumed from" in resumed.stdout + resumed.stderr and "step 8" in resumed.stdout + resumed.stderr
+    for rank in (0, 1):
+        assert samples(out, rank) == samples(ref, rank)
+        assert [r["step"] for r in samples(out, rank)] == list(range(1, 13))
+    a, b = train_rows(ref), train_rows(out)
+    assert sorted(a) == sorted(b) == list(range(1, 13))
+    for step in a:
+        assert b[step]["loss"] == pytest.approx(a[step]["loss"], rel=1e-5, abs=1e-6), step
+    assert last_eval(out)["eval/loss"] == pytest.approx(last_eval(ref)["eval/loss"], rel=1e-5)
+
+    # Nothing already written is lost: resume=never on a directory with checkpoints refuses to start.
+    refused = run_cli(RESUME + [f"trainer.output_dir={ref}", "trainer.resume=never"])
+    assert refused.returncode == 2 and "already holds checkpoints" in refused.stderr
+    assert (ref / "checkpoints/step00000012/trainer_state.json").exists()
+
+    _check_hf_export_reproduces_eval_loss(ref)
+
+
+def _check_hf_export_reproduces_eval_loss(run: Path):
+    """final/ loads with plain transformers (no DeepSpeed) and gives the run's final held-out loss."""
+    from omegaconf import OmegaConf
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ct_train.config import Config, to_typed
+    from ct_train.data import collate, prepare_data
+    from ct_train.modeling import SampleLossModel
+
+    cfg = to_typed(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(run / "config.yaml")))
+    tokenizer = AutoTokenizer.from_pretrained(run / "final")
+    model = SampleLossModel(AutoModelForCausalLM.from_pretrained(run / "final")).eval()
+    data = prepare_data(cfg.data, tokenizer)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(data.eval), 8):
+            batch = collate(data.eval, list(range(start, min(start + 8, len(data.eval)))), tokenizer.pad_token_id)
+            loss, _ = model(batch.input_ids, batch.attention_mask, batch.labels)
+            has = batch.n_target > 0
+            total += float(loss[has].sum())
+            count += int(has.sum())
+    assert total / count == pytest.approx(last_eval(run)["eval/loss"], rel=1e-4)
+    assert metrics(run)[0]["step"] == 0  # the before-training eval is logged too

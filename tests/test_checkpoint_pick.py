@@ -1,0 +1,34 @@
+"""Which checkpoint a resume picks: never one whose save was interrupted."""
+
+import json
+
+import pytest
+
+from ct_train import checkpoint
+from ct_train.errors import ConfigError
+
+
+def _fake(out, step, complete):
+    d = out / "checkpoints" / checkpoint.tag_for(step)
+    d.mkdir(parents=True)
+    (d / "zero_pp_rank_0_mp_rank_00_model_states.pt").write_bytes(b"x")
+    if complete:
+        (d / checkpoint.STATE_FILE).write_text(json.dumps({"trainer": {"step": step}}))
+
+
+def test_auto_skips_incomplete_latest(tmp_path):
+    _fake(tmp_path, 10, True)
+    _fake(tmp_path, 20, True)
+    _fake(tmp_path, 30, False)  # killed while writing
+    assert checkpoint.resolve_resume("auto", str(tmp_path)) == (str(tmp_path / "checkpoints"), "step00000020")
+    assert checkpoint.resolve_resume("never", str(tmp_path)) is None
+
+
+def test_auto_on_fresh_dir_and_explicit_paths(tmp_path):
+    assert checkpoint.resolve_resume("auto", str(tmp_path)) is None
+    _fake(tmp_path, 5, True)
+    tag_dir = tmp_path / "checkpoints" / "step00000005"
+    assert checkpoint.resolve_resume(str(tag_dir), "/elsewhere") == (str(tmp_path / "checkpoints"), "step00000005")
+    assert checkpoint.resolve_resume(str(tmp_path), "/elsewhere")[1] == "step00000005"
+    with pytest.raises(ConfigError, match="no complete checkpoint"):
+        checkpoint.resolve_resume(str(tmp_path / "nothing"), "/elsewhere")
