@@ -43,3 +43,15 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
+
+# Throughput of the `make train` setting: 2 ranks through the deepspeed launcher, then 1 rank (plain
+# python, both cores), 100 steps each; prints median tokens/s (docs/benchmarks.md).
+bench: $(STAMP)
+	rm -rf outputs/bench-2ranks outputs/bench-1rank
+	PATH="$(CURDIR)/$(BIN):$$PATH" NPROC=2 bash launchers/local_cpu.sh trainer.max_steps=100 \
+		trainer.eval_every_steps=0 trainer.save_every_steps=0 trainer.export_final=false \
+		logger.progress_bar=false trainer.output_dir=outputs/bench-2ranks $(ARGS)
+	DS_ACCELERATOR=cpu CUDA_VISIBLE_DEVICES="" OMP_NUM_THREADS=$$(nproc) $(BIN)/python -m ct_train \
+		trainer.max_steps=100 trainer.eval_every_steps=0 trainer.save_every_steps=0 trainer.export_final=false \
+		logger.progress_bar=false trainer.output_dir=outputs/bench-1rank $(ARGS)
+	$(BIN)/python -m ct_train.plot --throughput outputs/bench-2ranks outputs/bench-1rank

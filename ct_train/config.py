@@ -86,7 +86,9 @@ class DataConfig:
 
     name: str = "skills"
     path: Any = None  # a file, a directory, or a list of them
-    sources: Optional[Dict[str, Any]] = None  # cluster name -> path(s): many datasets, named clusters
+    # cluster -> path(s): many datasets grouped into named clusters. `Any`, not Dict: Hydra then accepts
+    # `data.sources={qa: [a.jsonl], math: b.jsonl}` (a typed dict node in struct mode rejects new keys).
+    sources: Any = None
     eval_path: Any = None  # held-out files; without them a split of the training data
     format: str = "auto"
     cluster_field: Optional[str] = None
@@ -120,6 +122,8 @@ class DataConfig:
             raise ConfigError("data=jsonl needs data.path=FILE_OR_DIR (or data.sources={cluster: path})")
         if self.path and self.sources:
             raise ConfigError("set either data.path or data.sources, not both")
+        if self.sources is not None and not isinstance(self.sources, dict):
+            raise ConfigError(f"data.sources must map cluster names to paths, got {self.sources!r}")
         for cluster, paths in (self.sources or {}).items():
             if not as_path_list(f"data.sources.{cluster}", paths):
                 raise ConfigError(f"data.sources.{cluster} names no file; give a path or a list of paths")

@@ -22,14 +22,37 @@ from ct_train import distributed as dist
 from ct_train.data import MicroBatch, TokenizedSplit, collate
 
 
+MAX_DIFFICULTY_LEVELS = 10
+
+
+def difficulty_levels(split: TokenizedSplit) -> np.ndarray:
+    """The distinct difficulty values of a split when they form a few levels (else none)."""
+    levels = np.unique(split.difficulty[np.isfinite(split.difficulty)])
+    return levels if 1 < len(levels) <= MAX_DIFFICULTY_LEVELS else np.empty(0)
+
+
+def _level_name(value: float) -> str:
+    return f"{value:g}"
+
+
 @torch.no_grad()
 def evaluate(engine, split: TokenizedSplit, clusters: List[str], micro_batch_size: int, pad_id: int,
              exact_match: bool) -> Dict[str, float]:
-    """`eval/<cluster>/loss`, `eval/loss` (mean over samples) and, when asked, `.../exact_match`."""
+    """Held-out metrics, averaged over samples with a response token.
+
+    `eval/<cluster>/loss`, `eval/loss` and, when `exact_match`, `.../exact_match`; when the split's
+    difficulty takes a few distinct values (levels), also `eval_difficulty/<level>/...`.
+    """
     rank, world = dist.rank(), dist.world_size()
     mine = np.arange(rank, len(split), world)
     n_batches = math.ceil(math.ceil(len(split) / world) / micro_batch_size)
-    table = torch.zeros(3, len(clusters), dtype=torch.float64, device=engine.device)  # loss, count, exact
+    levels = difficulty_levels(split)
+    # Columns: clusters, then difficulty levels (a sample without a level goes to a dropped column).
+    level_col = np.full(len(split), len(clusters) + len(levels), dtype=np.int64)
+    if len(levels):
+        finite = np.isfinite(split.difficulty)
+        level_col[finite] = len(clusters) + np.searchsorted(levels, split.difficulty[finite])
+    table = torch.zeros(3, len(clusters) + len(levels) + 1, dtype=torch.float64, device=engine.device)
     was_training = engine.ds.training
     engine.train(False)
     for b in range(n_batches):
@@ -40,20 +63,29 @@ def evaluate(engine, split: TokenizedSplit, clusters: List[str], micro_batch_siz
         batch: MicroBatch = collate(split, idx, pad_id).to(engine.device)
         loss, n_correct = engine.forward(batch)
         has = (batch.n_target > 0).to(torch.float64) * weight
-        table[0].index_add_(0, batch.cluster_ids, loss.double() * has)
-        table[1].index_add_(0, batch.cluster_ids, has)
-        table[2].index_add_(0, batch.cluster_ids, (n_correct == batch.n_target).double() * has)
+        exact = (n_correct == batch.n_target).double() * has
+        for col in (batch.cluster_ids, torch.from_numpy(level_col[idx]).to(engine.device)):
+            table[0].index_add_(0, col, loss.double() * has)
+            table[1].index_add_(0, col, has)
+            table[2].index_add_(0, col, exact)
     engine.train(was_training)
-    table = dist.all_reduce_sum(table).cpu().numpy()
+    table = dist.all_reduce_sum(table).cpu().numpy()  # one collective for every metric
     out: Dict[str, float] = {}
     for c, name in enumerate(clusters):
         if table[1, c] > 0:
             out[f"eval/{name}/loss"] = float(table[0, c] / table[1, c])
             if exact_match:
                 out[f"eval/{name}/exact_match"] = float(table[2, c] / table[1, c])
-    total = table[1].sum()
+    for j, value in enumerate(levels):
+        c = len(clusters) + j
+        if table[1, c] > 0:
+            out[f"eval_difficulty/{_level_name(value)}/loss"] = float(table[0, c] / table[1, c])
+            if exact_match:
+                out[f"eval_difficulty/{_level_name(value)}/exact_match"] = float(table[2, c] / table[1, c])
+    per_cluster = table[:, : len(clusters)]
+    total = per_cluster[1].sum()
     if total > 0:
-        out["eval/loss"] = float(table[0].sum() / total)
+        out["eval/loss"] = float(per_cluster[0].sum() / total)
         if exact_match:
-            out["eval/exact_match"] = float(table[2].sum() / total)
+            out["eval/exact_match"] = float(per_cluster[2].sum() / total)
     return out

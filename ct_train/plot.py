@@ -1,7 +1,8 @@
 """`ct-train-plot OUTPUT_DIR`: PNG plots of a run's metrics.jsonl.
 
 Writes `loss.png` (training loss, and held-out loss at eval steps) and `clusters.png` (per-cluster
-training loss and held-out loss) into OUTPUT_DIR/plots/.
+training loss and held-out loss) into OUTPUT_DIR/plots/. With `--throughput` it prints the run's
+median tokens/s instead (the figure docs/benchmarks.md reports).
 """
 
 from __future__ import annotations
@@ -73,13 +74,32 @@ def plot_run(output_dir: str) -> List[str]:
     return paths
 
 
+def throughput(output_dir: str, skip_steps: int = 5) -> Dict[str, float]:
+    """Median and mean tokens/s over the training steps after the first `skip_steps` (warm-up)."""
+    import statistics
+
+    rows = [r for r in read_jsonl(os.path.join(output_dir, METRICS_FILE)) if "tokens_per_s" in r]
+    if not rows:
+        raise FileNotFoundError(f"{os.path.join(output_dir, METRICS_FILE)}: no training steps logged")
+    rates = [r["tokens_per_s"] for r in rows[skip_steps:]] or [r["tokens_per_s"] for r in rows]
+    return {"steps": len(rates), "median_tokens_per_s": statistics.median(rates),
+            "mean_tokens_per_s": statistics.fmean(rates), "tokens_per_step": rows[-1]["tokens"] / rows[-1]["step"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="ct-train-plot", description=__doc__.splitlines()[0])
-    parser.add_argument("output_dir", help="a run's trainer.output_dir (holds metrics.jsonl)")
+    parser.add_argument("output_dir", nargs="+", help="a run's trainer.output_dir (holds metrics.jsonl)")
+    parser.add_argument("--throughput", action="store_true", help="print median tokens/s instead of plotting")
     args = parser.parse_args()
     try:
-        for path in plot_run(args.output_dir):
-            print(path)
+        for out in args.output_dir:
+            if args.throughput:
+                t = throughput(out)
+                print(f"{out}: median {t['median_tokens_per_s']:,.0f} tokens/s (mean {t['mean_tokens_per_s']:,.0f}) "
+                      f"over {t['steps']} steps, {t['tokens_per_step']:,.0f} tokens/step")
+            else:
+                for path in plot_run(out):
+                    print(path)
     except FileNotFoundError as e:
         print(f"ct-train-plot: error: {e}", file=sys.stderr)
         sys.exit(2)

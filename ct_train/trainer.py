@@ -98,7 +98,8 @@ def train(cfg: Config, resolved: Dict[str, Any]) -> Dict[str, Any]:
     log.write(f"ct_train: {world} rank(s), {engine.num_parameters():,} parameters, ZeRO-{engine.ds_config['zero_optimization']['stage']}, "
               f"{len(train_split):,} train / {len(data.eval) if data.eval else 0:,} eval samples in "
               f"{len(data.clusters)} clusters, global batch {tr.global_batch_size} = {world} ranks x "
-              f"{tr.micro_batch_size} x {grad_accum_steps} accumulation steps; data: {data.stats}")
+              f"{tr.micro_batch_size} x {grad_accum_steps} accumulation steps; data counts: "
+              f"{ {k: v for k, v in data.stats.items() if v} }")
     if resume_from is not None:
         log.write(f"resumed from {os.path.join(*resume_from)} at step {state.step}")
 
@@ -185,11 +186,15 @@ def format_summary(summary: Dict[str, Any]) -> str:
     has_em = any(k.endswith("/exact_match") for k in after)
     head = f"{'cluster':<16}{'loss before':>12}{'loss after':>12}" + (f"{'EM before':>11}{'EM after':>10}" if has_em else "")
     lines = [head, "-" * len(head)]
-    for name in summary["clusters"] + [None]:
-        key = f"eval/{name}" if name else "eval"
+    levels = sorted({k.split("/")[1] for k in after if k.startswith("eval_difficulty/")}, key=float)
+    rows = [(name, f"eval/{name}") for name in summary["clusters"]] + [("ALL", "eval")]
+    rows += [(f"difficulty {lv}", f"eval_difficulty/{lv}") for lv in levels]
+    for name, key in rows:
         if f"{key}/loss" not in after:
             continue
-        row = f"{name or 'ALL':<16}{before.get(f'{key}/loss', float('nan')):>12.4f}{after[f'{key}/loss']:>12.4f}"
+        if name.startswith("difficulty") and not lines[-1].startswith("difficulty"):
+            lines.append("")
+        row = f"{name:<16}{before.get(f'{key}/loss', float('nan')):>12.4f}{after[f'{key}/loss']:>12.4f}"
         if has_em:
             row += f"{before.get(f'{key}/exact_match', float('nan')):>11.3f}{after[f'{key}/exact_match']:>10.3f}"
         lines.append(row)

@@ -58,12 +58,13 @@ def test_wrong_type_fails_at_compose():
     ("logger.mode=loud", "logger.mode='loud'"),
     ("deepspeed.zero_stage=4", "deepspeed.zero_stage=4"),
     ("curriculum.name=magic", "curriculum.name='magic'"),
-    ("trainer.global_batch_size=30", "trainer.global_batch_size=30 is not divisible by trainer.micro_batch_size=8"),
+    ("trainer.global_batch_size=30 trainer.micro_batch_size=8",
+     "trainer.global_batch_size=30 is not divisible by trainer.micro_batch_size=8"),
     ("model.attn_implementation=fast", "model.attn_implementation='fast'"),
 ])
 def test_bad_value_names_key_and_choices(override, needle):
     with pytest.raises(ConfigError) as err:
-        to_typed(_compose([override]))
+        to_typed(_compose(override.split()))
     assert needle in str(err.value)
     assert "\n" not in str(err.value)
 

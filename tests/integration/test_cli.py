@@ -1,0 +1,103 @@
+"""The CLI end to end: overrides, outputs, W&B offline, plots, and one-line errors for bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FAST, REPO, cli_env, run_cli
+from tests.helpers import metrics
+
+pytestmark = pytest.mark.integration
+
+
+def test_single_process_run_writes_every_output(tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli(FAST + ["trainer.max_steps=4", "trainer.global_batch_size=8", "trainer.micro_batch_size=4",
+                           "trainer.eval_every_steps=2", "trainer.log_samples=true", "logger=wandb",
+                           "logger.mode=offline", f"trainer.output_dir={out}"])
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "loss before" in proc.stdout and str(out) in proc.stdout  # the per-cluster table and where outputs are
+    rows = metrics(out)
+    assert [r["step"] for r in rows] == [0, 1, 2, 3, 4, 4]  # eval at 0, steps 1-4 (eval at 2), final eval
+    step = rows[1]
+    for key in ("loss", "lr", "grad_norm", "tokens", "tokens_per_s"):
+        assert isinstance(step[key], float | int), key
+    assert any(k.startswith("cluster/") and k.endswith("/loss") for k in step)
+    assert {"eval/add/loss", "eval/add/exact_match", "eval/loss"} <= set(rows[2])
+    # the skill suite has 2 difficulty levels here: held-out metrics per level too
+    assert {"eval_difficulty/1/exact_match", "eval_difficulty/2/loss"} <= set(rows[2])
+    assert "difficulty 2" in proc.stdout
+    assert rows[4]["tokens"] > rows[1]["tokens"] > 0
+    resolved = (out / "config.yaml").read_text()
+    assert "max_steps: 4" in resolved and "${" not in resolved
+    ids = [json.loads(line) for line in (out / "samples.rank0.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in ids] == [1, 2, 3, 4] and all(len(r["ids"]) == 8 for r in ids)
+    assert ids[0]["ids"][0].split("-")[0] in ("add", "reverse", "brackets", "cjk_reverse")
+    assert list((out / "wandb").glob("offline-run-*")), "W&B offline run directory missing"
+    assert (out / "final" / "model.safetensors").exists() and (out / "final" / "tokenizer.json").exists()
+    plot = subprocess.run([sys.executable, "-m", "ct_train.plot", str(out)], capture_output=True, text=True,
+                          env=cli_env())
+    assert plot.returncode == 0, plot.stderr
+    assert (out / "plots" / "loss.png").stat().st_size > 1000 and (out / "plots" / "clusters.png").exists()
+
+
+def _jsonl(path: Path, lines):
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return str(path)
+
+
+def _bad_inputs(tmp: Path):
+    good = '{"instruction": "a", "output": "b"}'
+    blocker = tmp / "a_file"
+    blocker.write_text("x")
+    return {
+        "malformed_json": (["data=jsonl", f"data.path={_jsonl(tmp / 'm.jsonl', [good, '{oops'])}"],
+                           "m.jsonl:2: malformed JSON"),
+        "bad_record_error": (["data=jsonl", "data.on_bad_record=error",
+                              f"data.path={_jsonl(tmp / 'r.jsonl', [good, json.dumps({'instruction': '', 'output': 'b'})])}"],
+                             "r.jsonl: record 2: empty prompt"),
+        "empty_dataset": (["data=jsonl", f"data.path={_jsonl(tmp / 'e.jsonl', [])}"], "no usable record"),
+        "missing_file": (["data=jsonl", f"data.path={tmp / 'absent.jsonl'}"], "no such file or directory"),
+        "non_numeric_difficulty": (["data=jsonl", f"data.path={_jsonl(tmp / 'd.jsonl', [json.dumps({'instruction': 'a', 'output': 'b', 'difficulty': 'hard'})])}"],
+                                   "must be a number, got 'hard'"),
+        "source_without_file": (["data=jsonl", "data.sources={qa: []}"], "data.sources.qa names no file"),
+        "batch_not_divisible": (["trainer.global_batch_size=10", "trainer.micro_batch_size=4"],
+                                "trainer.global_batch_size=10 is not divisible"),
+        "unwritable_output_dir": ([f"trainer.output_dir={blocker}/run"], "is not writable"),
+        "bad_choice": (["trainer.lr_schedule=wavy"], "trainer.lr_schedule='wavy' is not valid"),
+    }
+
+
+CASES = ["malformed_json", "bad_record_error", "empty_dataset", "missing_file", "non_numeric_difficulty",
+         "source_without_file", "batch_not_divisible", "unwritable_output_dir", "bad_choice"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_is_one_line_exit_2_before_training(tmp_path, case):
+    args, needle = _bad_inputs(tmp_path)[case]
+    out = tmp_path / "out"
+    proc = run_cli(FAST + [f"trainer.output_dir={out}"] + args)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("ct-train: error:")]
+    assert len(errors) == 1 and needle in errors[0], proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert not (out / "metrics.jsonl").exists()  # nothing trained
+
+
+def test_unknown_key_fails_with_hydra_message_via_console_script(tmp_path):
+    proc = subprocess.run([str(Path(sys.executable).parent / "ct-train"), "trainer.max_stepz=3"],
+                          capture_output=True, text=True, cwd=REPO, env=cli_env())
+    assert proc.returncode != 0 and "max_stepz" in proc.stderr
+
+
+def test_batch_split_checked_against_the_real_world_size(tmp_path):
+    # 8 = 2 ranks x 8 per micro-batch does not divide: caught once the launcher says there are 2 ranks.
+    proc = run_cli(FAST + ["trainer.global_batch_size=8", "trainer.micro_batch_size=8",
+                           f"trainer.output_dir={tmp_path / 'o'}"], launcher="torchrun", nproc=2)
+    assert proc.returncode != 0
+    assert "ct-train: error: trainer.global_batch_size=8 is not divisible by ranks x trainer.micro_batch_size = 2 x 8" \
+        in proc.stderr
+    assert "Traceback (most recent call last)" not in proc.stderr.split("ct-train: error")[0]
