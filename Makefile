@@ -38,7 +38,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -ra -m "not distributed and not integration" tests
 
 lint: $(STAMP)
-	$(BIN)/ruff check ct_train tests hydra_conf
+	$(BIN)/ruff check ct_train tests
 	$(BIN)/ruff format --check ct_train tests
 
 clean:

@@ -63,8 +63,10 @@ def resolve_resume(resume: str, output_dir: str) -> Optional[Tuple[str, str]]:
     if tags:
         base = path if complete_tags(path) else os.path.join(path, "checkpoints")
         return base, tags[-1][1]
-    raise ConfigError(f"trainer.resume={resume}: no complete checkpoint there "
-                      f"(expected a directory with {STATE_FILE}, or a checkpoints directory)")
+    raise ConfigError(
+        f"trainer.resume={resume}: no complete checkpoint there "
+        f"(expected a directory with {STATE_FILE}, or a checkpoints directory)"
+    )
 
 
 def _rng_state() -> Dict[str, Any]:

@@ -253,8 +253,15 @@ class Config:
     def validate(self) -> None:
         """Every section's checks; raises ConfigError naming the first bad key."""
         _choice("mode", self.mode, ("train",))
-        for section in (self.model, self.data, self.data.skills, self.curriculum, self.deepspeed, self.trainer,
-                        self.logger):
+        for section in (
+            self.model,
+            self.data,
+            self.data.skills,
+            self.curriculum,
+            self.deepspeed,
+            self.trainer,
+            self.logger,
+        ):
             section.validate()
 
 

@@ -41,8 +41,13 @@ def build_ds_config(ds: DeepSpeedConfig, tr: TrainerConfig, dtype: torch.dtype, 
     zero_allow_untested = False
     if tr.optimizer == "adamw":
         # torch's AdamW unless offloading (then DeepSpeedCPUAdam): nothing to compile at start.
-        params = {"lr": tr.lr, "betas": list(tr.adam_betas), "eps": tr.adam_eps, "weight_decay": tr.weight_decay,
-                  "torch_adam": not ds.offload_optimizer}
+        params = {
+            "lr": tr.lr,
+            "betas": list(tr.adam_betas),
+            "eps": tr.adam_eps,
+            "weight_decay": tr.weight_decay,
+            "torch_adam": not ds.offload_optimizer,
+        }
         optimizer = {"type": "AdamW", "params": params}
     else:
         optimizer = {"type": "SGD", "params": {"lr": tr.lr, "weight_decay": tr.weight_decay}}
@@ -88,7 +93,9 @@ class Engine:
 
         # Our process group exists already (distributed.init); this makes deepspeed.comm adopt it before
         # anything below asks DeepSpeed for the world size.
-        deepspeed.init_distributed(dist_backend=dist.backend(), timeout=datetime.timedelta(seconds=cfg.trainer.dist_timeout_s))
+        deepspeed.init_distributed(
+            dist_backend=dist.backend(), timeout=datetime.timedelta(seconds=cfg.trainer.dist_timeout_s)
+        )
         self.cfg = cfg
         self.dtype = resolve_dtype(cfg.model.dtype)
         self.world_size = dist.world_size()
@@ -106,11 +113,16 @@ class Engine:
         decay, no_decay = [], []
         for name, p in model.named_parameters():
             (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-        groups = [{"params": decay, "weight_decay": cfg.trainer.weight_decay},
-                  {"params": no_decay, "weight_decay": 0.0}]
+        groups = [
+            {"params": decay, "weight_decay": cfg.trainer.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
         self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=model, model_parameters=groups, config=self.ds_config,
-            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.trainer)))
+            model=model,
+            model_parameters=groups,
+            config=self.ds_config,
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.trainer)),
+        )
         self.device = self.ds.device
 
     @property
@@ -149,8 +161,9 @@ class Engine:
         self.ds.save_checkpoint(checkpoint_dir, tag=tag, save_latest=False)
 
     def load(self, checkpoint_dir: str, tag: str) -> None:
-        path, _ = self.ds.load_checkpoint(checkpoint_dir, tag=tag, load_optimizer_states=True,
-                                          load_lr_scheduler_states=True)
+        path, _ = self.ds.load_checkpoint(
+            checkpoint_dir, tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
         if path is None:
             raise RuntimeError(f"DeepSpeed could not load checkpoint {checkpoint_dir}/{tag}")
 
@@ -164,7 +177,7 @@ class Engine:
         else:
             state = self.module.state_dict() if dist.is_main() else None
         if dist.is_main():
-            state = {k[len("lm."):]: v for k, v in state.items() if k.startswith("lm.")}
+            state = {k[len("lm.") :]: v for k, v in state.items() if k.startswith("lm.")}
             os.makedirs(out_dir, exist_ok=True)
             self.module.lm.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
             tokenizer.save_pretrained(out_dir)

@@ -21,7 +21,6 @@ import torch
 from ct_train import distributed as dist
 from ct_train.data import MicroBatch, TokenizedSplit, collate
 
-
 MAX_DIFFICULTY_LEVELS = 10
 
 
@@ -36,8 +35,9 @@ def _level_name(value: float) -> str:
 
 
 @torch.no_grad()
-def evaluate(engine, split: TokenizedSplit, clusters: List[str], micro_batch_size: int, pad_id: int,
-             exact_match: bool) -> Dict[str, float]:
+def evaluate(
+    engine, split: TokenizedSplit, clusters: List[str], micro_batch_size: int, pad_id: int, exact_match: bool
+) -> Dict[str, float]:
     """Held-out metrics, averaged over samples with a response token.
 
     `eval/<cluster>/loss`, `eval/loss` and, when `exact_match`, `.../exact_match`; when the split's
@@ -56,7 +56,7 @@ def evaluate(engine, split: TokenizedSplit, clusters: List[str], micro_batch_siz
     was_training = engine.ds.training
     engine.train(False)
     for b in range(n_batches):
-        idx = mine[b * micro_batch_size: (b + 1) * micro_batch_size]
+        idx = mine[b * micro_batch_size : (b + 1) * micro_batch_size]
         weight = 1.0
         if len(idx) == 0:  # keep the forward count equal across ranks
             idx, weight = np.arange(min(micro_batch_size, len(split))), 0.0

@@ -37,8 +37,15 @@ def _truncate_after(path: str, step: int) -> None:
 
 
 class RunLogger:
-    def __init__(self, cfg: LoggerConfig, output_dir: str, resolved_config: Dict[str, Any], max_steps: int,
-                 start_step: int, log_samples: bool) -> None:
+    def __init__(
+        self,
+        cfg: LoggerConfig,
+        output_dir: str,
+        resolved_config: Dict[str, Any],
+        max_steps: int,
+        start_step: int,
+        log_samples: bool,
+    ) -> None:
         self.main = dist.is_main()
         self.output_dir = output_dir
         self.metrics_path = os.path.join(output_dir, METRICS_FILE)
@@ -67,8 +74,17 @@ class RunLogger:
             run_id = uuid.uuid4().hex[:12]
             with open(id_file, "w") as f:
                 f.write(run_id)
-        return wandb.init(project=cfg.project, entity=cfg.entity, name=cfg.run_name, tags=list(cfg.tags),
-                          mode=cfg.mode, dir=self.output_dir, config=resolved_config, id=run_id, resume="allow")
+        return wandb.init(
+            project=cfg.project,
+            entity=cfg.entity,
+            name=cfg.run_name,
+            tags=list(cfg.tags),
+            mode=cfg.mode,
+            dir=self.output_dir,
+            config=resolved_config,
+            id=run_id,
+            resume="allow",
+        )
 
     def log(self, step: int, metrics: Dict[str, Any]) -> None:
         """One metrics.jsonl line (and W&B point) for `step`."""

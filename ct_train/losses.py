@@ -38,11 +38,11 @@ class _ChunkedLinearCE(torch.autograd.Function):
         token_loss = torch.empty(n, dtype=acc, device=hidden.device)
         correct = torch.empty(n, dtype=torch.bool, device=hidden.device)
         for s in range(0, n, chunk_tokens):
-            logits = _acc(hidden[s: s + chunk_tokens] @ weight.t())  # (n_c, V), fp32 or wider
-            t = targets[s: s + chunk_tokens]
-            lse[s: s + chunk_tokens] = torch.logsumexp(logits, dim=-1)
-            token_loss[s: s + chunk_tokens] = lse[s: s + chunk_tokens] - logits.gather(1, t[:, None]).squeeze(1)
-            correct[s: s + chunk_tokens] = logits.argmax(dim=-1) == t
+            logits = _acc(hidden[s : s + chunk_tokens] @ weight.t())  # (n_c, V), fp32 or wider
+            t = targets[s : s + chunk_tokens]
+            lse[s : s + chunk_tokens] = torch.logsumexp(logits, dim=-1)
+            token_loss[s : s + chunk_tokens] = lse[s : s + chunk_tokens] - logits.gather(1, t[:, None]).squeeze(1)
+            correct[s : s + chunk_tokens] = logits.argmax(dim=-1) == t
         inv_count = inv_count.to(acc)
         per_sample = torch.zeros_like(inv_count).index_add_(0, sample_index, token_loss) * inv_count
         n_correct = torch.zeros_like(inv_count).index_add_(0, sample_index, correct.to(acc))
@@ -57,19 +57,22 @@ class _ChunkedLinearCE(torch.autograd.Function):
         # d loss_s / d logit_t = (softmax_t - onehot_t) / n_s for each token t of sample s.
         token_scale = (grad_per_sample.to(inv_count.dtype) * inv_count)[sample_index]  # (N,)
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-        grad_weight = torch.zeros(weight.shape, dtype=_acc(weight[:0]).dtype, device=weight.device) \
-            if ctx.needs_input_grad[1] else None
+        grad_weight = (
+            torch.zeros(weight.shape, dtype=_acc(weight[:0]).dtype, device=weight.device)
+            if ctx.needs_input_grad[1]
+            else None
+        )
         step = ctx.chunk_tokens
         for s in range(0, hidden.shape[0], step):
-            h = hidden[s: s + step]
+            h = hidden[s : s + step]
             logits = _acc(h @ weight.t())
-            dlogits = torch.exp(logits - lse[s: s + step, None])
+            dlogits = torch.exp(logits - lse[s : s + step, None])
             rows = torch.arange(h.shape[0], device=h.device)
-            dlogits[rows, targets[s: s + step]] -= 1.0
-            dlogits *= token_scale[s: s + step, None]  # fold the upstream scale in before rounding
+            dlogits[rows, targets[s : s + step]] -= 1.0
+            dlogits *= token_scale[s : s + step, None]  # fold the upstream scale in before rounding
             dlogits = dlogits.to(hidden.dtype)
             if grad_hidden is not None:
-                grad_hidden[s: s + step] = dlogits @ weight
+                grad_hidden[s : s + step] = dlogits @ weight
             if grad_weight is not None:
                 grad_weight += _acc(dlogits.t() @ h)
         if grad_weight is not None:
@@ -77,8 +80,9 @@ class _ChunkedLinearCE(torch.autograd.Function):
         return grad_hidden, grad_weight, None, None, None, None
 
 
-def per_sample_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                    chunk_tokens: int = 4096) -> Tuple[torch.Tensor, torch.Tensor]:
+def per_sample_loss(
+    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk_tokens: int = 4096
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """Mean response-token cross-entropy of every sample, and its number of argmax-correct tokens.
 
     Args:
@@ -88,7 +92,8 @@ def per_sample_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Te
         chunk_tokens: response tokens projected at once; bounds the fp32 logits to chunk x V.
 
     Returns:
-        (loss, n_correct), both (B,) in fp32 (fp64 for fp64 inputs). A sample with no response token has loss 0 (not NaN).
+        (loss, n_correct), both (B,) in fp32 (fp64 for fp64 inputs). A sample with no response
+        token has loss 0 (not NaN).
         `n_correct == n_target` means greedy decoding reproduces the response (exact match).
     """
     h = hidden[:, :-1]  # (B, T-1, H)
@@ -100,8 +105,9 @@ def per_sample_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Te
     return _ChunkedLinearCE.apply(h[valid], weight, target[valid], sample_index, inv_count, chunk_tokens)
 
 
-def objective(per_sample: torch.Tensor, n_target: torch.Tensor, normalization: str,
-              global_denominator: float, grad_scale: float) -> torch.Tensor:
+def objective(
+    per_sample: torch.Tensor, n_target: torch.Tensor, normalization: str, global_denominator: float, grad_scale: float
+) -> torch.Tensor:
     """The scalar to back-propagate for one micro-batch.
 
     token: sum of token losses / response tokens in the global batch.

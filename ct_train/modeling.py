@@ -34,8 +34,10 @@ def resolve_attn(name: str) -> str:
     if name == "auto":
         return "flash_attention_2" if flash_attn_available() else "sdpa"
     if name == "flash_attention_2" and not flash_attn_available():
-        raise ConfigError("model.attn_implementation=flash_attention_2 needs a GPU and the flash-attn "
-                          "package (pip install -e .[gpu]); use sdpa")
+        raise ConfigError(
+            "model.attn_implementation=flash_attention_2 needs a GPU and the flash-attn "
+            "package (pip install -e .[gpu]); use sdpa"
+        )
     return name
 
 
@@ -53,11 +55,13 @@ def build_hf_model(cfg: ModelConfig, tokenizer: Any, dtype: torch.dtype) -> Any:
     attn = resolve_attn(cfg.attn_implementation)
     if cfg.path:
         try:
-            model = AutoModelForCausalLM.from_pretrained(cfg.path, dtype=dtype, attn_implementation=attn,
-                                                         local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(
+                cfg.path, dtype=dtype, attn_implementation=attn, local_files_only=True
+            )
         except (OSError, ValueError) as e:
-            raise ConfigError(f"model.path={cfg.path}: not a loadable Hugging Face causal LM "
-                              f"({str(e).splitlines()[0]})") from None
+            raise ConfigError(
+                f"model.path={cfg.path}: not a loadable Hugging Face causal LM ({str(e).splitlines()[0]})"
+            ) from None
     else:
         arch: Dict[str, Any] = dict(cfg.architecture)
         model_type = arch.pop("model_type")
@@ -66,8 +70,10 @@ def build_hf_model(cfg: ModelConfig, tokenizer: Any, dtype: torch.dtype) -> Any:
         except (KeyError, ValueError, TypeError) as e:
             raise ConfigError(f"model.architecture: {e}") from None
         if hf_config.vocab_size < len(tokenizer):
-            raise ConfigError(f"model.architecture.vocab_size={hf_config.vocab_size} is smaller than the "
-                              f"tokenizer's {len(tokenizer)} tokens")
+            raise ConfigError(
+                f"model.architecture.vocab_size={hf_config.vocab_size} is smaller than the "
+                f"tokenizer's {len(tokenizer)} tokens"
+            )
         hf_config.pad_token_id = tokenizer.pad_token_id
         hf_config.bos_token_id = tokenizer.bos_token_id
         hf_config.eos_token_id = tokenizer.eos_token_id
@@ -89,8 +95,9 @@ class SampleLossModel(nn.Module):
     def output_weight(self) -> nn.Parameter:
         return self.lm.get_output_embeddings().weight
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         body = self.lm.get_decoder()
         hidden = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
         return per_sample_loss(hidden, self.output_weight(), labels, self.chunk_tokens)

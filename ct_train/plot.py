@@ -82,8 +82,12 @@ def throughput(output_dir: str, skip_steps: int = 5) -> Dict[str, float]:
     if not rows:
         raise FileNotFoundError(f"{os.path.join(output_dir, METRICS_FILE)}: no training steps logged")
     rates = [r["tokens_per_s"] for r in rows[skip_steps:]] or [r["tokens_per_s"] for r in rows]
-    return {"steps": len(rates), "median_tokens_per_s": statistics.median(rates),
-            "mean_tokens_per_s": statistics.fmean(rates), "tokens_per_step": rows[-1]["tokens"] / rows[-1]["step"]}
+    return {
+        "steps": len(rates),
+        "median_tokens_per_s": statistics.median(rates),
+        "mean_tokens_per_s": statistics.fmean(rates),
+        "tokens_per_step": rows[-1]["tokens"] / rows[-1]["step"],
+    }
 
 
 def main() -> None:
@@ -95,8 +99,10 @@ def main() -> None:
         for out in args.output_dir:
             if args.throughput:
                 t = throughput(out)
-                print(f"{out}: median {t['median_tokens_per_s']:,.0f} tokens/s (mean {t['mean_tokens_per_s']:,.0f}) "
-                      f"over {t['steps']} steps, {t['tokens_per_step']:,.0f} tokens/step")
+                print(
+                    f"{out}: median {t['median_tokens_per_s']:,.0f} tokens/s (mean {t['mean_tokens_per_s']:,.0f}) "
+                    f"over {t['steps']} steps, {t['tokens_per_step']:,.0f} tokens/step"
+                )
             else:
                 for path in plot_run(out):
                     print(path)

@@ -48,7 +48,7 @@ class CurriculumSampler:
         while n > 0:
             perm = self._permutation(pool, epoch)
             k = min(n, len(perm) - offset)
-            out.append(perm[offset: offset + k])
+            out.append(perm[offset : offset + k])
             offset, n = offset + k, n - k
             if offset == len(perm):
                 epoch, offset = epoch + 1, 0
@@ -74,22 +74,27 @@ class CurriculumSampler:
         return batch
 
     @staticmethod
-    def rank_micro_batches(global_batch: np.ndarray, rank: int, world_size: int,
-                           micro_batch_size: int) -> List[np.ndarray]:
+    def rank_micro_batches(
+        global_batch: np.ndarray, rank: int, world_size: int, micro_batch_size: int
+    ) -> List[np.ndarray]:
         """Rank `rank`'s contiguous slice of the global batch, as micro-batches in order."""
         per_rank = len(global_batch) // world_size
-        mine = global_batch[rank * per_rank: (rank + 1) * per_rank]
-        return [mine[i: i + micro_batch_size] for i in range(0, per_rank, micro_batch_size)]
+        mine = global_batch[rank * per_rank : (rank + 1) * per_rank]
+        return [mine[i : i + micro_batch_size] for i in range(0, per_rank, micro_batch_size)]
 
     def state_dict(self) -> Dict[str, Any]:
-        return {"seed": self.seed, "global_batch_size": self.global_batch_size,
-                "cursors": {k: list(v) for k, v in self.cursors.items()}}
+        return {
+            "seed": self.seed,
+            "global_batch_size": self.global_batch_size,
+            "cursors": {k: list(v) for k, v in self.cursors.items()},
+        }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         if state["seed"] != self.seed or state["global_batch_size"] != self.global_batch_size:
             raise ValueError(
                 f"sampler state is for seed={state['seed']}, global_batch_size={state['global_batch_size']}; "
-                f"this run has seed={self.seed}, global_batch_size={self.global_batch_size}")
+                f"this run has seed={self.seed}, global_batch_size={self.global_batch_size}"
+            )
         missing = set(self.pools) - set(state["cursors"])
         if missing:
             raise ValueError(f"sampler state lacks pools {sorted(missing)}")

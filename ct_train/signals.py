@@ -38,4 +38,3 @@ class ClusterLossAccumulator:
 def cluster_loss_metrics(stats: ClusterStats, prefix: str = "cluster") -> dict:
     """`{prefix}/<name>/loss` for each cluster seen this step."""
     return {f"{prefix}/{c}/loss": v for c, v in stats.mean_loss().items()}
-

@@ -54,8 +54,10 @@ def prepare_output_dir(cfg: Config, resolved: Dict[str, Any]) -> str:
         except OSError as e:
             raise ConfigError(f"trainer.output_dir={cfg.trainer.output_dir} is not writable ({e.strerror})") from None
         if cfg.trainer.resume == "never" and checkpoint.complete_tags(checkpoint.checkpoints_dir(out)):
-            raise ConfigError(f"trainer.output_dir={out} already holds checkpoints and trainer.resume=never; "
-                              "use trainer.resume=auto to continue, or another trainer.output_dir")
+            raise ConfigError(
+                f"trainer.output_dir={out} already holds checkpoints and trainer.resume=never; "
+                "use trainer.resume=auto to continue, or another trainer.output_dir"
+            )
         with open(os.path.join(out, "config.yaml"), "w") as f:
             yaml.safe_dump(resolved, f, sort_keys=False)
         return out
@@ -86,8 +88,10 @@ def train(cfg: Config, resolved: Dict[str, Any]) -> Dict[str, Any]:
     if resume_from is not None:
         saved = checkpoint.load(engine, *resume_from)
         if saved["clusters"] != data.clusters:
-            raise ConfigError(f"cannot resume from {resume_from[1]}: its clusters {saved['clusters']} differ from "
-                              f"the data's {data.clusters} (did data.* change?)")
+            raise ConfigError(
+                f"cannot resume from {resume_from[1]}: its clusters {saved['clusters']} differ from "
+                f"the data's {data.clusters} (did data.* change?)"
+            )
         try:
             sampler.load_state_dict(saved["sampler"])
         except ValueError as e:
@@ -95,24 +99,37 @@ def train(cfg: Config, resolved: Dict[str, Any]) -> Dict[str, Any]:
         curriculum.load_state_dict(saved["curriculum"])
         state = TrainState(**saved["trainer"])
     log = RunLogger(cfg.logger, output_dir, resolved, tr.max_steps, state.step, tr.log_samples)
-    log.write(f"ct_train: {world} rank(s), {engine.num_parameters():,} parameters, ZeRO-{engine.ds_config['zero_optimization']['stage']}, "
-              f"{len(train_split):,} train / {len(data.eval) if data.eval else 0:,} eval samples in "
-              f"{len(data.clusters)} clusters, global batch {tr.global_batch_size} = {world} ranks x "
-              f"{tr.micro_batch_size} x {grad_accum_steps} accumulation steps; data counts: "
-              f"{ {k: v for k, v in data.stats.items() if v} }")
+    log.write(
+        f"ct_train: {world} rank(s), {engine.num_parameters():,} parameters, "
+        f"ZeRO-{engine.ds_config['zero_optimization']['stage']}, "
+        f"{len(train_split):,} train / {len(data.eval) if data.eval else 0:,} eval samples in "
+        f"{len(data.clusters)} clusters, global batch {tr.global_batch_size} = {world} ranks x "
+        f"{tr.micro_batch_size} x {grad_accum_steps} accumulation steps; data counts: "
+        f"{ {k: v for k, v in data.stats.items() if v} }"
+    )
     if resume_from is not None:
         log.write(f"resumed from {os.path.join(*resume_from)} at step {state.step}")
 
     def run_eval() -> Dict[str, float]:
         if data.eval is None:
             return {}
-        return evaluate(engine, data.eval, data.clusters, tr.micro_batch_size, tokenizer.pad_token_id,
-                        cfg.data.exact_match)
+        return evaluate(
+            engine, data.eval, data.clusters, tr.micro_batch_size, tokenizer.pad_token_id, cfg.data.exact_match
+        )
 
     def save() -> None:
-        checkpoint.save(engine, output_dir, state.step, {
-            "clusters": data.clusters, "sampler": sampler.state_dict(), "curriculum": curriculum.state_dict(),
-            "trainer": state.__dict__, "world_size": world})
+        checkpoint.save(
+            engine,
+            output_dir,
+            state.step,
+            {
+                "clusters": data.clusters,
+                "sampler": sampler.state_dict(),
+                "curriculum": curriculum.state_dict(),
+                "trainer": state.__dict__,
+                "world_size": world,
+            },
+        )
 
     try:
         if state.step == 0 and not state.initial_eval:
@@ -133,8 +150,9 @@ def train(cfg: Config, resolved: Dict[str, Any]) -> Dict[str, Any]:
             for idx in sampler.rank_micro_batches(global_batch, rank, world, tr.micro_batch_size):
                 batch = collate(train_split, idx, tokenizer.pad_token_id).to(engine.device)
                 per_sample, _ = engine.forward(batch)
-                loss = objective(per_sample, batch.n_target, tr.loss_normalization, denominator,
-                                 grad_scale=world * grad_accum_steps)
+                loss = objective(
+                    per_sample, batch.n_target, tr.loss_normalization, denominator, grad_scale=world * grad_accum_steps
+                )
                 engine.backward(loss)
                 engine.step()  # DeepSpeed steps the optimizer only at the accumulation boundary
                 signal.add(batch.cluster_ids, per_sample, batch.n_target)
@@ -150,9 +168,15 @@ def train(cfg: Config, resolved: Dict[str, Any]) -> Dict[str, Any]:
             metrics: Dict[str, Any] = {}
             if state.step % tr.log_every_steps == 0 or state.step == tr.max_steps:
                 mean_loss = float(stats.loss_sum.sum() / max(stats.count.sum(), 1.0))
-                metrics = {"loss": mean_loss, "lr": engine.lr(), "grad_norm": engine.grad_norm(),
-                           "tokens": state.tokens, "tokens_per_s": step_tokens / elapsed,
-                           **cluster_loss_metrics(stats), **{f"curriculum/{k}": v for k, v in plan.info.items()}}
+                metrics = {
+                    "loss": mean_loss,
+                    "lr": engine.lr(),
+                    "grad_norm": engine.grad_norm(),
+                    "tokens": state.tokens,
+                    "tokens_per_s": step_tokens / elapsed,
+                    **cluster_loss_metrics(stats),
+                    **{f"curriculum/{k}": v for k, v in plan.info.items()},
+                }
                 log.progress(state.step, {"loss": f"{mean_loss:.4f}", "tok/s": f"{step_tokens / elapsed:,.0f}"})
             if tr.eval_every_steps and state.step % tr.eval_every_steps == 0 and state.step < tr.max_steps:
                 state.last_eval = run_eval()
@@ -164,17 +188,23 @@ def train(cfg: Config, resolved: Dict[str, Any]) -> Dict[str, Any]:
 
         state.last_eval = run_eval()
         log.log(state.step, state.last_eval)
-        if not os.path.exists(os.path.join(checkpoint.checkpoints_dir(output_dir), checkpoint.tag_for(state.step),
-                                           checkpoint.STATE_FILE)):
+        if not os.path.exists(
+            os.path.join(checkpoint.checkpoints_dir(output_dir), checkpoint.tag_for(state.step), checkpoint.STATE_FILE)
+        ):
             save()  # (a resumed, already finished run keeps its final checkpoint untouched)
         final_dir = os.path.join(output_dir, "final")
         if tr.export_final:
             engine.export_hf(final_dir, tokenizer)
     finally:
         log.close()
-    summary = {"output_dir": output_dir, "final_dir": final_dir if tr.export_final else None,
-               "step": state.step, "initial_eval": state.initial_eval, "final_eval": state.last_eval,
-               "clusters": data.clusters}
+    summary = {
+        "output_dir": output_dir,
+        "final_dir": final_dir if tr.export_final else None,
+        "step": state.step,
+        "initial_eval": state.initial_eval,
+        "final_eval": state.last_eval,
+        "clusters": data.clusters,
+    }
     if dist.is_main():
         print(format_summary(summary), flush=True)
     return summary
@@ -184,7 +214,9 @@ def format_summary(summary: Dict[str, Any]) -> str:
     """The end-of-run table: held-out loss (and exact match) per cluster, before and after."""
     before, after = summary["initial_eval"], summary["final_eval"]
     has_em = any(k.endswith("/exact_match") for k in after)
-    head = f"{'cluster':<16}{'loss before':>12}{'loss after':>12}" + (f"{'EM before':>11}{'EM after':>10}" if has_em else "")
+    head = f"{'cluster':<16}{'loss before':>12}{'loss after':>12}" + (
+        f"{'EM before':>11}{'EM after':>10}" if has_em else ""
+    )
     lines = [head, "-" * len(head)]
     levels = sorted({k.split("/")[1] for k in after if k.startswith("eval_difficulty/")}, key=float)
     rows = [(name, f"eval/{name}") for name in summary["clusters"]] + [("ALL", "eval")]
@@ -198,6 +230,9 @@ def format_summary(summary: Dict[str, Any]) -> str:
         if has_em:
             row += f"{before.get(f'{key}/exact_match', float('nan')):>11.3f}{after[f'{key}/exact_match']:>10.3f}"
         lines.append(row)
-    lines.append(f"\noutputs: {summary['output_dir']}  (metrics.jsonl, checkpoints/"
-                 + (", final/ = Hugging Face model" if summary["final_dir"] else "") + ")")
+    lines.append(
+        f"\noutputs: {summary['output_dir']}  (metrics.jsonl, checkpoints/"
+        + (", final/ = Hugging Face model" if summary["final_dir"] else "")
+        + ")"
+    )
     return "\n".join(lines)

@@ -58,14 +58,21 @@ def run_cli(args, *, launcher=None, nproc=1, timeout=600, cwd=None) -> subproces
         cmd = [str(bindir / "torchrun"), "--nproc_per_node", str(nproc), "--master_port", port, "-m", "ct_train"]
     else:
         raise ValueError(launcher)
-    return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=timeout, cwd=cwd or REPO,
-                          env=cli_env())
+    return subprocess.run(
+        cmd + list(args), capture_output=True, text=True, timeout=timeout, cwd=cwd or REPO, env=cli_env()
+    )
 
 
 # Small, fast settings shared by the CLI tests: the tiny model on a reduced skill suite.
-FAST = [
-    "data.skills.clusters=[add,reverse,brackets,cjk_reverse]", "data.skills.levels=2",
-    "data.skills.train_per_level=40", "data.skills.eval_per_level=4", "logger.progress_bar=false",
-    "model.architecture.num_hidden_layers=2", "model.architecture.hidden_size=64",
+FAST_DATA = [
+    "data.skills.clusters=[add,reverse,brackets,cjk_reverse]",
+    "data.skills.levels=2",
+    "data.skills.train_per_level=40",
+    "data.skills.eval_per_level=4",
+    "logger.progress_bar=false",
+]
+FAST = FAST_DATA + [
+    "model.architecture.num_hidden_layers=2",
+    "model.architecture.hidden_size=64",
     "model.architecture.intermediate_size=128",
 ]

@@ -38,7 +38,12 @@ def test_every_shipped_yaml_composes_and_validates(group, option):
 
 def test_defaults_are_the_tiny_cpu_run():
     cfg = to_typed(_compose([]))
-    assert (cfg.model.name, cfg.data.name, cfg.curriculum.name, cfg.deepspeed.zero_stage) == ("tiny", "skills", "iid", 3)
+    assert (cfg.model.name, cfg.data.name, cfg.curriculum.name, cfg.deepspeed.zero_stage) == (
+        "tiny",
+        "skills",
+        "iid",
+        3,
+    )
     assert cfg.trainer.output_dir == "outputs/tiny-skills-iid"
 
 
@@ -52,16 +57,24 @@ def test_wrong_type_fails_at_compose():
         _compose(["trainer.max_steps=many"])
 
 
-@pytest.mark.parametrize("override,needle", [
-    ("trainer.lr_schedule=wavy", "trainer.lr_schedule='wavy' is not valid; expected one of: cosine, linear, constant"),
-    ("data.truncation=chop", "data.truncation='chop'"),
-    ("logger.mode=loud", "logger.mode='loud'"),
-    ("deepspeed.zero_stage=4", "deepspeed.zero_stage=4"),
-    ("curriculum.name=magic", "curriculum.name='magic'"),
-    ("trainer.global_batch_size=30 trainer.micro_batch_size=8",
-     "trainer.global_batch_size=30 is not divisible by trainer.micro_batch_size=8"),
-    ("model.attn_implementation=fast", "model.attn_implementation='fast'"),
-])
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        (
+            "trainer.lr_schedule=wavy",
+            "trainer.lr_schedule='wavy' is not valid; expected one of: cosine, linear, constant",
+        ),
+        ("data.truncation=chop", "data.truncation='chop'"),
+        ("logger.mode=loud", "logger.mode='loud'"),
+        ("deepspeed.zero_stage=4", "deepspeed.zero_stage=4"),
+        ("curriculum.name=magic", "curriculum.name='magic'"),
+        (
+            "trainer.global_batch_size=30 trainer.micro_batch_size=8",
+            "trainer.global_batch_size=30 is not divisible by trainer.micro_batch_size=8",
+        ),
+        ("model.attn_implementation=fast", "model.attn_implementation='fast'"),
+    ],
+)
 def test_bad_value_names_key_and_choices(override, needle):
     with pytest.raises(ConfigError) as err:
         to_typed(_compose(override.split()))

@@ -10,8 +10,9 @@ from ct_train.losses import objective, per_sample_loss
 def _reference(hidden, weight, labels):
     logits = (hidden @ weight.t())[:, :-1]
     target = labels[:, 1:]
-    tok = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100,
-                          reduction="none").view_as(target)
+    tok = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="none"
+    ).view_as(target)
     valid = (target != -100).float()
     return (tok * valid).sum(1) / valid.sum(1).clamp(min=1)
 

@@ -20,9 +20,15 @@ class MicroBatch:
     n_target: torch.Tensor  # (B,) int64, labels predicted after the causal shift
     ids: List[str]
 
-    def to(self, device: torch.device) -> "MicroBatch":
-        return MicroBatch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device),
-                          self.cluster_ids.to(device), self.n_target.to(device), self.ids)
+    def to(self, device: torch.device) -> MicroBatch:
+        return MicroBatch(
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            self.labels.to(device),
+            self.cluster_ids.to(device),
+            self.n_target.to(device),
+            self.ids,
+        )
 
     @property
     def num_tokens(self) -> int:

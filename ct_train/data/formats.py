@@ -18,8 +18,16 @@ from ct_train.errors import DataError
 
 CLUSTER_FIELDS = ("cluster", "task", "category")
 DIFFICULTY_FIELDS = ("difficulty", "score")
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                  "chatgpt": "assistant", "bing": "assistant", "bard": "assistant", "system": "system"}
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+    "bing": "assistant",
+    "bard": "assistant",
+    "system": "system",
+}
 
 
 class BadRecord(ValueError):
@@ -48,8 +56,14 @@ def _alpaca(rec: Dict[str, Any]) -> List[Dict[str, Any]]:
 
 
 def _prompt_response(rec: Dict[str, Any]) -> List[Dict[str, Any]]:
-    return [dict(prompt=_text(rec.get("prompt")), input=_text(rec.get("input")),
-                 response=_text(rec.get("response")), messages=[])]
+    return [
+        dict(
+            prompt=_text(rec.get("prompt")),
+            input=_text(rec.get("input")),
+            response=_text(rec.get("response")),
+            messages=[],
+        )
+    ]
 
 
 def _phased(rec: Dict[str, Any]) -> List[Dict[str, Any]]:
@@ -59,8 +73,11 @@ def _phased(rec: Dict[str, Any]) -> List[Dict[str, Any]]:
     if len(turns) == 2:
         return [dict(prompt=_text(turns[0]), input="", response=_text(turns[1]), messages=[])]
     roles = ["user", "assistant"] * (len(turns) // 2)
-    return [dict(prompt="", input="", response="", messages=[
-        {"role": r, "content": _text(t)} for r, t in zip(roles, turns)])]
+    return [
+        dict(
+            prompt="", input="", response="", messages=[{"role": r, "content": _text(t)} for r, t in zip(roles, turns)]
+        )
+    ]
 
 
 def _sharegpt(rec: Dict[str, Any]) -> List[Dict[str, Any]]:
@@ -74,17 +91,23 @@ def _sharegpt(rec: Dict[str, Any]) -> List[Dict[str, Any]]:
 
 
 def _messages(rec: Dict[str, Any]) -> List[Dict[str, Any]]:
-    messages = [{"role": str(m.get("role", "")), "content": _text(m.get("content"))}
-                for m in rec.get("messages") or []]
+    messages = [{"role": str(m.get("role", "")), "content": _text(m.get("content"))} for m in rec.get("messages") or []]
     return [dict(prompt="", input="", response="", messages=messages)]
 
 
 def _self_instruct(rec: Dict[str, Any]) -> List[Dict[str, Any]]:
     out = []
     for j, inst in enumerate(rec.get("instances") or []):
-        out.append(dict(prompt=_text(rec.get("instruction")), input=_text(inst.get("input")),
-                        response=_text(inst.get("output")), messages=[], _suffix=f":{j}",
-                        _cluster=rec.get("name")))
+        out.append(
+            dict(
+                prompt=_text(rec.get("instruction")),
+                input=_text(inst.get("input")),
+                response=_text(inst.get("output")),
+                messages=[],
+                _suffix=f":{j}",
+                _cluster=rec.get("name"),
+            )
+        )
     if not out:
         raise BadRecord("self-instruct task has no instances")
     return out
@@ -177,7 +200,8 @@ def normalize(rec: Dict[str, Any], fmt: str, index: int, src: SourceInfo) -> Lis
         suffix = ex.pop("_suffix", "")
         derived_cluster = ex.pop("_cluster", None)
         _usable(ex)
-        ex.update(id=base_id + suffix, cluster=_cluster(rec, src, derived_cluster),
-                  difficulty=difficulty, source=src.name)
+        ex.update(
+            id=base_id + suffix, cluster=_cluster(rec, src, derived_cluster), difficulty=difficulty, source=src.name
+        )
         out.append(ex)
     return out

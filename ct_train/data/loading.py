@@ -21,13 +21,19 @@ EXTENSIONS = (".jsonl", ".json", ".parquet")
 def _features() -> Any:
     from datasets import Features, Value
 
-    return Features({
-        "id": Value("string"), "prompt": Value("string"), "input": Value("string"),
-        "response": Value("string"),
-        "messages": [{"role": Value("string"), "content": Value("string")}],
-        "cluster": Value("string"), "difficulty": Value("float64"), "source": Value("string"),
-        "_error": Value("string"),
-    })
+    return Features(
+        {
+            "id": Value("string"),
+            "prompt": Value("string"),
+            "input": Value("string"),
+            "response": Value("string"),
+            "messages": [{"role": Value("string"), "content": Value("string")}],
+            "cluster": Value("string"),
+            "difficulty": Value("float64"),
+            "source": Value("string"),
+            "_error": Value("string"),
+        }
+    )
 
 
 @dataclass
@@ -109,8 +115,19 @@ def _normalizer(fmt: str, src: SourceInfo, on_bad_record: str):
             except BadRecord as e:
                 if on_bad_record == "error":
                     raise DataError(f"{src.path}: record {index + 1}: {e} (data.on_bad_record=error)") from None
-                examples = [dict(id="", prompt="", input="", response="", messages=[], cluster="",
-                                 difficulty=None, source=src.name, _error=str(e))]
+                examples = [
+                    dict(
+                        id="",
+                        prompt="",
+                        input="",
+                        response="",
+                        messages=[],
+                        cluster="",
+                        difficulty=None,
+                        source=src.name,
+                        _error=str(e),
+                    )
+                ]
             for ex in examples:
                 ex.setdefault("_error", "")
                 for k in out:
@@ -120,9 +137,14 @@ def _normalizer(fmt: str, src: SourceInfo, on_bad_record: str):
     return fn
 
 
-def load_examples(specs: List[FileSpec], fmt: str, cluster_field: Optional[str],
-                  difficulty_field: Optional[str], on_bad_record: str,
-                  num_proc: int = 1) -> Tuple[Any, Dict[str, int]]:
+def load_examples(
+    specs: List[FileSpec],
+    fmt: str,
+    cluster_field: Optional[str],
+    difficulty_field: Optional[str],
+    on_bad_record: str,
+    num_proc: int = 1,
+) -> Tuple[Any, Dict[str, int]]:
     """All files as one dataset of example records, and counts (`records`, `skipped_bad`)."""
     import datasets
 
@@ -135,11 +157,23 @@ def load_examples(specs: List[FileSpec], fmt: str, cluster_field: Optional[str],
         file_fmt = detect_format(raw.column_names, spec.path) if fmt == "auto" else fmt
         name = os.path.basename(spec.path)
         stem = name.split(".")[0]
-        src = SourceInfo(path=spec.path, name=name, cluster=spec.cluster, default_cluster=stem,
-                         cluster_field=cluster_field, difficulty_field=difficulty_field)
-        examples = raw.map(_normalizer(file_fmt, src, on_bad_record), batched=True, with_indices=True,
-                           remove_columns=raw.column_names, features=_features(),
-                           num_proc=num_proc if num_proc > 1 else None, desc=f"normalise {name}")
+        src = SourceInfo(
+            path=spec.path,
+            name=name,
+            cluster=spec.cluster,
+            default_cluster=stem,
+            cluster_field=cluster_field,
+            difficulty_field=difficulty_field,
+        )
+        examples = raw.map(
+            _normalizer(file_fmt, src, on_bad_record),
+            batched=True,
+            with_indices=True,
+            remove_columns=raw.column_names,
+            features=_features(),
+            num_proc=num_proc if num_proc > 1 else None,
+            desc=f"normalise {name}",
+        )
         bad = sum(1 for err in examples["_error"] if err)
         if bad:
             examples = examples.filter(lambda e: not e["_error"], num_proc=num_proc if num_proc > 1 else None)
@@ -148,6 +182,8 @@ def load_examples(specs: List[FileSpec], fmt: str, cluster_field: Optional[str],
         parts.append(examples.remove_columns("_error"))
     if not parts or stats["records"] == 0:
         names = ", ".join(s.path for s in specs)
-        raise DataError(f"no usable record in {names}" + (f" ({stats['skipped_bad']} malformed records skipped)"
-                                                           if stats["skipped_bad"] else ""))
+        raise DataError(
+            f"no usable record in {names}"
+            + (f" ({stats['skipped_bad']} malformed records skipped)" if stats["skipped_bad"] else "")
+        )
     return datasets.concatenate_datasets(parts), stats

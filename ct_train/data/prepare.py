@@ -47,8 +47,9 @@ class PreparedData:
 def _specs(cfg: DataConfig) -> Dict[str, List[FileSpec]]:
     if cfg.name == "skills":
         names = list(cfg.skills.clusters) or list(skill_suite.SKILLS)
-        paths = skill_suite.materialize(names, cfg.skills.levels, cfg.skills.train_per_level,
-                                        cfg.skills.eval_per_level, cfg.skills.seed)
+        paths = skill_suite.materialize(
+            names, cfg.skills.levels, cfg.skills.train_per_level, cfg.skills.eval_per_level, cfg.skills.seed
+        )
         return {"train": [FileSpec(paths["train"])], "eval": [FileSpec(paths["eval"])]}
     if cfg.sources:
         train = []
@@ -75,17 +76,22 @@ def _split_eval(examples: Any, fraction: float, max_per_cluster: int) -> Dict[st
         k = min(int(len(idx) * fraction), max_per_cluster)
         if k > 0 and len(idx) > k:
             held[idx[np.argsort(keys[idx], kind="stable")[:k]]] = True
-    return {"train": examples.select(np.flatnonzero(~held)),
-            "eval": examples.select(np.flatnonzero(held)) if held.any() else None}
+    return {
+        "train": examples.select(np.flatnonzero(~held)),
+        "eval": examples.select(np.flatnonzero(held)) if held.any() else None,
+    }
 
 
-def _tokenize(examples: Any, template: str, tokenizer: Any, cfg: DataConfig, stats: Dict[str, int],
-              split: str) -> Any:
+def _tokenize(examples: Any, template: str, tokenizer: Any, cfg: DataConfig, stats: Dict[str, int], split: str) -> Any:
     def fn(ex: Dict[str, Any]) -> Dict[str, Any]:
         return tokenize_example(ex, template, tokenizer, cfg.max_seq_len)
 
-    tok = examples.map(fn, remove_columns=["prompt", "input", "response", "messages", "source"],
-                       num_proc=cfg.num_proc if cfg.num_proc > 1 else None, desc=f"tokenise {split}")
+    tok = examples.map(
+        fn,
+        remove_columns=["prompt", "input", "response", "messages", "source"],
+        num_proc=cfg.num_proc if cfg.num_proc > 1 else None,
+        desc=f"tokenise {split}",
+    )
     too_long = np.asarray(tok["full_length"]) > cfg.max_seq_len
     stats[f"{split}_too_long"] = int(too_long.sum())
     if cfg.truncation == "drop" and too_long.any():
@@ -101,8 +107,13 @@ def prepare_data(cfg: DataConfig, tokenizer: Any) -> PreparedData:
     """Load, normalise, split and tokenise; raises DataError/ConfigError on bad input."""
     specs = _specs(cfg)
     template = resolve_template(cfg.template, tokenizer)
-    load = dict(fmt=cfg.format, cluster_field=cfg.cluster_field, difficulty_field=cfg.difficulty_field,
-                on_bad_record=cfg.on_bad_record, num_proc=cfg.num_proc)
+    load = dict(
+        fmt=cfg.format,
+        cluster_field=cfg.cluster_field,
+        difficulty_field=cfg.difficulty_field,
+        on_bad_record=cfg.on_bad_record,
+        num_proc=cfg.num_proc,
+    )
     examples, stats = load_examples(specs["train"], **load)
     if specs["eval"]:
         eval_examples, eval_stats = load_examples(specs["eval"], **load)
@@ -114,14 +125,21 @@ def prepare_data(cfg: DataConfig, tokenizer: Any) -> PreparedData:
         split = _split_eval(examples, cfg.eval_fraction, cfg.eval_max_per_cluster)
     train = _tokenize(split["train"], template, tokenizer, cfg, stats, "train")
     if len(train) == 0:
-        raise DataError("no training sample left after tokenisation (all longer than data.max_seq_len "
-                        f"={cfg.max_seq_len} with data.truncation=drop?)")
+        raise DataError(
+            "no training sample left after tokenisation (all longer than data.max_seq_len "
+            f"={cfg.max_seq_len} with data.truncation=drop?)"
+        )
     evals = _tokenize(split["eval"], template, tokenizer, cfg, stats, "eval") if split["eval"] is not None else None
     clusters = sorted(set(train["cluster"]) | (set(evals["cluster"]) if evals is not None else set()))
     stats["train_samples"] = len(train)
     stats["eval_samples"] = len(evals) if evals is not None else 0
-    return PreparedData(train=_split(train, clusters), eval=_split(evals, clusters) if evals is not None else None,
-                        clusters=clusters, template=template, stats=stats)
+    return PreparedData(
+        train=_split(train, clusters),
+        eval=_split(evals, clusters) if evals is not None else None,
+        clusters=clusters,
+        template=template,
+        stats=stats,
+    )
 
 
 def _cap_per_cluster(examples: Any, cap: int) -> Any:
@@ -136,5 +154,6 @@ def _split(ds: Any, clusters: List[str]) -> TokenizedSplit:
     difficulty = np.array([np.nan if d is None else d for d in ds["difficulty"]], dtype=np.float64)
     lengths = np.array([len(x) for x in ds["input_ids"]], dtype=np.int64)
     n_target = np.asarray(ds["n_target"], dtype=np.int64)
-    return TokenizedSplit(dataset=ds, cluster_ids=cluster_ids, difficulty=difficulty, lengths=lengths,
-                          n_target=n_target)
+    return TokenizedSplit(
+        dataset=ds, cluster_ids=cluster_ids, difficulty=difficulty, lengths=lengths, n_target=n_target
+    )

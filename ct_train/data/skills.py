@@ -32,7 +32,7 @@ def _letters(rng: random.Random, n: int) -> str:
 
 
 def _number(rng: random.Random, digits: int) -> int:
-    return rng.randint(0 if digits == 1 else 10 ** (digits - 1), 10 ** digits - 1)
+    return rng.randint(0 if digits == 1 else 10 ** (digits - 1), 10**digits - 1)
 
 
 def _pick(rng: random.Random, phrasings: List[str], **kw: object) -> str:
@@ -46,41 +46,53 @@ def copy(rng: random.Random, level: int) -> Instance:
 
 def reverse(rng: random.Random, level: int) -> Instance:
     s = _letters(rng, 1 + 2 * level)
-    return _pick(rng, ["Reverse the string: {s}", "Write {s} backwards.", "Spell {s} in reverse order."],
-                 s=s), s[::-1]
+    return _pick(rng, ["Reverse the string: {s}", "Write {s} backwards.", "Spell {s} in reverse order."], s=s), s[::-1]
 
 
 def sort(rng: random.Random, level: int) -> Instance:
     s = _letters(rng, 1 + 2 * level)
-    return _pick(rng, ["Sort the letters of {s} alphabetically.", "Put these letters in order: {s}",
-                       "Arrange {s} from a to z."], s=s), "".join(sorted(s))
+    return _pick(
+        rng,
+        ["Sort the letters of {s} alphabetically.", "Put these letters in order: {s}", "Arrange {s} from a to z."],
+        s=s,
+    ), "".join(sorted(s))
 
 
 def count(rng: random.Random, level: int) -> Instance:
     s = _letters(rng, 2 + 3 * level)
     c = rng.choice(s)
-    return _pick(rng, ["How many times does {c} appear in {s}?", "Count the letter {c} in {s}.",
-                       "In {s}, how often is {c} used?"], c=c, s=s), str(s.count(c))
+    return _pick(
+        rng,
+        ["How many times does {c} appear in {s}?", "Count the letter {c} in {s}.", "In {s}, how often is {c} used?"],
+        c=c,
+        s=s,
+    ), str(s.count(c))
 
 
 def add(rng: random.Random, level: int) -> Instance:
     a, b = _number(rng, level), _number(rng, level)
-    return _pick(rng, ["What is {a} + {b}?", "Add {a} and {b}.", "Compute the sum of {a} and {b}."],
-                 a=a, b=b), str(a + b)
+    return _pick(rng, ["What is {a} + {b}?", "Add {a} and {b}.", "Compute the sum of {a} and {b}."], a=a, b=b), str(
+        a + b
+    )
 
 
 def multiply(rng: random.Random, level: int) -> Instance:
     a, b = _number(rng, (level + 1) // 2), _number(rng, level // 2 + 1)  # 1x1, 1x2, 2x2, 2x3 digits
-    return _pick(rng, ["What is {a} * {b}?", "Multiply {a} by {b}.", "Compute the product of {a} and {b}."],
-                 a=a, b=b), str(a * b)
+    return _pick(
+        rng, ["What is {a} * {b}?", "Multiply {a} by {b}.", "Compute the product of {a} and {b}."], a=a, b=b
+    ), str(a * b)
 
 
 def compare(rng: random.Random, level: int) -> Instance:
     a, b = _number(rng, level), _number(rng, level)
     while b == a:
         b = _number(rng, level)
-    return _pick(rng, ["Which is larger, {a} or {b}?", "Name the bigger number: {a}, {b}.",
-                       "Between {a} and {b}, which is greater?"], a=a, b=b), str(max(a, b))
+    return _pick(
+        rng,
+        ["Which is larger, {a} or {b}?", "Name the bigger number: {a}, {b}.", "Between {a} and {b}, which is greater?"],
+        a=a,
+        b=b,
+    ), str(max(a, b))
 
 
 def brackets(rng: random.Random, level: int) -> Instance:
@@ -103,8 +115,15 @@ def brackets(rng: random.Random, level: int) -> Instance:
         depth += 1 if ch == "(" else -1
         balanced &= depth >= 0
     balanced &= depth == 0
-    return _pick(rng, ["Are the brackets balanced: {s}", "Is {s} properly nested? Answer yes or no.",
-                       "Check the parentheses {s}: balanced?"], s=s), "yes" if balanced else "no"
+    return _pick(
+        rng,
+        [
+            "Are the brackets balanced: {s}",
+            "Is {s} properly nested? Answer yes or no.",
+            "Check the parentheses {s}: balanced?",
+        ],
+        s=s,
+    ), "yes" if balanced else "no"
 
 
 def lookup(rng: random.Random, level: int) -> Instance:
@@ -112,8 +131,9 @@ def lookup(rng: random.Random, level: int) -> Instance:
     table = {k: rng.randint(0, 9) for k in keys}
     pairs = ", ".join(f"{k}={v}" for k, v in table.items())
     q = rng.choice(keys)
-    return _pick(rng, ["Given {p}, what is {q}?", "With {p}: find {q}.", "Look up {q} in {p}."],
-                 p=pairs, q=q), str(table[q])
+    return _pick(rng, ["Given {p}, what is {q}?", "With {p}: find {q}.", "Look up {q} in {p}."], p=pairs, q=q), str(
+        table[q]
+    )
 
 
 def cjk_reverse(rng: random.Random, level: int) -> Instance:
@@ -122,8 +142,16 @@ def cjk_reverse(rng: random.Random, level: int) -> Instance:
 
 
 SKILLS: Dict[str, Callable[[random.Random, int], Instance]] = {
-    "copy": copy, "reverse": reverse, "sort": sort, "count": count, "add": add, "multiply": multiply,
-    "compare": compare, "brackets": brackets, "lookup": lookup, "cjk_reverse": cjk_reverse,
+    "copy": copy,
+    "reverse": reverse,
+    "sort": sort,
+    "count": count,
+    "add": add,
+    "multiply": multiply,
+    "compare": compare,
+    "brackets": brackets,
+    "lookup": lookup,
+    "cjk_reverse": cjk_reverse,
 }
 
 
@@ -131,8 +159,9 @@ def _rng(seed: int, skill: str, level: int, split: str) -> random.Random:
     return random.Random(f"{seed}:{zlib.crc32(skill.encode())}:{level}:{split}")
 
 
-def generate(skills: List[str], levels: int, train_per_level: int, eval_per_level: int,
-             seed: int) -> Dict[str, List[dict]]:
+def generate(
+    skills: List[str], levels: int, train_per_level: int, eval_per_level: int, seed: int
+) -> Dict[str, List[dict]]:
     """Both splits as lists of prompt/response records with `cluster`, `difficulty` and `id`."""
     out: Dict[str, List[dict]] = {"train": [], "eval": []}
     for skill in skills:
@@ -146,16 +175,30 @@ def generate(skills: List[str], levels: int, train_per_level: int, eval_per_leve
                     if (prompt, response) not in held_out:
                         break
                 held_out.add((prompt, response))
-                out["eval"].append(dict(id=f"{skill}-L{level}-eval-{i}", prompt=prompt, response=response,
-                                        cluster=skill, difficulty=float(level)))
+                out["eval"].append(
+                    dict(
+                        id=f"{skill}-L{level}-eval-{i}",
+                        prompt=prompt,
+                        response=response,
+                        cluster=skill,
+                        difficulty=float(level),
+                    )
+                )
             rng = _rng(seed, skill, level, "train")
             for i in range(train_per_level):
                 for _ in range(1000):
                     prompt, response = make(rng, level)
                     if (prompt, response) not in held_out:
                         break
-                out["train"].append(dict(id=f"{skill}-L{level}-train-{i}", prompt=prompt, response=response,
-                                         cluster=skill, difficulty=float(level)))
+                out["train"].append(
+                    dict(
+                        id=f"{skill}-L{level}-train-{i}",
+                        prompt=prompt,
+                        response=response,
+                        cluster=skill,
+                        difficulty=float(level),
+                    )
+                )
     return out
 
 
@@ -164,8 +207,7 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def materialize(skills: List[str], levels: int, train_per_level: int, eval_per_level: int,
-                seed: int) -> Dict[str, str]:
+def materialize(skills: List[str], levels: int, train_per_level: int, eval_per_level: int, seed: int) -> Dict[str, str]:
     """Write the suite as train.jsonl / eval.jsonl (once per setting) and return their paths.
 
     Written to a temporary name and renamed, so concurrent ranks or an interrupted run never leave a

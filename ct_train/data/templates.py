@@ -18,8 +18,7 @@ from ct_train.errors import ConfigError
 Segment = Tuple[str, bool]  # (text, is_target)
 
 ALPACA_PREAMBLE = (
-    "Below is an instruction that describes a task. "
-    "Write a response that appropriately completes the request.\n\n"
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
 )
 ALPACA_PREAMBLE_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further "
@@ -79,9 +78,9 @@ def _chat(ex: Dict[str, Any], tokenizer: Any) -> List[Segment]:
                 "data.template=chat: this tokenizer's chat template does not render conversations "
                 "incrementally, so assistant tokens cannot be located; use data.template=alpaca"
             )
-        segs += [(prefix[len(done):], False), (full[len(prefix):], True)]
+        segs += [(prefix[len(done) :], False), (full[len(prefix) :], True)]
         done = full
-    tail = render(len(msgs), False)[len(done):]
+    tail = render(len(msgs), False)[len(done) :]
     if tail:
         segs.append((tail, False))
     return segs

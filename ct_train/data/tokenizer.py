@@ -8,17 +8,18 @@ real `tokenizers` BPE with no merges wrapped in a fast tokenizer, so it saves wi
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from typing import Any, Dict, Optional
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _bytes_to_unicode() -> Dict[int, str]:
     """GPT-2's reversible byte -> printable character map, the alphabet of ByteLevel pre-tokenizers."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
-        range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     chars = printable[:]
     extra = 0
     for b in range(256):
@@ -40,8 +41,9 @@ def byte_tokenizer() -> Any:
     core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     core.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>",
-                                   pad_token="<pad>", unk_token="<unk>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
 
 
 def load_tokenizer(tokenizer_path: Optional[str], model_path: Optional[str]) -> Any:
@@ -57,7 +59,9 @@ def load_tokenizer(tokenizer_path: Optional[str], model_path: Optional[str]) -> 
         tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as e:
         key = "model.tokenizer" if tokenizer_path else "model.path"
-        raise ConfigError(f"{key}={path}: no loadable Hugging Face tokenizer there ({str(e).splitlines()[0]})") from None
+        raise ConfigError(
+            f"{key}={path}: no loadable Hugging Face tokenizer there ({str(e).splitlines()[0]})"
+        ) from None
     if tok.pad_token_id is None:
         # Padding positions are masked out of attention and loss, so any id works; eos is conventional.
         tok.pad_token = tok.eos_token

@@ -20,10 +20,13 @@ def _load(path, **kw):
 
 
 def test_alpaca_with_and_without_input(tmp_path):
-    f = _write_jsonl(tmp_path / "alp.jsonl", [
-        {"instruction": "Add", "input": "2 3", "output": "5"},
-        {"instruction": "Say hi", "input": "", "output": "hi", "category": "greet"},
-    ])
+    f = _write_jsonl(
+        tmp_path / "alp.jsonl",
+        [
+            {"instruction": "Add", "input": "2 3", "output": "5"},
+            {"instruction": "Say hi", "input": "", "output": "hi", "category": "greet"},
+        ],
+    )
     ds, stats = _load(f)
     assert stats == {"records": 2, "skipped_bad": 0}
     rows = ds.to_list()
@@ -39,8 +42,13 @@ def test_phased_score_string_becomes_difficulty(tmp_path):
 
 
 def test_sharegpt_and_messages_keep_every_turn(tmp_path):
-    conv = [{"from": "system", "value": "Be brief"}, {"from": "human", "value": "Q1"}, {"from": "gpt", "value": "A1"},
-            {"from": "human", "value": "Q2"}, {"from": "gpt", "value": "A2"}]
+    conv = [
+        {"from": "system", "value": "Be brief"},
+        {"from": "human", "value": "Q1"},
+        {"from": "gpt", "value": "A1"},
+        {"from": "human", "value": "Q2"},
+        {"from": "gpt", "value": "A2"},
+    ]
     row = _load(_write_jsonl(tmp_path / "s.jsonl", [{"conversations": conv}]))[0][0]
     assert [m["role"] for m in row["messages"]] == ["system", "user", "assistant", "user", "assistant"]
     msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
@@ -49,8 +57,13 @@ def test_sharegpt_and_messages_keep_every_turn(tmp_path):
 
 
 def test_self_instruct_one_record_per_instance(tmp_path):
-    task = {"id": "seed_task_7", "name": "antonyms", "instruction": "Give the antonym.", "is_classification": False,
-            "instances": [{"input": "hot", "output": "cold"}, {"input": "up", "output": "down"}]}
+    task = {
+        "id": "seed_task_7",
+        "name": "antonyms",
+        "instruction": "Give the antonym.",
+        "is_classification": False,
+        "instances": [{"input": "hot", "output": "cold"}, {"input": "up", "output": "down"}],
+    }
     ds, stats = _load(_write_jsonl(tmp_path / "si.jsonl", [task]))
     assert stats["records"] == 2
     assert ds["id"] == ["seed_task_7:0", "seed_task_7:1"] and set(ds["cluster"]) == {"antonyms"}
@@ -76,8 +89,10 @@ def test_malformed_json_line_names_file_and_line(tmp_path):
 
 
 def test_bad_records_skipped_and_counted_or_fatal(tmp_path):
-    f = _write_jsonl(tmp_path / "b.jsonl", [{"instruction": "a", "output": "b"}, {"instruction": "", "output": "x"},
-                                             {"instruction": "c", "output": ""}])
+    f = _write_jsonl(
+        tmp_path / "b.jsonl",
+        [{"instruction": "a", "output": "b"}, {"instruction": "", "output": "x"}, {"instruction": "c", "output": ""}],
+    )
     ds, stats = _load(f)
     assert len(ds) == 1 and stats["skipped_bad"] == 2
     with pytest.raises(DataError, match=r"b.jsonl: record 2: empty prompt.*on_bad_record=error"):
@@ -86,7 +101,9 @@ def test_bad_records_skipped_and_counted_or_fatal(tmp_path):
 
 def test_non_numeric_difficulty_names_record(tmp_path):
     f = _write_jsonl(tmp_path / "d.jsonl", [{"instruction": "a", "output": "b", "difficulty": "hard"}])
-    with pytest.raises(DataError, match=r"d.jsonl: record 1: difficulty field 'difficulty' must be a number, got 'hard'"):
+    with pytest.raises(
+        DataError, match=r"d.jsonl: record 1: difficulty field 'difficulty' must be a number, got 'hard'"
+    ):
         _load(f)
 
 
@@ -117,6 +134,7 @@ def test_parquet_and_directory(tmp_path):
 
 
 # The real public files in ../shared/data.
+
 
 def test_real_phased_ift_stage3(shared_data):
     ds, stats = _load(shared_data / "alpaca52k-gpt4-scored-stage3.jsonl")

@@ -42,8 +42,13 @@ def test_only_response_and_eos_are_labels(tok, template):
 
 
 def test_multi_turn_alpaca_trains_every_assistant_turn(tok):
-    msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"},
-            {"role": "user", "content": "Q2"}, {"role": "assistant", "content": "A2"}]
+    msgs = [
+        {"role": "system", "content": "S"},
+        {"role": "user", "content": "Q1"},
+        {"role": "assistant", "content": "A1"},
+        {"role": "user", "content": "Q2"},
+        {"role": "assistant", "content": "A2"},
+    ]
     out = tokenize_example(_ex(messages=msgs), "alpaca", tok, 1024)
     assert _targets(tok, out) == "A1</s>A2</s>"
 
@@ -52,8 +57,12 @@ def test_chat_template_incremental_spans(tok):
     tok = byte_tokenizer()
     tok.chat_template = CHAT_TEMPLATE
     assert resolve_template("auto", tok) == "chat"
-    msgs = [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"},
-            {"role": "user", "content": "Q2"}, {"role": "assistant", "content": "A2"}]
+    msgs = [
+        {"role": "user", "content": "Q1"},
+        {"role": "assistant", "content": "A1"},
+        {"role": "user", "content": "Q2"},
+        {"role": "assistant", "content": "A2"},
+    ]
     out = tokenize_example(_ex(messages=msgs), "chat", tok, 1024)
     assert _targets(tok, out) == "A1</s>A2</s>"
     assert tok.decode(out["input_ids"]).startswith("<|user|>Q1</s><|assistant|>A1")

@@ -24,11 +24,20 @@ def _ok(proc):
 def test_gradient_is_the_same_for_two_batch_splits(tmp_path):
     """One SGD step on the same global batch of 8: 2 ranks x 2 x 2 accumulation (torchrun) vs
     1 rank x 1 x 8 accumulation (plain python): identical updated weights and gradient norm."""
-    common = FAST + ["trainer.max_steps=1", "trainer.global_batch_size=8", "trainer.optimizer=sgd", "trainer.lr=0.5",
-                     "trainer.warmup_steps=0", "trainer.lr_schedule=constant", "trainer.grad_clip=0",
-                     "trainer.eval_every_steps=0", "trainer.save_every_steps=0"]
-    two = run_cli(common + ["trainer.micro_batch_size=2", f"trainer.output_dir={tmp_path / 'two'}"],
-                  launcher="torchrun", nproc=2)
+    common = FAST + [
+        "trainer.max_steps=1",
+        "trainer.global_batch_size=8",
+        "trainer.optimizer=sgd",
+        "trainer.lr=0.5",
+        "trainer.warmup_steps=0",
+        "trainer.lr_schedule=constant",
+        "trainer.grad_clip=0",
+        "trainer.eval_every_steps=0",
+        "trainer.save_every_steps=0",
+    ]
+    two = run_cli(
+        common + ["trainer.micro_batch_size=2", f"trainer.output_dir={tmp_path / 'two'}"], launcher="torchrun", nproc=2
+    )
     _ok(two)
     one = run_cli(common + ["trainer.micro_batch_size=1", f"trainer.output_dir={tmp_path / 'one'}"])
     _ok(one)
@@ -42,15 +51,30 @@ def test_gradient_is_the_same_for_two_batch_splits(tmp_path):
     assert train_rows(tmp_path / "one")[1]["loss"] > 0
 
 
-RESUME = FAST + ["trainer.max_steps=12", "trainer.global_batch_size=8", "trainer.micro_batch_size=2",
-                 "trainer.save_every_steps=4", "trainer.eval_every_steps=0", "trainer.log_samples=true",
-                 "trainer.warmup_steps=2"]
+RESUME = FAST + [
+    "trainer.max_steps=12",
+    "trainer.global_batch_size=8",
+    "trainer.micro_batch_size=2",
+    "trainer.save_every_steps=4",
+    "trainer.eval_every_steps=0",
+    "trainer.log_samples=true",
+    "trainer.warmup_steps=2",
+]
 
 
 def _ds_cmd(out: Path, port: int):
     bindir = Path(sys.executable).parent
-    return [str(bindir / "deepspeed"), "--num_gpus", "2", "--master_port", str(port), "--module", "ct_train",
-            *RESUME, f"trainer.output_dir={out}"]
+    return [
+        str(bindir / "deepspeed"),
+        "--num_gpus",
+        "2",
+        "--master_port",
+        str(port),
+        "--module",
+        "ct_train",
+        *RESUME,
+        f"trainer.output_dir={out}",
+    ]
 
 
 def test_resume_after_sigkill_matches_uninterrupted_run_and_export_loads(tmp_path):
@@ -60,8 +84,9 @@ def test_resume_after_sigkill_matches_uninterrupted_run_and_export_loads(tmp_pat
     # Same command, killed (SIGKILL to the launcher and both ranks) once the step-8 checkpoint is complete.
     out = tmp_path / "killed"
     cmd = _ds_cmd(out, free_port())
-    proc = subprocess.Popen(cmd, cwd=REPO, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     marker = out / "checkpoints/step00000008/trainer_state.json"
     deadline = time.time() + 300
     while not marker.exists() and proc.poll() is None and time.time() < deadline:
@@ -71,8 +96,9 @@ def test_resume_after_sigkill_matches_uninterrupted_run_and_export_loads(tmp_pat
     assert marker.exists(), "the run ended before its step-8 checkpoint"
     assert not (out / "final").exists(), "the run finished before it could be killed; the test proves nothing"
 
-    resumed = subprocess.run(_ds_cmd(out, free_port()), cwd=REPO, env=cli_env(), capture_output=True, text=True,
-                             timeout=600)
+    resumed = subprocess.run(
+        _ds_cmd(out, free_port()), cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=600
+    )
     _ok(resumed)
     assert "resumed from" in resumed.stdout + resumed.stderr and "step 8" in resumed.stdout + resumed.stderr
     for rank in (0, 1):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FAST, REPO, cli_env, run_cli
+from tests.conftest import FAST, FAST_DATA, REPO, cli_env, run_cli
 from tests.helpers import metrics
 
 pytestmark = pytest.mark.integration
@@ -15,9 +15,19 @@ pytestmark = pytest.mark.integration
 
 def test_single_process_run_writes_every_output(tmp_path):
     out = tmp_path / "run"
-    proc = run_cli(FAST + ["trainer.max_steps=4", "trainer.global_batch_size=8", "trainer.micro_batch_size=4",
-                           "trainer.eval_every_steps=2", "trainer.log_samples=true", "logger=wandb",
-                           "logger.mode=offline", f"trainer.output_dir={out}"])
+    proc = run_cli(
+        FAST
+        + [
+            "trainer.max_steps=4",
+            "trainer.global_batch_size=8",
+            "trainer.micro_batch_size=4",
+            "trainer.eval_every_steps=2",
+            "trainer.log_samples=true",
+            "logger=wandb",
+            "logger.mode=offline",
+            f"trainer.output_dir={out}",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "loss before" in proc.stdout and str(out) in proc.stdout  # the per-cluster table and where outputs are
     rows = metrics(out)
@@ -38,10 +48,27 @@ def test_single_process_run_writes_every_output(tmp_path):
     assert ids[0]["ids"][0].split("-")[0] in ("add", "reverse", "brackets", "cjk_reverse")
     assert list((out / "wandb").glob("offline-run-*")), "W&B offline run directory missing"
     assert (out / "final" / "model.safetensors").exists() and (out / "final" / "tokenizer.json").exists()
-    plot = subprocess.run([sys.executable, "-m", "ct_train.plot", str(out)], capture_output=True, text=True,
-                          env=cli_env())
+    plot = subprocess.run(
+        [sys.executable, "-m", "ct_train.plot", str(out)], capture_output=True, text=True, env=cli_env()
+    )
     assert plot.returncode == 0, plot.stderr
     assert (out / "plots" / "loss.png").stat().st_size > 1000 and (out / "plots" / "clusters.png").exists()
+
+    # The export is a starting point: `model=hf model.path=final/` continues from exactly those weights.
+    again = tmp_path / "again"
+    proc = run_cli(
+        FAST_DATA
+        + [
+            "model=hf",
+            f"model.path={out / 'final'}",
+            "trainer.max_steps=1",
+            "trainer.global_batch_size=8",
+            "trainer.micro_batch_size=8",
+            f"trainer.output_dir={again}",
+        ]
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert metrics(again)[0]["eval/loss"] == pytest.approx(rows[-1]["eval/loss"], rel=1e-5)
 
 
 def _jsonl(path: Path, lines):
@@ -51,28 +78,52 @@ def _jsonl(path: Path, lines):
 
 def _bad_inputs(tmp: Path):
     good = '{"instruction": "a", "output": "b"}'
+    not_a_number = json.dumps({"instruction": "a", "output": "b", "difficulty": "x"})
     blocker = tmp / "a_file"
     blocker.write_text("x")
     return {
-        "malformed_json": (["data=jsonl", f"data.path={_jsonl(tmp / 'm.jsonl', [good, '{oops'])}"],
-                           "m.jsonl:2: malformed JSON"),
-        "bad_record_error": (["data=jsonl", "data.on_bad_record=error",
-                              f"data.path={_jsonl(tmp / 'r.jsonl', [good, json.dumps({'instruction': '', 'output': 'b'})])}"],
-                             "r.jsonl: record 2: empty prompt"),
+        "malformed_json": (
+            ["data=jsonl", f"data.path={_jsonl(tmp / 'm.jsonl', [good, '{oops'])}"],
+            "m.jsonl:2: malformed JSON",
+        ),
+        "bad_record_error": (
+            [
+                "data=jsonl",
+                "data.on_bad_record=error",
+                f"data.path={_jsonl(tmp / 'r.jsonl', [good, json.dumps({'instruction': '', 'output': 'b'})])}",
+            ],
+            "r.jsonl: record 2: empty prompt",
+        ),
         "empty_dataset": (["data=jsonl", f"data.path={_jsonl(tmp / 'e.jsonl', [])}"], "no usable record"),
         "missing_file": (["data=jsonl", f"data.path={tmp / 'absent.jsonl'}"], "no such file or directory"),
-        "non_numeric_difficulty": (["data=jsonl", f"data.path={_jsonl(tmp / 'd.jsonl', [json.dumps({'instruction': 'a', 'output': 'b', 'difficulty': 'hard'})])}"],
-                                   "must be a number, got 'hard'"),
+        "non_numeric_difficulty": (
+            [
+                "data=jsonl",
+                f"data.path={_jsonl(tmp / 'd.jsonl', [not_a_number])}",
+            ],
+            "must be a number, got 'x'",
+        ),
         "source_without_file": (["data=jsonl", "data.sources={qa: []}"], "data.sources.qa names no file"),
-        "batch_not_divisible": (["trainer.global_batch_size=10", "trainer.micro_batch_size=4"],
-                                "trainer.global_batch_size=10 is not divisible"),
+        "batch_not_divisible": (
+            ["trainer.global_batch_size=10", "trainer.micro_batch_size=4"],
+            "trainer.global_batch_size=10 is not divisible",
+        ),
         "unwritable_output_dir": ([f"trainer.output_dir={blocker}/run"], "is not writable"),
         "bad_choice": (["trainer.lr_schedule=wavy"], "trainer.lr_schedule='wavy' is not valid"),
     }
 
 
-CASES = ["malformed_json", "bad_record_error", "empty_dataset", "missing_file", "non_numeric_difficulty",
-         "source_without_file", "batch_not_divisible", "unwritable_output_dir", "bad_choice"]
+CASES = [
+    "malformed_json",
+    "bad_record_error",
+    "empty_dataset",
+    "missing_file",
+    "non_numeric_difficulty",
+    "source_without_file",
+    "batch_not_divisible",
+    "unwritable_output_dir",
+    "bad_choice",
+]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -88,16 +139,26 @@ def test_bad_input_is_one_line_exit_2_before_training(tmp_path, case):
 
 
 def test_unknown_key_fails_with_hydra_message_via_console_script(tmp_path):
-    proc = subprocess.run([str(Path(sys.executable).parent / "ct-train"), "trainer.max_stepz=3"],
-                          capture_output=True, text=True, cwd=REPO, env=cli_env())
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "ct-train"), "trainer.max_stepz=3"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=cli_env(),
+    )
     assert proc.returncode != 0 and "max_stepz" in proc.stderr
 
 
 def test_batch_split_checked_against_the_real_world_size(tmp_path):
     # 8 = 2 ranks x 8 per micro-batch does not divide: caught once the launcher says there are 2 ranks.
-    proc = run_cli(FAST + ["trainer.global_batch_size=8", "trainer.micro_batch_size=8",
-                           f"trainer.output_dir={tmp_path / 'o'}"], launcher="torchrun", nproc=2)
+    proc = run_cli(
+        FAST + ["trainer.global_batch_size=8", "trainer.micro_batch_size=8", f"trainer.output_dir={tmp_path / 'o'}"],
+        launcher="torchrun",
+        nproc=2,
+    )
     assert proc.returncode != 0
-    assert "ct-train: error: trainer.global_batch_size=8 is not divisible by ranks x trainer.micro_batch_size = 2 x 8" \
+    assert (
+        "ct-train: error: trainer.global_batch_size=8 is not divisible by ranks x trainer.micro_batch_size = 2 x 8"
         in proc.stderr
+    )
     assert "Traceback (most recent call last)" not in proc.stderr.split("ct-train: error")[0]
