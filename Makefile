@@ -38,8 +38,8 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -ra -m "not distributed and not integration" tests
 
 lint: $(STAMP)
-	$(BIN)/ruff check ct_train tests
-	$(BIN)/ruff format --check ct_train tests
+	$(BIN)/ruff check ct_train kernels tests
+	$(BIN)/ruff format --check ct_train kernels tests
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

@@ -5,10 +5,11 @@ setup(
     version="0.1.0",
     description="Curriculum-learning instruction tuning for LLMs on DeepSpeed ZeRO-3",
     python_requires=">=3.10",
-    packages=["ct_train", "ct_train.data", "ct_train.curriculum", "ct_train.hydra_conf"],
-    # hydra_conf/ lives at the top level (the design card's layout) but installs inside the package, so
-    # Hydra finds it as pkg://ct_train.hydra_conf from any working directory.
-    package_dir={"ct_train": "ct_train", "ct_train.hydra_conf": "hydra_conf"},
+    packages=["ct_train", "ct_train.data", "ct_train.curriculum", "ct_train.hydra_conf", "ct_train.kernels"],
+    # hydra_conf/ and kernels/ live at the top level (the design card's layout) but install inside the
+    # package: Hydra finds pkg://ct_train.hydra_conf from any directory, and a top-level `kernels`
+    # would shadow the `kernels` package that transformers probes for.
+    package_dir={"ct_train": "ct_train", "ct_train.hydra_conf": "hydra_conf", "ct_train.kernels": "kernels"},
     package_data={"ct_train.hydra_conf": ["*.yaml", "*/*.yaml"]},
     install_requires=[
         "torch>=2.4",
@@ -27,7 +28,8 @@ setup(
     ],
     extras_require={
         "gpu": ["flash-attn>=2.5"],
-        "dev": ["pytest>=8", "ruff>=0.6"],
+        # triton: CI runs the kernel's own code on CPU under TRITON_INTERPRET=1 (CUDA torch builds ship it).
+        "dev": ["pytest>=8", "ruff>=0.6", "triton>=3.0"],
     },
     entry_points={
         "console_scripts": [

@@ -54,8 +54,10 @@ class ModelConfig:
     attn_implementation: str = "auto"
     dtype: str = "auto"
     gradient_checkpointing: bool = False
+    loss_backend: str = "auto"  # fused cross-entropy: auto (Triton on CUDA, else torch), triton, torch
 
     def validate(self) -> None:
+        _choice("model.loss_backend", self.loss_backend, ("auto", "triton", "torch"))
         _choice("model.attn_implementation", self.attn_implementation, ("auto", "flash_attention_2", "sdpa", "eager"))
         _choice("model.dtype", self.dtype, ("auto", "bf16", "fp16", "fp32"))
         if self.path is None and not self.architecture:

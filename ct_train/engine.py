@@ -106,7 +106,7 @@ class Engine:
         # materialises only its partition) and loads checkpoints shard by shard.
         self._hf_ds_config = HfDeepSpeedConfig(self.ds_config) if self.zero3 else None
         torch.manual_seed(cfg.trainer.seed)  # identical initial weights on every rank
-        model = SampleLossModel(build_hf_model(cfg.model, tokenizer, self.dtype))
+        model = SampleLossModel(build_hf_model(cfg.model, tokenizer, self.dtype), loss_backend=cfg.model.loss_backend)
         if self.zero3:
             # lm_head's forward never runs (we project in the loss): gather its weight for ours.
             deepspeed.zero.register_external_parameter(model, model.output_weight())

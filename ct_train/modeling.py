@@ -87,10 +87,11 @@ def build_hf_model(cfg: ModelConfig, tokenizer: Any, dtype: torch.dtype) -> Any:
 class SampleLossModel(nn.Module):
     """Wraps a causal LM; forward returns per-sample mean response losses and argmax-correct counts."""
 
-    def __init__(self, lm: nn.Module, chunk_tokens: int = 4096) -> None:
+    def __init__(self, lm: nn.Module, chunk_tokens: int = 4096, loss_backend: str = "auto") -> None:
         super().__init__()
         self.lm = lm
         self.chunk_tokens = chunk_tokens
+        self.loss_backend = loss_backend
 
     def output_weight(self) -> nn.Parameter:
         return self.lm.get_output_embeddings().weight
@@ -100,4 +101,4 @@ class SampleLossModel(nn.Module):
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         body = self.lm.get_decoder()
         hidden = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-        return per_sample_loss(hidden, self.output_weight(), labels, self.chunk_tokens)
+        return per_sample_loss(hidden, self.output_weight(), labels, self.chunk_tokens, self.loss_backend)

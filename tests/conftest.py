@@ -1,6 +1,7 @@
 """Shared fixtures. No test reaches the network: hubs are offline and W&B runs offline."""
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -17,6 +18,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
+# The Triton kernel's own code runs on CPU through Triton's interpreter where there is no GPU; the flag
+# must be set before triton is first imported, which is why it is here.
+if shutil.which("nvidia-smi") is None:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import FAST, REPO, cli_env, free_port, run_cli
+from tests.conftest import FAST, FAST_DATA, REPO, cli_env, free_port, run_cli
 from tests.helpers import last_eval, metrics, samples, train_rows
 
 pytestmark = pytest.mark.distributed
@@ -141,3 +141,50 @@ def _check_hf_export_reproduces_eval_loss(run: Path):
             count += int(has.sum())
     assert total / count == pytest.approx(last_eval(run)["eval/loss"], rel=1e-4)
     assert metrics(run)[0]["step"] == 0  # the before-training eval is logged too
+
+
+def test_fused_zero3_step_equals_unfused_pytorch_step_with_tied_embeddings(tmp_path):
+    """2 ranks, ZeRO-3, fused per-sample loss (torch backend) vs plain transformers with its own
+    unfused loss on the same global batch: one SGD step gives the same weights. The model ties its
+    input and output embeddings, so the fused loss must see ZeRO-3's gathered embedding weight."""
+    from omegaconf import OmegaConf
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ct_train.config import Config, to_typed
+    from ct_train.data import byte_tokenizer, collate, prepare_data
+
+    init = tmp_path / "init"
+    tok = byte_tokenizer()
+    arch = dict(vocab_size=264, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, tie_word_embeddings=True, pad_token_id=tok.pad_token_id,
+                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(AutoConfig.for_model("llama", **arch)).save_pretrained(init)
+    tok.save_pretrained(init)
+
+    out = tmp_path / "run"
+    proc = run_cli(FAST_DATA + ["model=hf", f"model.path={init}", "model.loss_backend=torch", "trainer.max_steps=1",
+                                "trainer.global_batch_size=8", "trainer.micro_batch_size=2", "trainer.optimizer=sgd",
+                                "trainer.lr=0.5", "trainer.warmup_steps=0", "trainer.lr_schedule=constant",
+                                "trainer.grad_clip=0", "trainer.log_samples=true", "trainer.eval_every_steps=0",
+                                f"trainer.output_dir={out}"], launcher="torchrun", nproc=2)
+    _ok(proc)
+
+    # The same step in plain PyTorch: transformers' own (unfused) mean token loss over the global batch.
+    cfg = to_typed(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(out / "config.yaml")))
+    data = prepare_data(cfg.data, tok)
+    position = {sample_id: i for i, sample_id in enumerate(data.train.dataset["id"])}
+    ids = samples(out, 0)[0]["ids"] + samples(out, 1)[0]["ids"]
+    batch = collate(data.train, [position[i] for i in ids], tok.pad_token_id)
+    model = AutoModelForCausalLM.from_pretrained(init)
+    model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels).loss.backward()
+    with torch.no_grad():
+        expected = {k: p - 0.5 * p.grad for k, p in model.named_parameters()}
+    final = AutoModelForCausalLM.from_pretrained(out / "final")
+    assert final.lm_head.weight.data_ptr() == final.model.embed_tokens.weight.data_ptr()  # still tied
+    trained = dict(final.named_parameters())
+    assert trained.keys() == expected.keys()
+    for k in expected:
+        torch.testing.assert_close(trained[k], expected[k], rtol=1e-4, atol=1e-6, msg=k)
+    moved = (trained["model.embed_tokens.weight"] - model.model.embed_tokens.weight).abs().max()
+    assert moved > 1e-3  # the step changed the (tied) embedding, so the equality is not trivial

@@ -1,0 +1,180 @@
+"""`ct_train.kernels.linear_cross_entropy` against an fp64 PyTorch reference.
+
+The Triton kernel's own code runs here on CPU under TRITON_INTERPRET=1 (set in conftest before any
+import of triton), in fp32 and fp16, with the kernel's pinned tile sizes.
+"""
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ct_train.kernels import linear_cross_entropy
+
+
+def reference(
+    hidden,
+    weight,
+    labels,
+    samples,
+    num_samples,
+    *,
+    ignore_index,
+    reduction,
+    sample_weights=None,
+    label_smoothing=0.0,
+    softcap=None,
+):
+    """Materialised logits, F.cross_entropy per token, reduced per sample: the definition."""
+    z = hidden.double() @ weight.double().t()
+    if softcap:
+        z = softcap * torch.tanh(z / softcap)
+    tok = F.cross_entropy(z, labels, ignore_index=ignore_index, reduction="none", label_smoothing=label_smoothing)
+    valid = (labels != ignore_index).double()
+    w = sample_weights.double()[samples] if sample_weights is not None else torch.ones_like(valid)
+    if reduction == "token":
+        return tok * w
+    if reduction == "sum":
+        return (tok * w * valid).sum()
+    if reduction == "mean":
+        return (tok * w * valid).sum() / (w * valid).sum()
+    sums = torch.zeros(num_samples, dtype=torch.float64).index_add(0, samples, tok * valid)
+    counts = torch.zeros(num_samples, dtype=torch.float64).index_add(0, samples, valid)
+    out = sums / counts.clamp(min=1)
+    return out * sample_weights.double() if sample_weights is not None else out
+
+
+def make_case(n=37, h=31, v=123, ignore_index=-100, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(n, h, generator=g, dtype=torch.float64)
+    weight = torch.randn(v, h, generator=g, dtype=torch.float64) / h**0.5
+    labels = torch.randint(0, v, (n,), generator=g)
+    # packed: 5 samples of uneven length, sample 3 fully masked, prompts masked in the others
+    cuts = [0, 9, 17, 25, 30, n]
+    samples = torch.repeat_interleave(torch.arange(5), torch.tensor([b - a for a, b in zip(cuts, cuts[1:])]))
+    for start in cuts[:-1]:
+        labels[start : start + 3] = ignore_index
+    labels[25:30] = ignore_index
+    return hidden.to(dtype), weight.to(dtype), labels, samples, torch.tensor(cuts)
+
+
+OPTIONS = {
+    "plain": {},
+    "smoothing": {"label_smoothing": 0.1},
+    "softcap": {"softcap": 3.0},
+    "weighted": {"sample_weights": torch.tensor([0.5, 2.0, 1.0, 3.0, 0.25], dtype=torch.float64)},
+    "all": {
+        "label_smoothing": 0.2,
+        "softcap": 2.0,
+        "sample_weights": torch.tensor([1.5, 0.0, 1.0, 1.0, 0.7], dtype=torch.float64),
+    },
+}
+
+
+def _run(backend, hidden, weight, labels, samples, reduction, ignore_index, opts, upstream_seed=1):
+    h = hidden.clone().requires_grad_(True)
+    w = weight.clone().requires_grad_(True)
+    out = linear_cross_entropy(
+        h,
+        w,
+        labels,
+        samples,
+        num_samples=5,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        backend=backend,
+        chunk_tokens=7,
+        **opts,
+    )
+    up = torch.randn(out.shape, generator=torch.Generator().manual_seed(upstream_seed), dtype=torch.float64)
+    up = up.to(out.dtype)  # drawn in fp64 so every dtype sees the same upstream gradient
+    (out * up).sum().backward()  # a non-uniform upstream gradient
+    return out, h.grad, w.grad
+
+
+def _reference_grads(hidden, weight, labels, samples, reduction, ignore_index, opts, upstream_seed=1):
+    h = hidden.double().clone().requires_grad_(True)
+    w = weight.double().clone().requires_grad_(True)
+    out = reference(h, w, labels, samples, 5, ignore_index=ignore_index, reduction=reduction, **opts)
+    up = torch.randn(out.shape, generator=torch.Generator().manual_seed(upstream_seed), dtype=torch.float64)
+    (out * up).sum().backward()
+    return out, h.grad, w.grad
+
+
+@pytest.mark.parametrize("reduction", ["sample", "token", "mean", "sum"])
+@pytest.mark.parametrize("option", list(OPTIONS))
+@pytest.mark.parametrize("ignore_index", [-100, 7])
+def test_torch_backend_matches_fp64_reference(reduction, option, ignore_index):
+    hidden, weight, labels, samples, _ = make_case(ignore_index=ignore_index)
+    ours = _run("torch", hidden, weight, labels, samples, reduction, ignore_index, OPTIONS[option])
+    ref = _reference_grads(hidden, weight, labels, samples, reduction, ignore_index, OPTIONS[option])
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
+def test_masked_sample_is_zero_and_cu_seqlens_equals_sample_index():
+    hidden, weight, labels, samples, cuts = make_case()
+    by_index = linear_cross_entropy(hidden, weight, labels, samples, backend="torch")
+    by_cuts = linear_cross_entropy(hidden, weight, labels, cu_seqlens=cuts, backend="torch")
+    torch.testing.assert_close(by_index, by_cuts)
+    assert by_index[3] == 0 and torch.isfinite(by_index).all()
+    loss, correct = linear_cross_entropy(hidden, weight, labels, samples, backend="torch", return_correct=True)
+    z = hidden @ weight.t()
+    valid = labels != -100
+    expect = torch.zeros(5, dtype=torch.float64).index_add(0, samples[valid], (z.argmax(1) == labels)[valid].double())
+    torch.testing.assert_close(correct, expect)
+
+
+def test_bad_arguments_are_named():
+    hidden, weight, labels, samples, _ = make_case()
+    with pytest.raises(ValueError, match="reduction='avg'"):
+        linear_cross_entropy(hidden, weight, labels, samples, reduction="avg")
+    with pytest.raises(ValueError, match="exactly one of sample_index"):
+        linear_cross_entropy(hidden, weight, labels)
+    with pytest.raises(ValueError, match=r"labels must be in \[0, V=123\)"):
+        linear_cross_entropy(hidden, weight, torch.full_like(labels, 500), samples)
+
+
+@pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available(),
+    reason="Triton needs a GPU or TRITON_INTERPRET=1",
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("option", ["plain", "all"])
+@pytest.mark.parametrize("reduction", ["sample", "token"])
+def test_triton_kernel_matches_reference(dtype, option, reduction):
+    pytest.importorskip("triton")
+    hidden, weight, labels, samples, _ = make_case(n=37, h=31, v=123, seed=2)
+    opts = {k: (v.to(torch.float32) if torch.is_tensor(v) else v) for k, v in OPTIONS[option].items()}
+    hi, wi = hidden.to(dtype), weight.to(dtype)
+    ours = _run("triton", hi, wi, labels, samples, reduction, -100, opts)
+    ref = _reference_grads(hidden, weight, labels, samples, reduction, -100, OPTIONS[option])
+    if dtype == torch.float32:
+        for a, b in zip(ours, ref):
+            torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-5)
+        return
+    # fp16: at most 3x (loss) / 2x (gradients) the error PyTorch itself makes from fp16 inputs.
+    # The fp16-rounded inputs are the same for both, so the baseline error is that of fp16 arithmetic:
+    # PyTorch's fp16 path (fp16 matmul, fp32 softmax) against the fp64 reference.
+    h16, w16 = hidden.to(dtype).requires_grad_(True), weight.to(dtype).requires_grad_(True)
+    z = (h16 @ w16.t()).float()
+    if opts.get("softcap"):
+        z = opts["softcap"] * torch.tanh(z / opts["softcap"])
+    tok = F.cross_entropy(z, labels, reduction="none", label_smoothing=opts.get("label_smoothing", 0.0))
+    valid = (labels != -100).float()
+    sw = opts.get("sample_weights")
+    if reduction == "token":
+        out = tok * valid * (sw[samples] if sw is not None else 1.0)
+    else:
+        sums = torch.zeros(5).index_add(0, samples, tok * valid)
+        out = sums / torch.zeros(5).index_add(0, samples, valid).clamp(min=1)
+        out = out * sw if sw is not None else out
+    up = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).float()
+    (out * up).sum().backward()
+    torch_low = [out.detach(), h16.grad, w16.grad]
+    for i, (a, t, b) in enumerate(zip(ours, torch_low, ref)):
+        ours_err = (a.double() - b).abs().max().item()
+        torch_err = (t.double() - b).abs().max().item()
+        factor, slack = (3, 1e-5) if i == 0 else (2, 1e-4)
+        assert ours_err <= factor * torch_err + slack, (i, ours_err, torch_err)
