@@ -155,19 +155,44 @@ def test_fused_zero3_step_equals_unfused_pytorch_step_with_tied_embeddings(tmp_p
 
     init = tmp_path / "init"
     tok = byte_tokenizer()
-    arch = dict(vocab_size=264, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, tie_word_embeddings=True, pad_token_id=tok.pad_token_id,
-                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    arch = dict(
+        vocab_size=264,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(AutoConfig.for_model("llama", **arch)).save_pretrained(init)
     tok.save_pretrained(init)
 
     out = tmp_path / "run"
-    proc = run_cli(FAST_DATA + ["model=hf", f"model.path={init}", "model.loss_backend=torch", "trainer.max_steps=1",
-                                "trainer.global_batch_size=8", "trainer.micro_batch_size=2", "trainer.optimizer=sgd",
-                                "trainer.lr=0.5", "trainer.warmup_steps=0", "trainer.lr_schedule=constant",
-                                "trainer.grad_clip=0", "trainer.log_samples=true", "trainer.eval_every_steps=0",
-                                f"trainer.output_dir={out}"], launcher="torchrun", nproc=2)
+    proc = run_cli(
+        FAST_DATA
+        + [
+            "model=hf",
+            f"model.path={init}",
+            "model.loss_backend=torch",
+            "trainer.max_steps=1",
+            "trainer.global_batch_size=8",
+            "trainer.micro_batch_size=2",
+            "trainer.optimizer=sgd",
+            "trainer.lr=0.5",
+            "trainer.warmup_steps=0",
+            "trainer.lr_schedule=constant",
+            "trainer.grad_clip=0",
+            "trainer.log_samples=true",
+            "trainer.eval_every_steps=0",
+            f"trainer.output_dir={out}",
+        ],
+        launcher="torchrun",
+        nproc=2,
+    )
     _ok(proc)
 
     # The same step in plain PyTorch: transformers' own (unfused) mean token loss over the global batch.

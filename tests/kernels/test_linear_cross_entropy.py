@@ -178,3 +178,38 @@ def test_triton_kernel_matches_reference(dtype, option, reduction):
         torch_err = (t.double() - b).abs().max().item()
         factor, slack = (3, 1e-5) if i == 0 else (2, 1e-4)
         assert ours_err <= factor * torch_err + slack, (i, ours_err, torch_err)
+
+
+def test_benchmark_script_runs_and_reports_every_case(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "table.md"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ct_train.kernels.bench_cross_entropy",
+            "--shapes",
+            "64,16,96",
+            "--dtype",
+            "fp32",
+            "--device",
+            "cpu",
+            "--iters",
+            "1",
+            "--warmup",
+            "0",
+            "--impls",
+            "ours,eager",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| 64 |")]
+    assert len(rows) == 4  # 2 implementations x (all-valid, 50% response)
+    assert all(float(r.split("|")[6]) > 0 for r in rows)
