@@ -13,13 +13,14 @@ import json
 import os
 import random
 import re
+import shutil
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
 from ct_train import distributed as dist
-from ct_train.errors import ConfigError
+from ct_train.errors import CheckpointError, ConfigError
 
 STATE_FILE = "trainer_state.json"
 TAG_RE = re.compile(r"^step(\d+)$")
@@ -84,17 +85,44 @@ def _set_rng_state(state: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def _agree_ok(error: Optional[str], step: int, ckpt_dir: str) -> None:
+    """Every rank learns whether any rank failed (a collective), and all raise the same error."""
+    errors = [e for e in dist.all_gather_object(error) if e]
+    if errors:
+        previous = complete_tags(ckpt_dir)
+        intact = f"the previous checkpoint {previous[-1][1]} is intact" if previous else "no earlier checkpoint exists"
+        raise CheckpointError(f"could not write checkpoint {tag_for(step)} in {ckpt_dir} ({errors[0]}); {intact}")
+
+
 def save(engine: Any, output_dir: str, step: int, trainer_state: Dict[str, Any]) -> str:
-    """Write a complete checkpoint for `step` (a collective: every rank calls it). Returns its path."""
+    """Write a complete checkpoint for `step` (a collective: every rank calls it). Returns its path.
+
+    Each rank first checks that it can write the checkpoint directory and the ranks agree on the
+    result, so an unwritable directory is one clear error on every rank instead of one rank failing
+    inside DeepSpeed's save while the others wait for it. A write that fails later (disk full) is
+    reported the same way after the save.
+    """
     ckpt_dir = checkpoints_dir(output_dir)
     tag = tag_for(step)
     path = os.path.join(ckpt_dir, tag)
-    if dist.is_main() and os.path.exists(os.path.join(path, STATE_FILE)):
-        os.remove(os.path.join(path, STATE_FILE))  # being rewritten: not complete until the end
-    dist.barrier()
-    engine.save(ckpt_dir, tag)
-    torch.save(_rng_state(), os.path.join(path, f"rng_rank{dist.rank()}.pt"))
-    dist.barrier()  # every rank's files are on disk before the marker appears
+    error = None
+    try:
+        if dist.is_main() and os.path.exists(os.path.join(path, STATE_FILE)):
+            os.remove(os.path.join(path, STATE_FILE))  # being rewritten: not complete until the end
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".probe_rank{dist.rank()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        error = f"rank {dist.rank()}: {e.strerror or e}: {e.filename or path}"
+    _agree_ok(error, step, ckpt_dir)
+    try:
+        engine.save(ckpt_dir, tag)
+        torch.save(_rng_state(), os.path.join(path, f"rng_rank{dist.rank()}.pt"))
+    except OSError as e:
+        error = f"rank {dist.rank()}: {e.strerror or e}"
+    _agree_ok(error, step, ckpt_dir)  # also the barrier: every rank's files are on disk before the marker
     if dist.is_main():
         tmp = os.path.join(path, STATE_FILE + ".tmp")
         with open(tmp, "w") as f:
@@ -104,6 +132,35 @@ def save(engine: Any, output_dir: str, step: int, trainer_state: Dict[str, Any])
         os.replace(tmp, os.path.join(path, STATE_FILE))
     dist.barrier()
     return path
+
+
+def rotate(output_dir: str, keep_last: int, protect: Optional[str] = None) -> List[str]:
+    """Delete all but the newest `keep_last` complete checkpoints (0 keeps all), never `protect`
+    (the checkpoint this run resumed from). Incomplete directories older than the newest complete
+    checkpoint are interrupted saves and go too. Rank 0 only. Returns the deleted tags."""
+    ckpt_dir = checkpoints_dir(output_dir)
+    complete = complete_tags(ckpt_dir)
+    if keep_last <= 0 or not complete:
+        return []
+    keep = {tag for _, tag in complete[-keep_last:]} | ({protect} if protect else set())
+    newest = complete[-1][0]
+    doomed = [tag for _, tag in complete if tag not in keep]
+    for name in os.listdir(ckpt_dir):
+        m = TAG_RE.match(name)
+        if (
+            m
+            and int(m.group(1)) < newest
+            and name not in keep
+            and not os.path.isfile(os.path.join(ckpt_dir, name, STATE_FILE))
+        ):
+            doomed.append(name)
+    for tag in doomed:
+        # The marker goes first: a deletion interrupted half-way leaves an incomplete checkpoint.
+        marker = os.path.join(ckpt_dir, tag, STATE_FILE)
+        if os.path.exists(marker):
+            os.remove(marker)
+        shutil.rmtree(os.path.join(ckpt_dir, tag), ignore_errors=True)
+    return sorted(doomed)
 
 
 def load(engine: Any, ckpt_dir: str, tag: str) -> Dict[str, Any]:

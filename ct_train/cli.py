@@ -2,8 +2,9 @@
 
 The deepspeed launcher (without --no_local_rank) appends `--local_rank=N`, which Hydra would reject
 as an override; it is stripped here before Hydra parses and LOCAL_RANK is taken from the environment
-(set by every launcher) or from that argument. User errors (bad config value, bad data file) print
-one line on rank 0 and exit with status 2, no traceback.
+(set by every launcher) or from that argument. User errors (bad config value, bad data file, an
+unwritable checkpoint) print one line on rank 0 and exit with status 2, no traceback; a run stopped
+on purpose (non-finite loss) likewise with status 3.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import warnings
 from typing import List
 
 EXIT_USER_ERROR = 2
+EXIT_STOPPED = 3
 _LOCAL_RANK = re.compile(r"^--local[_-]rank(=(\d+))?$")
 
 
@@ -41,7 +43,7 @@ def _run(cfg) -> None:
 
     from ct_train import distributed as dist
     from ct_train.config import to_typed
-    from ct_train.errors import UserError
+    from ct_train.errors import TrainingStopped, UserError
 
     try:
         typed = to_typed(cfg)
@@ -49,11 +51,11 @@ def _run(cfg) -> None:
         from ct_train.trainer import train
 
         train(typed, resolved)
-    except UserError as e:
+    except (UserError, TrainingStopped) as e:
         if dist.rank() == 0:
             print(f"ct-train: error: {e}", file=sys.stderr, flush=True)
-        dist.shutdown()
-        sys.exit(EXIT_USER_ERROR)
+        dist.shutdown(wait_for_all=False)
+        sys.exit(EXIT_USER_ERROR if isinstance(e, UserError) else EXIT_STOPPED)
     dist.shutdown()
 
 

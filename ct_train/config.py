@@ -178,6 +178,7 @@ class TrainerConfig:
     loss_normalization: str = "token"
     output_dir: str = "outputs/run"
     save_every_steps: int = 0
+    keep_last_checkpoints: int = 0  # 0 keeps every checkpoint
     eval_every_steps: int = 0
     log_every_steps: int = 1
     resume: str = "auto"
@@ -194,6 +195,7 @@ class TrainerConfig:
         _positive("trainer.warmup_steps", self.warmup_steps, allow_zero=True)
         _positive("trainer.save_every_steps", self.save_every_steps, allow_zero=True)
         _positive("trainer.eval_every_steps", self.eval_every_steps, allow_zero=True)
+        _positive("trainer.keep_last_checkpoints", self.keep_last_checkpoints, allow_zero=True)
         _positive("trainer.log_every_steps", self.log_every_steps)
         _positive("trainer.grad_clip", self.grad_clip, allow_zero=True)
         _positive("trainer.dist_timeout_s", self.dist_timeout_s)

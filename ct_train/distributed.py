@@ -83,9 +83,39 @@ def init(timeout_s: int = 600) -> None:
     )
 
 
-def shutdown() -> None:
+def shutdown(wait_for_all: bool = True) -> None:
+    """Destroy the process group; after a barrier unless a rank may be gone (error paths).
+
+    Without the barrier a rank that finishes first tears its connections down while a peer on
+    another node is still closing its own, which gloo answers with an abort on that peer.
+    """
     if is_initialized():
+        if wait_for_all:
+            barrier()
         dist.destroy_process_group()
+
+
+_COMM_FAILURES = (
+    "connection closed by peer",
+    "connection reset",
+    "timed out",
+    "timeout",
+    "broken pipe",
+    "nccl error",
+    "socket",
+    "remote worker",
+)
+
+
+def is_comm_failure(exc: BaseException) -> bool:
+    """Whether an exception from a collective means a peer rank died or the network failed.
+
+    gloo raises a plain RuntimeError ("Connection closed by peer"), NCCL a DistBackendError, a
+    collective past its timeout a DistError: recognised by type where torch has one, else by text.
+    """
+    if isinstance(exc, getattr(dist, "DistError", ())):
+        return True
+    return isinstance(exc, RuntimeError) and any(k in str(exc).lower() for k in _COMM_FAILURES)
 
 
 def barrier() -> None:

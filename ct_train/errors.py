@@ -16,3 +16,11 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     """A data file is missing, malformed, or yields no usable record."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint could not be written (disk full, unwritable directory); older ones are intact."""
+
+
+class TrainingStopped(Exception):
+    """Training cannot go on (non-finite loss, a lost rank); the message says what to do next."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict
 
 import numpy as np
+import torch
 import yaml
 
 from ct_train import checkpoint
@@ -22,7 +23,7 @@ from ct_train.config import Config
 from ct_train.curriculum import ALL, build_curriculum
 from ct_train.data import collate, load_tokenizer, prepare_data
 from ct_train.engine import Engine
-from ct_train.errors import ConfigError
+from ct_train.errors import ConfigError, TrainingStopped
 from ct_train.evaluation import evaluate
 from ct_train.logging import RunLogger
 from ct_train.losses import objective
@@ -82,6 +83,8 @@ def train(cfg: Config, resolved: Dict[str, Any]) -> Dict[str, Any]:
     curriculum = build_curriculum(cfg.curriculum, data.clusters, sizes.tolist())
     sampler = CurriculumSampler(pools, tr.global_batch_size, tr.seed)
     resume_from = checkpoint.resolve_resume(tr.resume, output_dir)
+    own_checkpoints = os.path.abspath(checkpoint.checkpoints_dir(output_dir))
+    resumed_tag = resume_from[1] if resume_from and os.path.abspath(resume_from[0]) == own_checkpoints else None
 
     engine = Engine(cfg, tokenizer)
     state = TrainState()
@@ -117,6 +120,15 @@ def train(cfg: Config, resolved: Dict[str, Any]) -> Dict[str, Any]:
             engine, data.eval, data.clusters, tr.micro_batch_size, tokenizer.pad_token_id, cfg.data.exact_match
         )
 
+    def stop_nonfinite(step: int, local_ids: list) -> None:
+        ids = sorted({i for ids in dist.all_gather_object(local_ids) for i in ids})
+        done = checkpoint.complete_tags(checkpoint.checkpoints_dir(output_dir))
+        last = f"the last complete checkpoint is {done[-1][1]}" if done else "no checkpoint was written yet"
+        raise TrainingStopped(
+            f"non-finite loss at step {step} in samples {ids[:20]}{' ...' if len(ids) > 20 else ''}; the update "
+            f"was not applied and {last}; fix those samples or lower trainer.lr, then rerun to resume"
+        )
+
     def save() -> None:
         checkpoint.save(
             engine,
@@ -130,6 +142,8 @@ def train(cfg: Config, resolved: Dict[str, Any]) -> Dict[str, Any]:
                 "world_size": world,
             },
         )
+        if dist.is_main():
+            checkpoint.rotate(output_dir, tr.keep_last_checkpoints, protect=resumed_tag)
 
     try:
         if state.step == 0 and not state.initial_eval:
@@ -146,18 +160,27 @@ def train(cfg: Config, resolved: Dict[str, Any]) -> Dict[str, Any]:
                 denominator = float(train_split.n_target[global_batch].sum())
             else:
                 denominator = float((train_split.n_target[global_batch] > 0).sum())
-            trained_ids = []
-            for idx in sampler.rank_micro_batches(global_batch, rank, world, tr.micro_batch_size):
+            trained_ids, nonfinite_ids = [], []
+            micro_batches = sampler.rank_micro_batches(global_batch, rank, world, tr.micro_batch_size)
+            for i, idx in enumerate(micro_batches):
                 batch = collate(train_split, idx, tokenizer.pad_token_id).to(engine.device)
                 per_sample, _ = engine.forward(batch)
                 loss = objective(
                     per_sample, batch.n_target, tr.loss_normalization, denominator, grad_scale=world * grad_accum_steps
                 )
                 engine.backward(loss)
-                engine.step()  # DeepSpeed steps the optimizer only at the accumulation boundary
+                if i < len(micro_batches) - 1:
+                    engine.step()  # not the boundary yet: DeepSpeed only counts the micro-step
                 signal.add(batch.cluster_ids, per_sample, batch.n_target)
                 trained_ids += batch.ids
+                bad = (~torch.isfinite(per_sample.detach())).nonzero(as_tuple=True)[0].tolist()
+                nonfinite_ids += [batch.ids[j] for j in bad]
+            # The signal is reduced before the boundary step, so a non-finite loss stops the run
+            # before the optimizer applies its gradients: the weights and checkpoints stay clean.
             stats = signal.reduce()
+            if not np.isfinite(stats.loss_sum).all():
+                stop_nonfinite(state.step + 1, nonfinite_ids)
+            engine.step()  # the accumulation boundary: the optimizer update
             curriculum.observe(state.step, stats)
             state.step += 1
             step_tokens = int(train_split.lengths[global_batch].sum())
@@ -195,6 +218,15 @@ def train(cfg: Config, resolved: Dict[str, Any]) -> Dict[str, Any]:
         final_dir = os.path.join(output_dir, "final")
         if tr.export_final:
             engine.export_hf(final_dir, tokenizer)
+    except RuntimeError as e:
+        if world == 1 or not dist.is_comm_failure(e):
+            raise
+        done = checkpoint.complete_tags(checkpoint.checkpoints_dir(output_dir))
+        last = f"the last complete checkpoint is {done[-1][1]}" if done else "no checkpoint was written yet"
+        raise TrainingStopped(
+            f"lost contact with another rank during step {state.step + 1} ({str(e).splitlines()[0][:200]}); "
+            f"{last}; restart the job on every node to resume"
+        ) from None
     finally:
         log.close()
     summary = {

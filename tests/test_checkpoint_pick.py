@@ -32,3 +32,15 @@ def test_auto_on_fresh_dir_and_explicit_paths(tmp_path):
     assert checkpoint.resolve_resume(str(tmp_path), "/elsewhere")[1] == "step00000005"
     with pytest.raises(ConfigError, match="no complete checkpoint"):
         checkpoint.resolve_resume(str(tmp_path / "nothing"), "/elsewhere")
+
+
+def test_rotation_keeps_newest_and_the_resumed_one(tmp_path):
+    for step in (10, 20, 30, 40):
+        _fake(tmp_path, step, True)
+    _fake(tmp_path, 25, False)  # an interrupted save older than the newest complete one
+    _fake(tmp_path, 50, False)  # a save in progress
+    deleted = checkpoint.rotate(str(tmp_path), keep_last=2, protect="step00000010")
+    assert deleted == ["step00000020", "step00000025"]
+    left = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert left == ["step00000010", "step00000030", "step00000040", "step00000050"]
+    assert checkpoint.rotate(str(tmp_path), keep_last=0) == []

@@ -1,0 +1,63 @@
+"""Two simulated nodes (network namespaces + veth, or loopback): same results as one node, a lost node
+ends the job quickly with a clear message, and restarting every node resumes it exactly."""
+
+import os
+import signal
+import time
+
+import pytest
+
+from tests.conftest import FAST, run_cli
+from tests.distributed.two_nodes import TwoNodes
+from tests.helpers import samples, train_rows
+
+pytestmark = pytest.mark.distributed
+
+ARGS = FAST + [
+    "trainer.max_steps=8",
+    "trainer.global_batch_size=8",
+    "trainer.micro_batch_size=4",
+    "trainer.save_every_steps=4",
+    "trainer.eval_every_steps=0",
+    "trainer.log_samples=true",
+    "trainer.dist_timeout_s=60",
+]
+
+
+def test_two_nodes_match_one_node_survive_a_lost_node_and_resume(tmp_path, record_property):
+    ref = tmp_path / "one_node"
+    proc = run_cli(ARGS + [f"trainer.output_dir={ref}"], launcher="deepspeed", nproc=2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    out = tmp_path / "two_nodes"
+    args = ARGS + [f"trainer.output_dir={out}"]
+    with TwoNodes(tmp_path) as nodes:
+        record_property("two_nodes_mode", nodes.mode)
+        print(f"two simulated nodes over {nodes.mode}: {nodes.addr}")
+        first = [nodes.start(i, args, tmp_path / f"first{i}.log") for i in range(2)]
+        marker = out / "checkpoints/step00000004/trainer_state.json"
+        deadline = time.time() + 300
+        while not marker.exists() and first[0].poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        assert marker.exists(), (tmp_path / "first0.log").read_text()[-3000:]
+        os.killpg(first[1].pid, signal.SIGKILL)  # node 1 dies: its launcher and its rank
+        killed_at = time.time()
+        rc = first[0].wait(timeout=300)
+        detect_s = time.time() - killed_at
+        record_property("lost_node_detect_s", round(detect_s, 1))
+        log0 = (tmp_path / "first0.log").read_text()
+        assert rc == 3, log0[-3000:]
+        assert detect_s < 60
+        assert "ct-train: error: lost contact with another rank" in log0
+        assert "the last complete checkpoint is step00000004" in log0
+        assert not (out / "final").exists()
+
+        again = [nodes.start(i, args, tmp_path / f"again{i}.log") for i in range(2)]
+        assert [p.wait(timeout=600) for p in again] == [0, 0], (tmp_path / "again0.log").read_text()[-3000:]
+    assert "resumed from" in (tmp_path / "again0.log").read_text()
+    for rank in (0, 1):
+        assert samples(out, rank) == samples(ref, rank)
+    a, b = train_rows(ref), train_rows(out)
+    assert sorted(a) == sorted(b) == list(range(1, 9))
+    for step in a:
+        assert b[step]["loss"] == pytest.approx(a[step]["loss"], rel=1e-5, abs=1e-6), step
