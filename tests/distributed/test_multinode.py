@@ -52,8 +52,10 @@ def test_two_nodes_match_one_node_survive_a_lost_node_and_resume(tmp_path, recor
         assert "the last complete checkpoint is step00000004" in log0
         assert not (out / "final").exists()
 
+        restarted_at = time.time()
         again = [nodes.start(i, args, tmp_path / f"again{i}.log") for i in range(2)]
         assert [p.wait(timeout=600) for p in again] == [0, 0], (tmp_path / "again0.log").read_text()[-3000:]
+        print(f"lost node detected after {detect_s:.1f} s; restart to finished run {time.time() - restarted_at:.1f} s")
     assert "resumed from" in (tmp_path / "again0.log").read_text()
     for rank in (0, 1):
         assert samples(out, rank) == samples(ref, rank)
@@ -61,3 +63,29 @@ def test_two_nodes_match_one_node_survive_a_lost_node_and_resume(tmp_path, recor
     assert sorted(a) == sorted(b) == list(range(1, 9))
     for step in a:
         assert b[step]["loss"] == pytest.approx(a[step]["loss"], rel=1e-5, abs=1e-6), step
+
+
+def test_hung_node_ends_the_job_after_the_collective_timeout(tmp_path):
+    """A node that stops answering (SIGSTOP: alive, silent) fails the others after trainer.dist_timeout_s."""
+    out = tmp_path / "run"
+    args = ARGS[:-1] + ["trainer.dist_timeout_s=15", "trainer.max_steps=40", f"trainer.output_dir={out}"]
+    with TwoNodes(tmp_path) as nodes:
+        procs = [nodes.start(i, args) for i in range(2)]
+        try:
+            marker = out / "checkpoints/step00000004/trainer_state.json"
+            deadline = time.time() + 300
+            while not marker.exists() and procs[0].poll() is None and time.time() < deadline:
+                time.sleep(0.02)
+            assert marker.exists(), (tmp_path / "node0.log").read_text()[-3000:]
+            os.killpg(procs[1].pid, signal.SIGSTOP)
+            stopped_at = time.time()
+            rc = procs[0].wait(timeout=300)
+            waited = time.time() - stopped_at
+        finally:
+            os.killpg(procs[1].pid, signal.SIGKILL)
+            procs[1].wait()
+        print(f"hung node detected after {waited:.1f} s (timeout 15 s)")
+        log0 = (tmp_path / "node0.log").read_text()
+        assert rc == 3, log0[-3000:]
+        assert 10 < waited < 120
+        assert "ct-train: error: lost contact with another rank" in log0
