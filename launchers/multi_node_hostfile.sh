@@ -8,9 +8,7 @@
 #   MASTER_PORT  rendezvous port (default 29500)
 #   NCCL_SOCKET_IFNAME / GLOO_SOCKET_IFNAME  the network interface to use (see README, "Cluster runs")
 # trainer.output_dir must be on a filesystem every node sees (checkpoints are written by all ranks).
-# Without ssh, run on each node instead:
-#   deepspeed --hostfile $HOSTFILE --no_ssh --node_rank=$I --master_addr=$MASTER_ADDR \
-#     --master_port=$MASTER_PORT --no_local_rank --module ct_train ...
+# Without ssh between nodes, use launchers/multi_node_no_ssh.sh on each node instead.
 set -euo pipefail
 HOSTFILE=${HOSTFILE:-hostfile}
 MASTER_ADDR=${MASTER_ADDR:-$(awk 'NF && $1 !~ /^#/ {print $1; exit}' "$HOSTFILE")}
