@@ -14,6 +14,7 @@ import os
 import random
 import re
 import shutil
+import signal
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -117,8 +118,10 @@ def save(engine: Any, output_dir: str, step: int, trainer_state: Dict[str, Any])
     except OSError as e:
         error = f"rank {dist.rank()}: {e.strerror or e}: {e.filename or path}"
     _agree_ok(error, step, ckpt_dir)
+    _fault_point("before_engine_save", step)
     try:
         engine.save(ckpt_dir, tag)
+        _fault_point("after_engine_save", step)
         torch.save(_rng_state(), os.path.join(path, f"rng_rank{dist.rank()}.pt"))
     except OSError as e:
         error = f"rank {dist.rank()}: {e.strerror or e}"
@@ -129,9 +132,17 @@ def save(engine: Any, output_dir: str, step: int, trainer_state: Dict[str, Any])
             json.dump(trainer_state, f)
             f.flush()
             os.fsync(f.fileno())
+        _fault_point("before_marker_rename", step)
         os.replace(tmp, os.path.join(path, STATE_FILE))
     dist.barrier()
     return path
+
+
+def _fault_point(name: str, step: int) -> None:
+    """Fault injection for reliability drills and tests: CT_TRAIN_KILL_AT=<point>:<step> makes rank 0
+    SIGKILL itself at that point of that step's save (tests/integration/test_faults.py)."""
+    if os.environ.get("CT_TRAIN_KILL_AT") == f"{name}:{step}" and dist.is_main():
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def rotate(output_dir: str, keep_last: int, protect: Optional[str] = None) -> List[str]:

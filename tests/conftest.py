@@ -45,13 +45,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def cli_env(threads: int = 1) -> dict:
-    env = dict(os.environ)
+def cli_env(threads: int = 1, extra: dict = None) -> dict:
+    env = dict(os.environ, **(extra or {}))
     env.update(OMP_NUM_THREADS=str(threads), CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1")
     return env
 
 
-def run_cli(args, *, launcher=None, nproc=1, timeout=600, cwd=None) -> subprocess.CompletedProcess:
+def run_cli(args, *, launcher=None, nproc=1, timeout=600, cwd=None, env=None) -> subprocess.CompletedProcess:
     """Run the real entry point: `python -m ct_train`, or under the deepspeed launcher / torchrun."""
     bindir = Path(sys.executable).parent
     port = str(free_port())
@@ -64,7 +64,7 @@ def run_cli(args, *, launcher=None, nproc=1, timeout=600, cwd=None) -> subproces
     else:
         raise ValueError(launcher)
     return subprocess.run(
-        cmd + list(args), capture_output=True, text=True, timeout=timeout, cwd=cwd or REPO, env=cli_env()
+        cmd + list(args), capture_output=True, text=True, timeout=timeout, cwd=cwd or REPO, env=cli_env(extra=env)
     )
 
 

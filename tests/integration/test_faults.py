@@ -60,3 +60,27 @@ def test_unwritable_checkpoint_is_a_clear_error_and_the_previous_one_resumes(tmp
     assert [r["step"] for r in metrics(out) if "loss" in r] == list(range(1, 7))  # no duplicated steps
     # keep_last_checkpoints=1: the final one is kept, and step 2, which this run resumed from; 4 went
     assert sorted(p.name for p in (out / "checkpoints").glob("step*")) == ["step00000002", "step00000006"]
+
+
+KILL_ARGS = SHORT + ["trainer.max_steps=6", "trainer.save_every_steps=2", "trainer.log_samples=true"]
+
+
+def test_kill_at_any_point_of_a_save_resumes_from_the_previous_checkpoint(tmp_path):
+    ref = tmp_path / "ref"
+    assert run_cli(KILL_ARGS + [f"trainer.output_dir={ref}"]).returncode == 0
+    # DeepSpeed's files written but not the RNG state or the marker; everything but the marker rename
+    for point in ("after_engine_save", "before_marker_rename"):
+        out = tmp_path / point
+        args = KILL_ARGS + [f"trainer.output_dir={out}"]
+        killed = run_cli(args, env={"CT_TRAIN_KILL_AT": f"{point}:4"})
+        assert killed.returncode == -9, killed.stderr[-2000:]  # SIGKILL in the middle of step 4's save
+        assert (out / "checkpoints/step00000002/trainer_state.json").exists()
+        assert not (out / "checkpoints/step00000004/trainer_state.json").exists(), point
+        resumed = run_cli(args)
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+        assert "resumed from" in resumed.stdout + resumed.stderr and "at step 2" in resumed.stdout + resumed.stderr
+        a, b = train_rows(ref), train_rows(out)
+        assert sorted(b) == list(range(1, 7))
+        for step in a:
+            assert b[step]["loss"] == pytest.approx(a[step]["loss"], rel=1e-5, abs=1e-6), (point, step)
+        assert (out / "samples.rank0.jsonl").read_text() == (ref / "samples.rank0.jsonl").read_text()
