@@ -11,6 +11,6 @@
 # trainer.output_dir must be on a filesystem every node sees.
 set -euo pipefail
 : "${NODE_RANK:?set NODE_RANK (0 on the first node)}"
-: "${MASTER_ADDR:?set MASTER_ADDR (the first node's address)}"
+: "${MASTER_ADDR:?set MASTER_ADDR to the address of the first node}"
 exec deepspeed --hostfile "${HOSTFILE:-hostfile}" --no_ssh --node_rank="$NODE_RANK" \
   --master_addr="$MASTER_ADDR" --master_port="${MASTER_PORT:-29500}" --no_local_rank --module ct_train "$@"

@@ -89,3 +89,22 @@ def test_hung_node_ends_the_job_after_the_collective_timeout(tmp_path):
         assert rc == 3, log0[-3000:]
         assert 10 < waited < 120
         assert "ct-train: error: lost contact with another rank" in log0
+
+
+def test_torchrun_two_nodes_c10d_rendezvous(tmp_path):
+    """launchers/torchrun.sh on each simulated node (--nnodes 2, c10d rendezvous at node 0)."""
+    out = tmp_path / "run"
+    args = FAST + [
+        "trainer.max_steps=3",
+        "trainer.global_batch_size=8",
+        "trainer.micro_batch_size=4",
+        "trainer.eval_every_steps=0",
+        "trainer.log_samples=true",
+        f"trainer.output_dir={out}",
+    ]
+    with TwoNodes(tmp_path) as nodes:
+        procs = [nodes.start(i, args, launcher="torchrun") for i in range(2)]
+        rcs = [p.wait(timeout=600) for p in procs]
+    assert rcs == [0, 0], (tmp_path / "node0.log").read_text()[-3000:] + (tmp_path / "node1.log").read_text()[-3000:]
+    assert "ct_train: 2 rank(s)" in (tmp_path / "node0.log").read_text()
+    assert [r["step"] for r in samples(out, 1)] == [1, 2, 3]  # the rank on node 1 trained every step

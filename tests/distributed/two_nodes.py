@@ -65,27 +65,31 @@ class TwoNodes:
                 return False
         return True
 
-    def command(self, node: int, args: List[str]) -> List[str]:
-        ds = [
-            str(Path(sys.executable).parent / "deepspeed"),
-            "--hostfile",
-            str(self.hostfile),
-            "--no_ssh",
-            f"--node_rank={node}",
-            f"--master_addr={self.addr[0]}",
-            f"--master_port={self.port}",
-            "--module",
-            "ct_train",
-            *args,
+    def command(self, node: int, args: List[str], launcher: str = "deepspeed") -> List[str]:
+        """A shipped per-node launcher inside the node's namespace: launchers/multi_node_no_ssh.sh
+        (deepspeed --no_ssh) or launchers/torchrun.sh (c10d rendezvous at node 0)."""
+        env = [
+            f"NODE_RANK={node}",
+            f"MASTER_ADDR={self.addr[0]}",
+            f"MASTER_PORT={self.port}",
+            f"HOSTFILE={self.hostfile}",
+            f"PATH={Path(sys.executable).parent}:{os.environ['PATH']}",
+            "NNODES=2",
+            "NPROC=1",
+            f"LOCAL_ADDR={self.addr[node]}",
         ]
         if self.mode == "netns":
-            return ["ip", "netns", "exec", self.ns[node], "env", f"GLOO_SOCKET_IFNAME={self.veth[node]}", *ds]
-        return ds
+            env.append(f"GLOO_SOCKET_IFNAME={self.veth[node]}")
+        script = "multi_node_no_ssh.sh" if launcher == "deepspeed" else "torchrun.sh"
+        cmd = ["env", *env, "bash", str(REPO / "launchers" / script), *args]
+        return ["ip", "netns", "exec", self.ns[node], *cmd] if self.mode == "netns" else cmd
 
-    def start(self, node: int, args: List[str], log: Optional[Path] = None) -> subprocess.Popen:
+    def start(
+        self, node: int, args: List[str], log: Optional[Path] = None, launcher: str = "deepspeed"
+    ) -> subprocess.Popen:
         out = open(log or self.tmp / f"node{node}.log", "w")
         return subprocess.Popen(
-            self.command(node, args),
+            self.command(node, args, launcher),
             cwd=REPO,
             env=cli_env(),
             stdout=out,
