@@ -123,8 +123,11 @@ def save(engine: Any, output_dir: str, step: int, trainer_state: Dict[str, Any])
         engine.save(ckpt_dir, tag)
         _fault_point("after_engine_save", step)
         torch.save(_rng_state(), os.path.join(path, f"rng_rank{dist.rank()}.pt"))
-    except OSError as e:
-        error = f"rank {dist.rank()}: {e.strerror or e}"
+    except (OSError, RuntimeError) as e:
+        # torch.save reports a full disk as a RuntimeError from its zip writer; say how much room is left.
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0][:160]
+        free_mib = shutil.disk_usage(ckpt_dir).free / 2**20
+        error = f"rank {dist.rank()}: write failed: {reason}; {free_mib:.1f} MiB free there"
     _agree_ok(error, step, ckpt_dir)  # also the barrier: every rank's files are on disk before the marker
     if dist.is_main():
         tmp = os.path.join(path, STATE_FILE + ".tmp")

@@ -1,5 +1,7 @@
 """Faults a run must survive with a clear message and nothing lost (docs/reliability.md)."""
 
+import subprocess
+
 import pytest
 
 from tests.conftest import FAST, run_cli
@@ -84,3 +86,33 @@ def test_kill_at_any_point_of_a_save_resumes_from_the_previous_checkpoint(tmp_pa
         for step in a:
             assert b[step]["loss"] == pytest.approx(a[step]["loss"], rel=1e-5, abs=1e-6), (point, step)
         assert (out / "samples.rank0.jsonl").read_text() == (ref / "samples.rank0.jsonl").read_text()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MiB tmpfs: room for the first checkpoint of the small model, not for the second."""
+    mount = tmp_path / "small_disk"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({made.stderr.decode().strip()[:100]})")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_disk_full_during_a_save_is_a_clear_error_and_the_previous_checkpoint_loads(tmp_path, small_disk):
+    out = small_disk / "run"
+    args = SHORT + ["trainer.max_steps=6", "trainer.save_every_steps=2", "trainer.export_final=false"]
+    proc = run_cli(args + [f"trainer.output_dir={out}"])
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("ct-train: error:")]
+    assert len(errors) == 1 and "could not write checkpoint step0000000" in errors[0], proc.stderr[-3000:]
+    assert "MiB free there" in errors[0] and "Traceback" not in proc.stderr
+    done = sorted(p.parent.name for p in out.glob("checkpoints/step*/trainer_state.json"))
+    assert done and f"the previous checkpoint {done[-1]} is intact" in errors[0]
+    # The intact checkpoint resumes elsewhere (a disk with room) and the run finishes.
+    resumed = run_cli(
+        args + [f"trainer.output_dir={tmp_path / 'roomy'}", f"trainer.resume={out / 'checkpoints' / done[-1]}"]
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert sorted(train_rows(tmp_path / "roomy"))[-1] == 6
