@@ -47,6 +47,12 @@ def complete_tags(ckpt_dir: str) -> List[Tuple[int, str]]:
     return sorted(out)
 
 
+def describe_latest(output_dir: str) -> str:
+    """'the last complete checkpoint is stepN' (or that there is none), for messages on failure."""
+    tags = complete_tags(checkpoints_dir(output_dir))
+    return f"the last complete checkpoint is {tags[-1][1]}" if tags else "no checkpoint was written yet"
+
+
 def resolve_resume(resume: str, output_dir: str) -> Optional[Tuple[str, str]]:
     """(checkpoints dir, tag) to resume from, or None to start fresh.
 

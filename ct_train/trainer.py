@@ -122,8 +122,7 @@ def train(cfg: Config, resolved: Dict[str, Any]) -> Dict[str, Any]:
 
     def stop_nonfinite(step: int, local_ids: list) -> None:
         ids = sorted({i for ids in dist.all_gather_object(local_ids) for i in ids})
-        done = checkpoint.complete_tags(checkpoint.checkpoints_dir(output_dir))
-        last = f"the last complete checkpoint is {done[-1][1]}" if done else "no checkpoint was written yet"
+        last = checkpoint.describe_latest(output_dir)
         raise TrainingStopped(
             f"non-finite loss at step {step} in samples {ids[:20]}{' ...' if len(ids) > 20 else ''}; the update "
             f"was not applied and {last}; fix those samples or lower trainer.lr, then rerun to resume"
@@ -221,8 +220,7 @@ def train(cfg: Config, resolved: Dict[str, Any]) -> Dict[str, Any]:
     except RuntimeError as e:
         if world == 1 or not dist.is_comm_failure(e):
             raise
-        done = checkpoint.complete_tags(checkpoint.checkpoints_dir(output_dir))
-        last = f"the last complete checkpoint is {done[-1][1]}" if done else "no checkpoint was written yet"
+        last = checkpoint.describe_latest(output_dir)
         raise TrainingStopped(
             f"lost contact with another rank during step {state.step + 1} ({str(e).splitlines()[0][:200]}); "
             f"{last}; restart the job on every node to resume"
