@@ -159,7 +159,7 @@ def train(cfg: Config, resolved: Dict[str, Any]) -> Dict[str, Any]:
                 denominator = float(train_split.n_target[global_batch].sum())
             else:
                 denominator = float((train_split.n_target[global_batch] > 0).sum())
-            trained_ids, nonfinite_ids = [], []
+            trained_ids, step_losses = [], []
             micro_batches = sampler.rank_micro_batches(global_batch, rank, world, tr.micro_batch_size)
             for i, idx in enumerate(micro_batches):
                 batch = collate(train_split, idx, tokenizer.pad_token_id).to(engine.device)
@@ -172,13 +172,13 @@ def train(cfg: Config, resolved: Dict[str, Any]) -> Dict[str, Any]:
                     engine.step()  # not the boundary yet: DeepSpeed only counts the micro-step
                 signal.add(batch.cluster_ids, per_sample, batch.n_target)
                 trained_ids += batch.ids
-                bad = (~torch.isfinite(per_sample.detach())).nonzero(as_tuple=True)[0].tolist()
-                nonfinite_ids += [batch.ids[j] for j in bad]
+                step_losses.append(per_sample.detach())  # inspected only if the step's signal is non-finite
             # The signal is reduced before the boundary step, so a non-finite loss stops the run
             # before the optimizer applies its gradients: the weights and checkpoints stay clean.
             stats = signal.reduce()
             if not np.isfinite(stats.loss_sum).all():
-                stop_nonfinite(state.step + 1, nonfinite_ids)
+                bad = ~torch.isfinite(torch.cat(step_losses)).cpu().numpy()
+                stop_nonfinite(state.step + 1, [i for i, b in zip(trained_ids, bad) if b])
             engine.step()  # the accumulation boundary: the optimizer update
             curriculum.observe(state.step, stats)
             state.step += 1
