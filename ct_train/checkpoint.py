@@ -47,6 +47,15 @@ def complete_tags(ckpt_dir: str) -> List[Tuple[int, str]]:
     return sorted(out)
 
 
+def make_writable_dir(path: str) -> None:
+    """Create `path` and prove a file can be written in it (raises OSError otherwise)."""
+    os.makedirs(path, exist_ok=True)
+    probe = os.path.join(path, f".write_test.{os.getpid()}.{dist.rank()}")
+    with open(probe, "w") as f:
+        f.write("ok")
+    os.remove(probe)
+
+
 def describe_latest(output_dir: str) -> str:
     """'the last complete checkpoint is stepN' (or that there is none), for messages on failure."""
     tags = complete_tags(checkpoints_dir(output_dir))
@@ -116,11 +125,7 @@ def save(engine: Any, output_dir: str, step: int, trainer_state: Dict[str, Any])
     try:
         if dist.is_main() and os.path.exists(os.path.join(path, STATE_FILE)):
             os.remove(os.path.join(path, STATE_FILE))  # being rewritten: not complete until the end
-        os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, f".probe_rank{dist.rank()}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
+        make_writable_dir(path)
     except OSError as e:
         error = f"rank {dist.rank()}: {e.strerror or e}: {e.filename or path}"
     _agree_ok(error, step, ckpt_dir)

@@ -47,11 +47,7 @@ def prepare_output_dir(cfg: Config, resolved: Dict[str, Any]) -> str:
     def check() -> str:
         out = os.path.abspath(os.path.expanduser(cfg.trainer.output_dir))
         try:
-            os.makedirs(out, exist_ok=True)
-            probe = os.path.join(out, f".write_test.{os.getpid()}")
-            with open(probe, "w") as f:
-                f.write("ok")
-            os.remove(probe)
+            checkpoint.make_writable_dir(out)
         except OSError as e:
             raise ConfigError(f"trainer.output_dir={cfg.trainer.output_dir} is not writable ({e.strerror})") from None
         if cfg.trainer.resume == "never" and checkpoint.complete_tags(checkpoint.checkpoints_dir(out)):
