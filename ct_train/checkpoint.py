@@ -15,6 +15,8 @@ import random
 import re
 import shutil
 import signal
+import subprocess
+import sys
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -188,12 +190,56 @@ def rotate(output_dir: str, keep_last: int, protect: Optional[str] = None) -> Li
     return sorted(doomed)
 
 
-def load(engine: Any, ckpt_dir: str, tag: str) -> Dict[str, Any]:
-    """Restore model, optimizer, scheduler and this rank's RNG; return the trainer state."""
+def saved_world_size(ckpt_dir: str, tag: str) -> int:
+    """How many ranks wrote the checkpoint (its ZeRO partitions are per rank)."""
+    with open(os.path.join(ckpt_dir, tag, STATE_FILE)) as f:
+        return int(json.load(f).get("world_size", 0))
+
+
+def to_universal(ckpt_dir: str, tag: str, output_dir: str) -> str:
+    """DeepSpeed's universal checkpoint of (ckpt_dir, tag), for loading on another number of ranks.
+
+    ZeRO partitions are per rank, so DeepSpeed refuses to load them on a different world size; its
+    `ds_to_universal` converter re-slices them per parameter. Rank 0 converts once into
+    `<output_dir>/universal/<tag>` (reused when already there); returns that directory's parent.
+    """
+    root = os.path.join(output_dir, "universal")
+    done = os.path.join(root, tag, "universal_done")
+
+    def convert() -> None:
+        if os.path.exists(done):
+            return
+        tmp = os.path.join(root, tag + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(root, exist_ok=True)
+        cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
+               os.path.join(ckpt_dir, tag), "--output_folder", tmp, "--num_extract_workers", "1",
+               "--num_merge_workers", "1"]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise CheckpointError(
+                f"cannot convert {os.path.join(ckpt_dir, tag)} for a different number of ranks "
+                f"(deepspeed ds_to_universal: {tail[0][:300]})"
+            )
+        shutil.rmtree(os.path.join(root, tag), ignore_errors=True)
+        os.replace(tmp, os.path.join(root, tag))
+        open(done, "w").close()
+
+    dist.on_main(convert)
+    return root
+
+
+def load(engine: Any, ckpt_dir: str, tag: str, weights_dir: Optional[str] = None) -> Dict[str, Any]:
+    """Restore model, optimizer, scheduler and this rank's RNG; return the trainer state.
+
+    `weights_dir`: where DeepSpeed's files for `tag` are, when not beside the trainer state (a
+    universal checkpoint converted for another world size).
+    """
     path = os.path.join(ckpt_dir, tag)
     with open(os.path.join(path, STATE_FILE)) as f:
         state = json.load(f)
-    engine.load(ckpt_dir, tag)
+    engine.load(weights_dir or ckpt_dir, tag)
     rng_file = os.path.join(path, f"rng_rank{dist.rank()}.pt")
     if os.path.isfile(rng_file):  # absent when resuming on more ranks than saved
         _set_rng_state(torch.load(rng_file, weights_only=False))

@@ -133,7 +133,13 @@ class DataConfig:
 
 @dataclass
 class CurriculumConfig:
-    """Which curriculum decides what the next global batch draws from (`ct_train.curriculum`)."""
+    """Which curriculum decides what the next global batch draws from (`ct_train.curriculum`).
+
+    This base node is `curriculum=iid`. Each strategy extends it with its own keys in its own
+    module (e.g. `ct_train.curriculum.it2acl.IT2ACLConfig`), registered as the Hydra schema of its
+    YAML in hydra_conf/curriculum/, so `curriculum=it2acl curriculum.eta=0.1` is typed and a key of
+    another strategy fails at start.
+    """
 
     name: str = "iid"
 
@@ -141,6 +147,16 @@ class CurriculumConfig:
         from ct_train.curriculum import CURRICULA
 
         _choice("curriculum.name", self.name, tuple(CURRICULA))
+        expected = CURRICULA[self.name].config_cls
+        if type(self) is not expected:
+            raise ConfigError(
+                f"curriculum.name={self.name} does not match the selected curriculum group; "
+                f"choose the strategy with curriculum={self.name}"
+            )
+
+    def difficulty_source(self) -> str:
+        """Where the curriculum's per-sample difficulty comes from: none, data, initial_loss or auto."""
+        return "none"
 
 
 @dataclass
@@ -273,7 +289,13 @@ def register_configs() -> None:
     """Register the schema so `hydra_conf/config.yaml` can list `ct_train_schema` first."""
     from hydra.core.config_store import ConfigStore
 
-    ConfigStore.instance().store(name="ct_train_schema", node=Config)
+    from ct_train.curriculum import CURRICULA
+
+    store = ConfigStore.instance()
+    store.store(name="ct_train_schema", node=Config)
+    # One schema per strategy, named `<name>_schema` in the curriculum group; its YAML lists it first.
+    for name, spec in CURRICULA.items():
+        store.store(group="curriculum", name=f"{name}_schema", node=spec.config_cls)
 
 
 def to_typed(cfg: Any) -> Config:
@@ -290,3 +312,18 @@ def to_typed(cfg: Any) -> Config:
         raise ConfigError(str(e).splitlines()[0]) from None
     typed.validate()
     return typed
+
+
+def load_config(path: str) -> Config:
+    """A run's saved `config.yaml` (resolved) as a validated `Config`, with its curriculum's schema."""
+    from omegaconf import OmegaConf
+
+    from ct_train.curriculum import CURRICULA
+
+    saved = OmegaConf.load(path)
+    name = OmegaConf.select(saved, "curriculum.name", default="iid")
+    if name not in CURRICULA:
+        raise ConfigError(f"{path}: curriculum.name={name!r} is not a known curriculum ({', '.join(CURRICULA)})")
+    base = OmegaConf.structured(Config)
+    base.curriculum = OmegaConf.structured(CURRICULA[name].config_cls)
+    return to_typed(OmegaConf.merge(base, saved))

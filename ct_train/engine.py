@@ -87,7 +87,9 @@ def lr_lambda(tr: TrainerConfig):
 class Engine:
     """A DeepSpeed engine around `SampleLossModel`."""
 
-    def __init__(self, cfg: Config, tokenizer: Any) -> None:
+    def __init__(self, cfg: Config, tokenizer: Any, load_universal: bool = False) -> None:
+        """`load_universal`: the checkpoint to resume is a DeepSpeed universal checkpoint (written by
+        another number of ranks and converted); DeepSpeed must know before `initialize`."""
         import deepspeed
         from transformers.integrations import HfDeepSpeedConfig
 
@@ -101,6 +103,8 @@ class Engine:
         self.world_size = dist.world_size()
         self.grad_accum_steps = cfg.trainer.grad_accum_steps(self.world_size)
         self.ds_config = build_ds_config(cfg.deepspeed, cfg.trainer, self.dtype, self.world_size)
+        if load_universal:
+            self.ds_config["checkpoint"] = {**self.ds_config.get("checkpoint", {}), "load_universal": True}
         self.zero3 = self.ds_config["zero_optimization"]["stage"] == 3
         # Alive while the model is built: transformers then constructs it inside zero.Init (each rank
         # materialises only its partition) and loads checkpoints shard by shard.

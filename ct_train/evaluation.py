@@ -89,3 +89,31 @@ def evaluate(
         if exact_match:
             out["eval/exact_match"] = float(per_cluster[2].sum() / total)
     return out
+
+
+@torch.no_grad()
+def sample_losses(engine, split: TokenizedSplit, micro_batch_size: int, pad_id: int) -> np.ndarray:
+    """(N,) per-sample loss of the current model on every sample of `split`, on every rank.
+
+    Rank r scores samples r, r + world, ...; every rank runs the same number of forwards (a rank whose
+    shard runs out repeats a batch and discards it), then one all-reduce of the (N,) vector. A sample
+    without a response token gets 0.
+    """
+    rank, world = dist.rank(), dist.world_size()
+    mine = np.arange(rank, len(split), world)
+    n_batches = math.ceil(math.ceil(len(split) / world) / micro_batch_size)
+    out = torch.zeros(len(split), dtype=torch.float64, device=engine.device)
+    was_training = engine.ds.training
+    engine.train(False)
+    for b in range(n_batches):
+        idx = mine[b * micro_batch_size : (b + 1) * micro_batch_size]
+        keep = len(idx) > 0
+        if not keep:  # keep the forward count equal across ranks
+            idx = np.arange(min(micro_batch_size, len(split)))
+        batch = collate(split, idx, pad_id).to(engine.device)
+        loss, _ = engine.forward(batch)
+        if keep:
+            has = batch.n_target > 0
+            out[torch.from_numpy(idx).to(engine.device)] = torch.where(has, loss.double(), 0.0)
+    engine.train(was_training)
+    return dist.all_reduce_sum(out).cpu().numpy()

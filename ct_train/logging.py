@@ -96,10 +96,15 @@ class RunLogger:
         if self.wandb is not None:
             self.wandb.log(metrics, step=step)
 
-    def log_samples(self, step: int, ids: List[str]) -> None:
+    def log_samples(self, step: int, ids: List[str], plan: Optional[Dict[str, float]] = None) -> None:
+        """This rank's trained sample ids for `step`, and the curriculum's plan as this rank saw it
+        (so a test, or a user, can check that every rank made the same decision)."""
         if self.samples_path:
+            row: Dict[str, Any] = {"step": step, "ids": ids}
+            if plan is not None:
+                row["plan"] = plan
             with open(self.samples_path, "a") as f:
-                f.write(json.dumps({"step": step, "ids": ids}) + "\n")
+                f.write(json.dumps(row) + "\n")
 
     def progress(self, step: int, postfix: Optional[Dict[str, str]] = None) -> None:
         if self.bar is not None:

@@ -3,18 +3,26 @@
 Every rank computes the same global batch from (seed, step, plan, state) without communication
 (OLMo-core's data loader shape):
 
-1. The plan's pool weights become per-pool counts by a multinomial draw seeded by (seed, step).
+1. The plan's pool weights become per-pool counts: a multinomial draw seeded by (seed, step), or,
+   for an `exact` plan, a largest-remainder split. A pool never gives more samples in one step than
+   it holds; the excess goes to the plan's other pools (only when every planned pool together is
+   smaller than the global batch do samples repeat within a step, with a warning).
 2. Each pool is a stream of epoch permutations seeded by (seed, pool, epoch); a pool hands out its
-   next `count` indices, so within one pass over a pool no sample repeats.
+   next `count` indices, so within one pass over a pool no sample repeats. When a pass ends inside a
+   step, the samples this step already took from the old pass are moved to the end of the new pass's
+   permutation, so a step never holds a sample twice (and they are not seen again at once).
 3. The drawn indices are shuffled (seeded by (seed, step)) so clusters mix across ranks, and rank r
-   takes the r-th contiguous slice, cut into gradient-accumulation micro-batches.
+   takes the r-th contiguous slice, cut into gradient-accumulation micro-batches: every rank gets the
+   same number of full micro-batches, whatever the pool sizes.
 
-The state is one (epoch, cursor) pair per pool. It does not depend on the number of ranks, so a run
-resumed on a different world size with the same global batch size sees the identical sample stream.
+The state is (epoch, offset, moved samples) per pool. It does not depend on the number of ranks, so
+a run resumed on a different world size with the same global batch size sees the identical stream.
+The sampler's only randomness is those seeded generators: there is no generator state to save.
 """
 
 from __future__ import annotations
 
+import warnings
 import zlib
 from typing import Any, Dict, List
 
@@ -23,36 +31,56 @@ import numpy as np
 from ct_train.curriculum.base import Plan
 
 
+def largest_remainder(total: int, weights: np.ndarray) -> np.ndarray:
+    """Integers proportional to `weights` summing to `total` (ties go to the earlier entry)."""
+    share = total * weights / weights.sum()
+    out = np.floor(share).astype(np.int64)
+    rest = total - out.sum()
+    if rest:
+        out[np.argsort(-(share - out), kind="stable")[:rest]] += 1
+    return out
+
+
 class CurriculumSampler:
     def __init__(self, pools: Dict[str, np.ndarray], global_batch_size: int, seed: int) -> None:
         empty = [name for name, idx in pools.items() if len(idx) == 0]
         if empty:
             raise ValueError(f"sampler pools with no sample: {empty}")
-        self.pools = {name: np.asarray(idx, dtype=np.int64) for name, idx in pools.items()}
+        self.pools = dict(pools)
         self.global_batch_size = global_batch_size
         self.seed = seed
-        self.cursors: Dict[str, List[int]] = {name: [0, 0] for name in self.pools}  # [epoch, offset]
+        # pool -> [epoch, offset, samples moved to the end of this epoch's permutation]
+        self.cursors: Dict[str, List[Any]] = {name: [0, 0, []] for name in self.pools}
         self._perm_cache: Dict[str, tuple] = {}
+        self._warned_small = False
 
-    def _permutation(self, pool: str, epoch: int) -> np.ndarray:
+    def _permutation(self, pool: str, epoch: int, moved: List[int]) -> np.ndarray:
+        key = (epoch, tuple(moved))
         cached = self._perm_cache.get(pool)
-        if cached is None or cached[0] != epoch:
+        if cached is None or cached[0] != key:
             rng = np.random.default_rng([self.seed, zlib.crc32(pool.encode()), epoch])
-            cached = (epoch, rng.permutation(self.pools[pool]))
+            perm = rng.permutation(self.pools[pool])
+            if moved:
+                last = np.isin(perm, np.asarray(moved, dtype=perm.dtype))
+                perm = np.concatenate([perm[~last], perm[last]])
+            cached = (key, perm)
             self._perm_cache[pool] = cached
         return cached[1]
 
     def _take(self, pool: str, n: int) -> np.ndarray:
-        out = []
-        epoch, offset = self.cursors[pool]
+        epoch, offset, moved = self.cursors[pool]
+        size = len(self.pools[pool])
+        out: List[np.ndarray] = []
+        taken = 0
         while n > 0:
-            perm = self._permutation(pool, epoch)
-            k = min(n, len(perm) - offset)
+            perm = self._permutation(pool, epoch, moved)
+            k = min(n, size - offset)
             out.append(perm[offset : offset + k])
-            offset, n = offset + k, n - k
-            if offset == len(perm):
-                epoch, offset = epoch + 1, 0
-        self.cursors[pool] = [epoch, offset]
+            offset, n, taken = offset + k, n - k, taken + k
+            if offset == size:  # the pass ended; what this step took from it goes last in the next
+                epoch, offset = epoch + 1, 0  # pass, when the rest of the pool can fill the step
+                moved = np.concatenate(out).tolist() if 0 < n <= size - taken else []
+        self.cursors[pool] = [epoch, offset, moved]
         return np.concatenate(out) if out else np.empty(0, dtype=np.int64)
 
     def counts(self, step: int, plan: Plan) -> Dict[str, int]:
@@ -62,14 +90,39 @@ class CurriculumSampler:
         if unknown or not names:
             raise ValueError(f"plan names unknown or no pools: {unknown or plan.weights}")
         p = np.array([plan.weights[n] for n in names], dtype=np.float64)
-        rng = np.random.default_rng([self.seed, step, 0])
-        drawn = rng.multinomial(self.global_batch_size, p / p.sum())
+        if plan.exact:
+            drawn = largest_remainder(self.global_batch_size, p)
+        else:
+            drawn = np.random.default_rng([self.seed, step, 0]).multinomial(self.global_batch_size, p / p.sum())
+        drawn = self._fit_capacity(drawn, p, np.array([len(self.pools[n]) for n in names]), names)
         return {n: int(c) for n, c in zip(names, drawn) if c > 0}
+
+    def _fit_capacity(self, counts: np.ndarray, weights: np.ndarray, capacity: np.ndarray, names: list) -> np.ndarray:
+        """Move what exceeds a pool's size to the planned pools with room, by weight."""
+        counts = counts.copy()
+        if capacity.sum() < counts.sum():
+            if not self._warned_small:
+                warnings.warn(
+                    f"the planned pools {names} hold {int(capacity.sum())} samples, fewer than the global "
+                    f"batch of {self.global_batch_size}: samples repeat within a step",
+                    stacklevel=3,
+                )
+                self._warned_small = True
+            return counts
+        while (counts > capacity).any():
+            excess = int(np.maximum(counts - capacity, 0).sum())
+            counts = np.minimum(counts, capacity)
+            room = capacity - counts
+            w = np.where(room > 0, weights, 0.0)
+            if w.sum() == 0:  # only pools with zero weight have room (cannot happen: zero-weight pools are dropped)
+                w = (room > 0).astype(np.float64)
+            counts += np.minimum(largest_remainder(excess, w), room)
+        return counts
 
     def global_batch(self, step: int, plan: Plan) -> np.ndarray:
         """The next global batch (indices into the training split); advances the state."""
         picks = [self._take(pool, n) for pool, n in self.counts(step, plan).items()]
-        batch = np.concatenate(picks)
+        batch = np.concatenate(picks).astype(np.int64)
         np.random.default_rng([self.seed, step, 1]).shuffle(batch)
         return batch
 
@@ -86,7 +139,7 @@ class CurriculumSampler:
         return {
             "seed": self.seed,
             "global_batch_size": self.global_batch_size,
-            "cursors": {k: list(v) for k, v in self.cursors.items()},
+            "cursors": {k: [int(v[0]), int(v[1]), [int(i) for i in v[2]]] for k, v in self.cursors.items()},
         }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
@@ -98,4 +151,5 @@ class CurriculumSampler:
         missing = set(self.pools) - set(state["cursors"])
         if missing:
             raise ValueError(f"sampler state lacks pools {sorted(missing)}")
-        self.cursors = {k: list(state["cursors"][k]) for k in self.pools}
+        # Checkpoints from before the moved-samples field hold [epoch, offset].
+        self.cursors = {k: (list(state["cursors"][k]) + [[]])[:3] for k in self.pools}

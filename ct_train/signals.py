@@ -1,16 +1,29 @@
-"""Per-cluster progress signals, combined across ranks with one all-reduce per optimizer step.
+"""Per-cluster progress signals, combined across ranks with one all-reduce per reduction point.
 
 Each rank adds its micro-batches' per-sample losses into a (2, C) table [sum_loss; count]. At the
-accumulation boundary one all_reduce(SUM) of that table gives every rank the same `ClusterStats`
-(DESIGN.md, "Signal"): the only collective ct_train adds to ZeRO's own.
+accumulation boundary one all_reduce(SUM) gives every rank the same `ClusterStats` (DESIGN.md,
+"Signal"); tables measured at the same point (the step's training loss and, for SPG, the fresh
+batch's loss before the update) are stacked into that one collective.
+
+Prediction gain (`curriculum.signal`, Graves et al. 2017):
+- `loss`: nothing extra; one (2, C) all-reduce per step.
+- `pg`: after the update, one no-grad forward over the same micro-batches; gain = mean loss before -
+  mean loss after, per cluster, over the same samples. A second (2, C) all-reduce after the update
+  (the first must come before it: a non-finite loss stops the run with the weights untouched).
+- `spg`: the same on a fresh batch drawn from the step's plan by a separate sampler stream (not
+  trained on): a no-grad forward before the update (stacked into the first all-reduce) and one after.
 """
 
 from __future__ import annotations
 
+from typing import List, Sequence
+
+import numpy as np
 import torch
 
 from ct_train import distributed as dist
 from ct_train.curriculum.base import ClusterStats
+from ct_train.data import collate
 
 
 class ClusterLossAccumulator:
@@ -29,12 +42,40 @@ class ClusterLossAccumulator:
 
     def reduce(self) -> ClusterStats:
         """All-reduce and reset. A collective: every rank must call it at the same step."""
-        table = dist.all_reduce_sum(self.table)  # sync point: (2, C) float64, one call per step
-        stats = ClusterStats(self.clusters, table[0].cpu().numpy().copy(), table[1].cpu().numpy().copy())
-        self.table = torch.zeros_like(self.table)
-        return stats
+        return reduce_together([self])[0]
+
+
+def reduce_together(accumulators: Sequence[ClusterLossAccumulator]) -> List[ClusterStats]:
+    """All-reduce several accumulators with ONE collective (stacked), reset them, return their stats."""
+    table = dist.all_reduce_sum(torch.cat([a.table for a in accumulators]))  # sync point, (2k, C) float64
+    table = table.cpu().numpy()
+    out = []
+    for i, acc in enumerate(accumulators):
+        out.append(ClusterStats(acc.clusters, table[2 * i].copy(), table[2 * i + 1].copy()))
+        acc.table = torch.zeros_like(acc.table)
+    return out
+
+
+def prediction_gain(before: ClusterStats, after: ClusterStats) -> np.ndarray:
+    """(C,) mean loss before minus after, over the same samples; NaN for a cluster without any."""
+    return before.mean_loss_array() - after.mean_loss_array()
+
+
+@torch.no_grad()
+def measure(engine, split, micro_batches: List[np.ndarray], pad_id: int, acc: ClusterLossAccumulator) -> None:
+    """No-grad forwards of `micro_batches` (in training mode, as the step saw them) into `acc`.
+
+    Every rank passes the same number of micro-batches (its slice of the global batch), so ZeRO-3's
+    parameter gathers stay matched across ranks.
+    """
+    for idx in micro_batches:
+        batch = collate(split, idx, pad_id).to(engine.device)
+        per_sample, _ = engine.forward(batch)
+        acc.add(batch.cluster_ids, per_sample, batch.n_target)
 
 
 def cluster_loss_metrics(stats: ClusterStats, prefix: str = "cluster") -> dict:
-    """`{prefix}/<name>/loss` for each cluster seen this step."""
-    return {f"{prefix}/{c}/loss": v for c, v in stats.mean_loss().items()}
+    """`{prefix}/<name>/loss` and `/samples` for each cluster seen this step."""
+    out = {f"{prefix}/{c}/loss": v for c, v in stats.mean_loss().items()}
+    out.update({f"{prefix}/{c}/samples": int(n) for c, n in zip(stats.clusters, stats.count) if n > 0})
+    return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict
 
@@ -20,15 +21,18 @@ import yaml
 from ct_train import checkpoint
 from ct_train import distributed as dist
 from ct_train.config import Config
-from ct_train.curriculum import ALL, build_curriculum
+from ct_train.curriculum import DataIndex, build_curriculum
 from ct_train.data import collate, load_tokenizer, prepare_data
 from ct_train.engine import Engine
 from ct_train.errors import ConfigError, TrainingStopped
-from ct_train.evaluation import evaluate
+from ct_train.evaluation import evaluate, sample_losses
 from ct_train.logging import RunLogger
 from ct_train.losses import objective
 from ct_train.sampler import CurriculumSampler
-from ct_train.signals import ClusterLossAccumulator, cluster_loss_metrics
+from ct_train.signals import ClusterLossAccumulator, cluster_loss_metrics, measure, prediction_gain, reduce_together
+
+PROBE_SEED = 7919  # offsets the SPG probe stream's seed from the training stream's
+INITIAL_LOSS_FILE = "initial_loss_difficulty.npy"
 
 
 @dataclass
@@ -62,6 +66,35 @@ def prepare_output_dir(cfg: Config, resolved: Dict[str, Any]) -> str:
     return dist.on_main(check)
 
 
+def curriculum_difficulty(cfg: Config, engine: Engine, split, pad_id: int, output_dir: str) -> np.ndarray:
+    """Per-sample difficulty for the curriculum: the data's, or the initial model's loss when the
+    curriculum asks for it (`difficulty_source()`: initial_loss, or auto with samples lacking one)."""
+    source = cfg.curriculum.difficulty_source()
+    missing = int(np.isnan(split.difficulty).sum())
+    if source == "data" and missing:
+        raise ConfigError(
+            f"curriculum.phase2_difficulty=data but {missing} of {len(split)} training samples have no difficulty "
+            "(set data.difficulty_field, or use curriculum.phase2_difficulty=initial_loss)"
+        )
+    if not (source == "initial_loss" or (source == "auto" and missing)):
+        return split.difficulty
+    # Cached in the output dir: a resumed run must see the bands of the first start, not the loss of
+    # the resumed model.
+    path = os.path.join(output_dir, INITIAL_LOSS_FILE)
+    if os.path.exists(path):
+        cached = np.load(path)
+        if len(cached) == len(split):
+            return cached
+    losses = sample_losses(engine, split, cfg.trainer.micro_batch_size, pad_id)
+
+    def write() -> None:
+        np.save(path + ".tmp.npy", losses)
+        os.replace(path + ".tmp.npy", path)
+
+    dist.on_main(write)
+    return losses
+
+
 def train(cfg: Config, resolved: Dict[str, Any]) -> Dict[str, Any]:
     """Run training as configured; returns the summary (final eval, paths). Call on every rank."""
     tr = cfg.trainer
@@ -73,19 +106,34 @@ def train(cfg: Config, resolved: Dict[str, Any]) -> Dict[str, Any]:
     tokenizer = load_tokenizer(cfg.model.tokenizer, cfg.model.path)
     data = dist.main_first(lambda: prepare_data(cfg.data, tokenizer))
     train_split = data.train
-    sizes = np.bincount(train_split.cluster_ids, minlength=len(data.clusters))
-    pools = {ALL: np.arange(len(train_split))}
-    pools.update({c: np.flatnonzero(train_split.cluster_ids == i) for i, c in enumerate(data.clusters) if sizes[i]})
-    curriculum = build_curriculum(cfg.curriculum, data.clusters, sizes.tolist())
-    sampler = CurriculumSampler(pools, tr.global_batch_size, tr.seed)
     resume_from = checkpoint.resolve_resume(tr.resume, output_dir)
     own_checkpoints = os.path.abspath(checkpoint.checkpoints_dir(output_dir))
     resumed_tag = resume_from[1] if resume_from and os.path.abspath(resume_from[0]) == own_checkpoints else None
 
-    engine = Engine(cfg, tokenizer)
+    # A checkpoint written by another number of ranks is converted to DeepSpeed's universal format
+    # (ZeRO partitions are per rank); the sampler and curriculum states do not depend on the ranks.
+    weights_dir = None
+    if resume_from is not None and checkpoint.saved_world_size(*resume_from) not in (world, 0):
+        weights_dir = checkpoint.to_universal(*resume_from, output_dir)
+    engine = Engine(cfg, tokenizer, load_universal=weights_dir is not None)
+    # The curriculum sees cluster ids and difficulty only; a difficulty it needs and the data lacks
+    # is the initial model's loss (computed before a checkpoint is loaded, and cached).
+    difficulty = curriculum_difficulty(cfg, engine, train_split, tokenizer.pad_token_id, output_dir)
+    index = DataIndex(data.clusters, train_split.cluster_ids, difficulty)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        curriculum = build_curriculum(cfg.curriculum, index, seed=tr.seed, total_steps=tr.max_steps)
+    pools = curriculum.pools()
+    sampler = CurriculumSampler(pools, tr.global_batch_size, tr.seed)
+    signal_kind = getattr(curriculum, "signal", "loss")
+    # SPG's fresh batches come from their own stream, so the training stream is the same as with PG.
+    probe_sampler = (
+        CurriculumSampler(pools, tr.global_batch_size, tr.seed + PROBE_SEED) if signal_kind == "spg" else None
+    )
+
     state = TrainState()
     if resume_from is not None:
-        saved = checkpoint.load(engine, *resume_from)
+        saved = checkpoint.load(engine, *resume_from, weights_dir=weights_dir)
         if saved["clusters"] != data.clusters:
             raise ConfigError(
                 f"cannot resume from {resume_from[1]}: its clusters {saved['clusters']} differ from "
@@ -93,9 +141,11 @@ def train(cfg: Config, resolved: Dict[str, Any]) -> Dict[str, Any]:
             )
         try:
             sampler.load_state_dict(saved["sampler"])
-        except ValueError as e:
-            raise ConfigError(f"cannot resume from {resume_from[1]}: {e}") from None
-        curriculum.load_state_dict(saved["curriculum"])
+            curriculum.load_state_dict(saved["curriculum"])
+            if probe_sampler is not None:
+                probe_sampler.load_state_dict(saved["probe_sampler"])
+        except (ValueError, KeyError) as e:
+            raise ConfigError(f"cannot resume from {resume_from[1]}: {e} (did curriculum.* change?)") from None
         state = TrainState(**saved["trainer"])
     log = RunLogger(cfg.logger, output_dir, resolved, tr.max_steps, state.step, tr.log_samples)
     log.write(
@@ -106,8 +156,13 @@ def train(cfg: Config, resolved: Dict[str, Any]) -> Dict[str, Any]:
         f"{tr.micro_batch_size} x {grad_accum_steps} accumulation steps; data counts: "
         f"{ {k: v for k, v in data.stats.items() if v} }"
     )
+    for w in caught:
+        log.write(f"warning: {w.message}")
     if resume_from is not None:
-        log.write(f"resumed from {os.path.join(*resume_from)} at step {state.step}")
+        log.write(
+            f"resumed from {os.path.join(*resume_from)} at step {state.step}"
+            + (f" (written by {saved['world_size']} ranks; loaded through {weights_dir})" if weights_dir else "")
+        )
 
     def run_eval() -> Dict[str, float]:
         if data.eval is None:
@@ -132,6 +187,7 @@ def train(cfg: Config, resolved: Dict[str, Any]) -> Dict[str, Any]:
             {
                 "clusters": data.clusters,
                 "sampler": sampler.state_dict(),
+                "probe_sampler": probe_sampler.state_dict() if probe_sampler else None,
                 "curriculum": curriculum.state_dict(),
                 "trainer": state.__dict__,
                 "world_size": world,
@@ -144,7 +200,7 @@ def train(cfg: Config, resolved: Dict[str, Any]) -> Dict[str, Any]:
         if state.step == 0 and not state.initial_eval:
             state.initial_eval = state.last_eval = run_eval()
             log.log(0, state.initial_eval)
-        signal = ClusterLossAccumulator(data.clusters, engine.device)
+        acc = {name: ClusterLossAccumulator(data.clusters, engine.device) for name in ("train", "probe", "after")}
         engine.train()
         while state.step < tr.max_steps:
             t0 = time.perf_counter()
@@ -166,22 +222,35 @@ def train(cfg: Config, resolved: Dict[str, Any]) -> Dict[str, Any]:
                 engine.backward(loss)
                 if i < len(micro_batches) - 1:
                     engine.step()  # not the boundary yet: DeepSpeed only counts the micro-step
-                signal.add(batch.cluster_ids, per_sample, batch.n_target)
+                acc["train"].add(batch.cluster_ids, per_sample, batch.n_target)
                 trained_ids += batch.ids
                 step_losses.append(per_sample.detach())  # inspected only if the step's signal is non-finite
+            if probe_sampler is not None:  # SPG: a fresh batch of the plan's pools, before the update
+                probe = probe_sampler.global_batch(state.step, plan)
+                probe_micro = sampler.rank_micro_batches(probe, rank, world, tr.micro_batch_size)
+                measure(engine, train_split, probe_micro, tokenizer.pad_token_id, acc["probe"])
             # The signal is reduced before the boundary step, so a non-finite loss stops the run
             # before the optimizer applies its gradients: the weights and checkpoints stay clean.
-            stats = signal.reduce()
+            stats, *probe_before = reduce_together([acc["train"]] + ([acc["probe"]] if probe_sampler else []))
             if not np.isfinite(stats.loss_sum).all():
                 bad = ~torch.isfinite(torch.cat(step_losses)).cpu().numpy()
                 stop_nonfinite(state.step + 1, [i for i, b in zip(trained_ids, bad) if b])
             engine.step()  # the accumulation boundary: the optimizer update
-            curriculum.observe(state.step, stats)
+            if signal_kind in ("pg", "spg"):  # the same samples after the update: prediction gain
+                measure(
+                    engine,
+                    train_split,
+                    probe_micro if probe_sampler else micro_batches,
+                    tokenizer.pad_token_id,
+                    acc["after"],
+                )
+                stats.gain = prediction_gain(probe_before[0] if probe_before else stats, acc["after"].reduce())
+            curriculum_metrics = curriculum.observe(state.step, stats)
             state.step += 1
             step_tokens = int(train_split.lengths[global_batch].sum())
             state.tokens += step_tokens
             elapsed = time.perf_counter() - t0
-            log.log_samples(state.step, trained_ids)
+            log.log_samples(state.step, trained_ids, plan.weights)
 
             metrics: Dict[str, Any] = {}
             if state.step % tr.log_every_steps == 0 or state.step == tr.max_steps:
@@ -193,7 +262,7 @@ def train(cfg: Config, resolved: Dict[str, Any]) -> Dict[str, Any]:
                     "tokens": state.tokens,
                     "tokens_per_s": step_tokens / elapsed,
                     **cluster_loss_metrics(stats),
-                    **{f"curriculum/{k}": v for k, v in plan.info.items()},
+                    **{f"curriculum/{k}": v for k, v in {**plan.info, **curriculum_metrics}.items()},
                 }
                 log.progress(state.step, {"loss": f"{mean_loss:.4f}", "tok/s": f"{step_tokens / elapsed:,.0f}"})
             if tr.eval_every_steps and state.step % tr.eval_every_steps == 0 and state.step < tr.max_steps:

@@ -68,3 +68,90 @@ def test_state_from_another_configuration_is_rejected():
     state = CurriculumSampler(POOLS, 12, seed=4).state_dict()
     with pytest.raises(ValueError, match="global_batch_size=12"):
         CurriculumSampler(POOLS, 16, seed=4).load_state_dict(state)
+
+
+def _simulate_ranks(sampler, plan_of, steps, world, micro):
+    """Every rank's micro-batches per step, as one rank's sampler computes them."""
+    out = []
+    for s in steps:
+        batch = sampler.global_batch(s, plan_of(s))
+        out.append([CurriculumSampler.rank_micro_batches(batch, r, world, micro) for r in range(world)])
+    return out
+
+
+def test_ranks_agree_get_disjoint_full_micro_batches_and_passes_do_not_repeat():
+    """Very unequal clusters (3, 10 and 500 samples), a plan switching between them, 4 simulated ranks."""
+    pools = {"tiny": np.arange(3), "small": np.arange(3, 13), "big": np.arange(13, 513)}
+    plans = [Plan({"tiny": 1.0}, exact=True), Plan({"small": 1.0, "big": 1.0}, exact=True), Plan({"big": 1.0})]
+    plan_of = lambda s: plans[s % 3]  # noqa: E731
+    # Each rank builds its own sampler: the same seed gives the same decisions without communication.
+    per_rank = [_simulate_ranks(CurriculumSampler(pools, 16, seed=5), plan_of, range(90), 4, 2) for _ in range(4)]
+    taken = {name: [] for name in pools}
+    for s in range(90):
+        views = [per_rank[r][s] for r in range(4)]
+        assert all(len(v) == 4 for v in views)
+        slices = views[0]
+        for v in views[1:]:
+            assert all(np.array_equal(a, b) for ra, rb in zip(slices, v) for a, b in zip(ra, rb))
+        assert all(len(mb) == 2 for rank in slices for mb in rank)  # never a short micro-batch
+        batch = np.concatenate([mb for rank in slices for mb in rank])
+        if s % 3 != 0:
+            assert len(set(batch.tolist())) == 16  # disjoint across ranks and micro-batches
+        for name, idx in pools.items():
+            taken[name] += [i for i in batch.tolist() if i in set(idx.tolist())]
+    # Within one pass over a pool no sample repeats: chunks of pool size are permutations of it.
+    for name in ("small", "big"):
+        stream, size = taken[name], len(pools[name])
+        assert len(stream) > size
+        counts = np.bincount(np.array(stream) - pools[name][0], minlength=size)
+        assert counts.max() - counts.min() <= 1  # every sample drawn equally often, +-1 for the open pass
+
+
+def test_a_pool_smaller_than_its_share_gives_what_it_has_and_the_rest_comes_from_the_others():
+    pools = {"a": np.arange(3), "b": np.arange(3, 100)}
+    sampler = CurriculumSampler(pools, 8, seed=0)
+    assert sampler.counts(0, Plan({"a": 1.0, "b": 1.0}, exact=True)) == {"a": 3, "b": 5}
+    for s in range(20):
+        batch = sampler.global_batch(s, Plan({"a": 1.0, "b": 1.0}, exact=True))
+        assert len(batch) == 8 and len(set(batch.tolist())) == 8
+
+
+def test_planned_pools_smaller_than_the_batch_repeat_with_a_warning_instead_of_hanging():
+    sampler = CurriculumSampler({"a": np.arange(3)}, 8, seed=0)
+    with pytest.warns(UserWarning, match="fewer than the global batch"):
+        batch = sampler.global_batch(0, Plan({"a": 1.0}))
+    assert len(batch) == 8 and set(batch.tolist()) == {0, 1, 2}
+
+
+def test_a_pass_ending_inside_a_step_never_repeats_a_sample_within_the_step():
+    sampler = CurriculumSampler({"a": np.arange(10)}, 4, seed=1)  # 10 is not a multiple of 4
+    seen = []
+    for s in range(50):
+        batch = sampler.global_batch(s, Plan({"a": 1.0}))
+        assert len(set(batch.tolist())) == 4
+        seen += batch.tolist()
+    assert np.bincount(seen).tolist() == [20] * 10  # 200 draws, 20 full passes
+
+
+def test_largest_remainder_and_exact_counts():
+    from ct_train.sampler import largest_remainder
+
+    assert largest_remainder(10, np.array([1.0, 1.0, 1.0])).tolist() == [4, 3, 3]
+    assert largest_remainder(7, np.array([0.5, 0.25, 0.25])).tolist() == [3, 2, 2]
+    sampler = CurriculumSampler(POOLS, 12, seed=0)
+    assert all(sampler.counts(s, Plan({"a": 1.0, "b": 2.0}, exact=True)) == {"a": 4, "b": 8} for s in range(5))
+
+
+def test_state_round_trip_mid_pass_after_a_pass_ended_inside_a_step():
+    pools = {"a": np.arange(10), "b": np.arange(10, 17)}
+    plan_of = lambda s: Plan({"a": 1.0, "b": 1.0}, exact=True)  # noqa: E731
+    reference = _stream(CurriculumSampler(pools, 6, seed=2), plan_of, range(30))
+    first = CurriculumSampler(pools, 6, seed=2)
+    head = _stream(first, plan_of, range(4))  # 12 from a: its first pass ended inside step 3
+    state = first.state_dict()
+    assert state["cursors"]["a"][0] == 1 and state["cursors"]["a"][2]  # in pass 2, with moved samples
+    import json
+
+    resumed = CurriculumSampler(pools, 6, seed=2)
+    resumed.load_state_dict(json.loads(json.dumps(state)))
+    assert head + _stream(resumed, plan_of, range(4, 30)) == reference

@@ -1,24 +1,23 @@
 """Curricula: pure, deterministic, serialisable strategies that decide what to train on next.
 
-New strategies join by adding an entry to `CURRICULA` (name -> class taking the config node, the
-cluster names and the number of training samples in each cluster).
+A strategy is one module here and one YAML in hydra_conf/curriculum/: the module defines its config
+dataclass (extending `CurriculumConfig`) and its class, and registers both with `@register(name,
+ConfigClass)`; the YAML lists `<name>_schema` first in its defaults. Nothing else changes.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List
+from typing import Any
 
-from ct_train.curriculum.base import ALL, ClusterStats, Curriculum, Plan
-from ct_train.curriculum.iid import IIDCurriculum
+from ct_train.curriculum.base import ALL, CURRICULA, ClusterStats, Curriculum, DataIndex, Plan, register
 
-CURRICULA: Dict[str, Callable[..., Curriculum]] = {
-    "iid": lambda cfg, clusters, sizes: IIDCurriculum(clusters, sizes),
-}
+# Importing the strategy modules registers them.
+from ct_train.curriculum import iid, it2acl, mixture, odm  # noqa: E402,F401  isort: skip
 
 
-def build_curriculum(cfg: Any, clusters: List[str], cluster_sizes: List[int]) -> Curriculum:
+def build_curriculum(cfg: Any, index: DataIndex, seed: int, total_steps: int) -> Curriculum:
     """The curriculum named by `cfg.name` (validated in config.py)."""
-    return CURRICULA[cfg.name](cfg, clusters, cluster_sizes)
+    return CURRICULA[cfg.name].cls(cfg, index, seed=seed, total_steps=total_steps)
 
 
-__all__ = ["ALL", "CURRICULA", "ClusterStats", "Curriculum", "Plan", "build_curriculum"]
+__all__ = ["ALL", "CURRICULA", "ClusterStats", "Curriculum", "DataIndex", "Plan", "build_curriculum", "register"]

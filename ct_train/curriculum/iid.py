@@ -7,18 +7,26 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from ct_train.curriculum.base import ALL, ClusterStats, Plan
+import numpy as np
+
+from ct_train.config import CurriculumConfig
+from ct_train.curriculum.base import ALL, ClusterStats, DataIndex, Plan, register
 
 
+@register("iid", CurriculumConfig)
 class IIDCurriculum:
-    def __init__(self, clusters: list, cluster_sizes: list) -> None:
-        self.clusters = list(clusters)
+    def __init__(self, cfg: CurriculumConfig, index: DataIndex, seed: int = 0, total_steps: int = 0) -> None:
+        self.n = len(index.cluster_ids)
+
+    def pools(self) -> Dict[str, np.ndarray]:
+        return {ALL: np.arange(self.n, dtype=np.int32 if self.n < 2**31 else np.int64)}
 
     def plan(self, step: int) -> Plan:
         return Plan(weights={ALL: 1.0})
 
-    def observe(self, step: int, stats: ClusterStats) -> None:
-        """IID ignores the signal; it is still logged by the trainer."""
+    def observe(self, step: int, stats: ClusterStats) -> Dict[str, float]:
+        """IID ignores the signal; the trainer still logs it."""
+        return {}
 
     def state_dict(self) -> Dict[str, Any]:
         return {}

@@ -51,7 +51,12 @@ def test_gradient_is_the_same_for_two_batch_splits(tmp_path):
     assert train_rows(tmp_path / "one")[1]["loss"] > 0
 
 
+# The curriculum engine end to end: IT2ACL with the prediction-gain signal (an extra no-grad forward
+# under ZeRO-3 on every rank) and the phase-2 band bandit, two clusters per step.
 RESUME = FAST + [
+    "curriculum=it2acl",
+    "curriculum.signal=pg",
+    "curriculum.clusters_per_batch=2",
     "trainer.max_steps=12",
     "trainer.global_batch_size=8",
     "trainer.micro_batch_size=2",
@@ -104,6 +109,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run_and_export_loads(tmp_pat
     for rank in (0, 1):
         assert samples(out, rank) == samples(ref, rank)
         assert [r["step"] for r in samples(out, rank)] == list(range(1, 13))
+    _check_ranks_agree(ref)
     a, b = train_rows(ref), train_rows(out)
     assert sorted(a) == sorted(b) == list(range(1, 13))
     for step in a:
@@ -118,16 +124,53 @@ def test_resume_after_sigkill_matches_uninterrupted_run_and_export_loads(tmp_pat
     _check_hf_export_reproduces_eval_loss(ref)
 
 
+def _check_ranks_agree(run: Path):
+    """Both ranks logged the same curriculum decision each step and trained disjoint samples."""
+    r0, r1 = samples(run, 0), samples(run, 1)
+    assert [r["plan"] for r in r0] == [r["plan"] for r in r1]
+    assert len({tuple(sorted(r["plan"])) for r in r0}) > 1  # the bandit did move between pools
+    for a, b in zip(r0, r1):
+        assert len(a["ids"]) == len(b["ids"]) == 4 and not set(a["ids"]) & set(b["ids"])
+        pools = {name.split("@")[0] for name in a["plan"]}
+        assert {i.split("-L")[0] for i in a["ids"] + b["ids"]} <= pools  # trained what was planned
+    rows = train_rows(run)
+    probs = [sum(v for k, v in rows[s].items() if k.startswith("curriculum/prob/")) for s in rows]
+    assert probs == pytest.approx([1.0] * len(rows))
+    assert any(k.startswith("curriculum/gain/") for k in rows[12])
+
+
+def test_resume_on_one_rank_continues_the_two_rank_global_stream(tmp_path):
+    """A 2-rank run's step-4 checkpoint resumed by 1 rank (same global batch, 4 accumulation steps):
+    the global sample stream and the curriculum's decisions continue exactly as on 2 ranks."""
+    ref = tmp_path / "ref"
+    _ok(run_cli(RESUME + ["trainer.max_steps=8", f"trainer.output_dir={ref}"], launcher="torchrun", nproc=2))
+    one = tmp_path / "one"
+    proc = run_cli(
+        RESUME
+        + ["trainer.max_steps=8", f"trainer.output_dir={one}", f"trainer.resume={ref / 'checkpoints/step00000004'}"]
+    )
+    _ok(proc)
+    two_ranks = {r["step"]: (r["plan"], r["ids"]) for r in samples(ref, 0)}
+    for r in samples(ref, 1):
+        two_ranks[r["step"]] = (r["plan"], sorted(two_ranks[r["step"]][1] + r["ids"]))
+    one_rank = {r["step"]: (r["plan"], sorted(r["ids"])) for r in samples(one, 0)}
+    assert sorted(one_rank) == [5, 6, 7, 8]
+    for step in one_rank:
+        assert one_rank[step] == two_ranks[step], step
+    a, b = train_rows(ref), train_rows(one)
+    for step in (5, 6, 7, 8):
+        assert b[step]["loss"] == pytest.approx(a[step]["loss"], rel=1e-4), step
+
+
 def _check_hf_export_reproduces_eval_loss(run: Path):
     """final/ loads with plain transformers (no DeepSpeed) and gives the run's final held-out loss."""
-    from omegaconf import OmegaConf
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ct_train.config import Config, to_typed
+    from ct_train.config import load_config
     from ct_train.data import collate, prepare_data
     from ct_train.modeling import SampleLossModel
 
-    cfg = to_typed(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(run / "config.yaml")))
+    cfg = load_config(run / "config.yaml")
     tokenizer = AutoTokenizer.from_pretrained(run / "final")
     model = SampleLossModel(AutoModelForCausalLM.from_pretrained(run / "final")).eval()
     data = prepare_data(cfg.data, tokenizer)
@@ -147,10 +190,9 @@ def test_fused_zero3_step_equals_unfused_pytorch_step_with_tied_embeddings(tmp_p
     """2 ranks, ZeRO-3, fused per-sample loss (torch backend) vs plain transformers with its own
     unfused loss on the same global batch: one SGD step gives the same weights. The model ties its
     input and output embeddings, so the fused loss must see ZeRO-3's gathered embedding weight."""
-    from omegaconf import OmegaConf
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from ct_train.config import Config, to_typed
+    from ct_train.config import load_config
     from ct_train.data import byte_tokenizer, collate, prepare_data
 
     init = tmp_path / "init"
@@ -196,7 +238,7 @@ def test_fused_zero3_step_equals_unfused_pytorch_step_with_tied_embeddings(tmp_p
     _ok(proc)
 
     # The same step in plain PyTorch: transformers' own (unfused) mean token loss over the global batch.
-    cfg = to_typed(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(out / "config.yaml")))
+    cfg = load_config(out / "config.yaml")
     data = prepare_data(cfg.data, tok)
     position = {sample_id: i for i, sample_id in enumerate(data.train.dataset["id"])}
     ids = samples(out, 0)[0]["ids"] + samples(out, 1)[0]["ids"]

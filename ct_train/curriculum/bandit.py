@@ -1,0 +1,99 @@
+"""Bandit building blocks shared by the automated curricula: Exp3.S and the quantile reward scaler.
+
+Both are plain numpy state machines with `state_dict()`; they know nothing about clusters or steps.
+
+Exp3.S (Auer et al. 2002, in the form Graves et al. 2017 use for curricula):
+  policy   pi(i) = (1 - eps) * softmax(w)_i + eps / N
+  reward   r~_i = (r_i * n_i / m + beta) / pi(i)        (n_i of the step's m draws went to arm i; with
+                                                        m = 1 this is Graves' (r * [i = k] + beta) / pi(i))
+  weights  w_i <- log((1 - a_t) e^{w_i + eta r~_i} + a_t / (N - 1) * sum_{j != i} e^{w_j + eta r~_j}),
+           a_t = 1 / t
+computed in log space (logaddexp/logsumexp), and shifted so max(w) = 0 after each update: the update
+is shift-equivariant, so the policy is unchanged and the weights cannot overflow in long runs.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Dict, Optional, Sequence
+
+import numpy as np
+from scipy.special import logsumexp
+
+
+class Exp3S:
+    def __init__(self, n_arms: int, eta: float, eps: float, beta: float = 0.0, bias: Optional[Sequence] = None):
+        """`bias`: a fixed logit offset per arm (a prior, e.g. easy bands first). It is added in the
+        policy, not to the weights, because a_1 = 1 makes the first update replace each weight by
+        the mean of the others: a prior put into the weights would be inverted at step 1."""
+        if n_arms < 1:
+            raise ValueError("a bandit needs at least one arm")
+        self.n, self.eta, self.eps, self.beta = n_arms, eta, eps, beta
+        self.bias = np.zeros(n_arms) if bias is None else np.asarray(bias, dtype=np.float64)
+        self.w = np.zeros(n_arms)
+        self.t = 0  # updates so far
+
+    def probs(self) -> np.ndarray:
+        logits = self.w + self.bias
+        soft = np.exp(logits - logsumexp(logits))
+        return (1.0 - self.eps) * soft + self.eps / self.n
+
+    def update(self, rewards: np.ndarray, draws: np.ndarray, probs: np.ndarray) -> None:
+        """One Exp3.S step. `rewards[i]` in [-1, 1] for drawn arms (ignored elsewhere), `draws[i]`
+        how many of the step's draws chose arm i, `probs` the policy those draws were made with."""
+        draws = np.asarray(draws, dtype=np.float64)
+        m = draws.sum()
+        if m == 0:
+            return
+        credited = np.where(draws > 0, np.nan_to_num(np.asarray(rewards, dtype=np.float64)), 0.0)
+        r_tilde = (credited * draws / m + self.beta) / probs
+        self.t += 1
+        if self.n == 1:
+            return
+        alpha = 1.0 / self.t
+        v = self.w + self.eta * r_tilde
+        # log sum_{j != i} e^{v_j}: a matrix with -inf on the diagonal; N is a few hundred at most.
+        others = np.where(np.eye(self.n, dtype=bool), -np.inf, v[None, :])
+        log_others = logsumexp(others, axis=1)
+        with np.errstate(divide="ignore"):  # log(0) = -inf at t = 1 (alpha = 1) is intended
+            own = np.log1p(-alpha) + v
+        self.w = np.logaddexp(own, np.log(alpha / (self.n - 1)) + log_others)
+        self.w -= self.w.max()
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"w": self.w.tolist(), "t": self.t}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        if len(state["w"]) != self.n:
+            raise ValueError(f"bandit state has {len(state['w'])} arms, this run has {self.n}")
+        self.w = np.asarray(state["w"], dtype=np.float64)
+        self.t = int(state["t"])
+
+
+class QuantileRewardScaler:
+    """Raw gains -> rewards in [-1, 1] by the low/high percentiles of a bounded history (Graves 2017).
+
+    r = -1 below the low percentile, +1 above the high one, linear in between. The history is the
+    last `history` raw gains of every arm (a window, so the scale follows a non-stationary signal).
+    """
+
+    def __init__(self, history: int, low: float = 20.0, high: float = 80.0) -> None:
+        self.low, self.high = low, high
+        self.history: deque = deque(maxlen=history)
+
+    def add(self, gains: Sequence[float]) -> None:
+        self.history.extend(float(g) for g in gains if np.isfinite(g))
+
+    def scale(self, gain: float) -> float:
+        if not self.history or not np.isfinite(gain):
+            return 0.0
+        lo, hi = np.percentile(np.fromiter(self.history, dtype=np.float64), [self.low, self.high])
+        if hi <= lo:
+            return float(np.sign(gain - lo))
+        return float(np.clip(2.0 * (gain - lo) / (hi - lo) - 1.0, -1.0, 1.0))
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"history": list(self.history), "maxlen": self.history.maxlen}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.history = deque(state["history"], maxlen=self.history.maxlen)
