@@ -4,18 +4,20 @@
 #   make lint             ruff
 # Variables: PYTHON (the interpreter to build .venv from), TORCH (the torch requirement installed
 # first: the default is the CPU build present on our machines; on a GPU box use e.g. TORCH=torch),
-# NPROC (ranks for `make train`), ARGS (extra Hydra overrides for `make train`).
+# NPROC (ranks for `make train`), CURRICULUM (the strategy `make train` uses: it2acl, iid, mixture, odm),
+# ARGS (extra Hydra overrides for `make train`).
 
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
 NPROC ?= 2
+CURRICULUM ?= it2acl
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum setup.py | cut -d' ' -f1)
 RUN_DIR ?= outputs/make-train-$(shell date +%Y%m%d-%H%M%S)
 ARGS ?=
 
-.PHONY: setup train test test-fast lint bench clean
+.PHONY: setup train test test-fast lint bench bench-curriculum clean
 
 setup: $(STAMP)
 
@@ -29,7 +31,7 @@ $(STAMP): setup.py
 
 train: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" NPROC=$(NPROC) bash launchers/local_cpu.sh \
-		trainer.output_dir=$(RUN_DIR) $(ARGS)
+		curriculum=$(CURRICULUM) trainer.output_dir=$(RUN_DIR) $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -ra tests
@@ -55,3 +57,16 @@ bench: $(STAMP)
 		trainer.max_steps=100 trainer.eval_every_steps=0 trainer.save_every_steps=0 trainer.export_final=false \
 		logger.progress_bar=false trainer.output_dir=outputs/bench-1rank $(ARGS)
 	$(BIN)/python -m ct_train.plot --throughput outputs/bench-2ranks outputs/bench-1rank
+
+# The curriculum's cost on the `make train` setting (2 ranks, 100 steps each, same machine, one after
+# the other): iid, it2acl with the free loss signal, it2acl with prediction gain (one extra forward);
+# then the sampler at scale (10M samples, 100 clusters). Figures in docs/benchmarks.md.
+BENCH_STEPS ?= 100
+bench-curriculum: $(STAMP)
+	for c in "iid curriculum=iid" "it2acl-loss curriculum=it2acl curriculum.signal=loss" \
+	         "it2acl-pg curriculum=it2acl curriculum.signal=pg"; do set -- $$c; rm -rf outputs/bench-$$1; \
+		PATH="$(CURDIR)/$(BIN):$$PATH" NPROC=2 bash launchers/local_cpu.sh $$2 $$3 trainer.max_steps=$(BENCH_STEPS) \
+		trainer.eval_every_steps=0 trainer.save_every_steps=0 trainer.export_final=false logger.progress_bar=false \
+		trainer.output_dir=outputs/bench-$$1 $(ARGS) > /dev/null || exit 1; done
+	$(BIN)/python -m ct_train.plot --throughput outputs/bench-iid outputs/bench-it2acl-loss outputs/bench-it2acl-pg
+	$(BIN)/python -m ct_train.curriculum.bench sampler

@@ -1,7 +1,9 @@
 """`ct-train-plot OUTPUT_DIR`: PNG plots of a run's metrics.jsonl.
 
-Writes `loss.png` (training loss, and held-out loss at eval steps) and `clusters.png` (per-cluster
-training loss and held-out loss) into OUTPUT_DIR/plots/. With `--throughput` it prints the run's
+Writes `loss.png` (training loss, and held-out loss at eval steps), `clusters.png` (per-cluster
+training loss and held-out loss) and, for a curriculum that logs cluster probabilities,
+`curriculum.png` (the timeline: stacked `curriculum/prob/<cluster>` over steps, and each cluster's
+training loss at the steps it was trained) into OUTPUT_DIR/plots/. With `--throughput` it prints the run's
 median tokens/s instead (the figure docs/benchmarks.md reports).
 """
 
@@ -71,7 +73,41 @@ def plot_run(output_dir: str) -> List[str]:
         fig.tight_layout()
         fig.savefig(paths[-1], dpi=120)
         plt.close(fig)
+
+    timeline = sorted(k[len("curriculum/prob/") :] for k in series if k.startswith("curriculum/prob/"))
+    if timeline:
+        paths.append(_curriculum_timeline(plt, series, timeline, os.path.join(plots, "curriculum.png")))
     return paths
+
+
+def _curriculum_timeline(plt, series, clusters: List[str], path: str) -> str:
+    """Stacked cluster probabilities over steps, and the per-cluster training loss beside them."""
+    import numpy as np
+
+    steps = sorted({s for c in clusters for s in series[f"curriculum/prob/{c}"][0]})
+    at = {s: i for i, s in enumerate(steps)}
+    probs = np.zeros((len(clusters), len(steps)))
+    for j, c in enumerate(clusters):
+        for s, p in zip(*series[f"curriculum/prob/{c}"]):
+            probs[j, at[s]] = p
+    colors = plt.get_cmap("tab20")(np.linspace(0, 1, max(len(clusters), 2)))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    axes[0].stackplot(steps, probs, labels=clusters, colors=colors, linewidth=0)
+    axes[0].set_ylim(0, 1)
+    axes[0].set_title("curriculum: probability of each cluster")
+    for c, color in zip(clusters, colors):
+        key = f"cluster/{c}/loss"
+        if key in series:
+            axes[1].plot(*series[key], ".-", color=color, ms=2, lw=0.8, label=c)
+    axes[1].set_title("training loss of each cluster (steps it was trained)")
+    for ax in axes:
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, ncol=2, loc="upper left", framealpha=0.6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def throughput(output_dir: str, skip_steps: int = 5) -> Dict[str, float]:
@@ -87,6 +123,10 @@ def throughput(output_dir: str, skip_steps: int = 5) -> Dict[str, float]:
         "median_tokens_per_s": statistics.median(rates),
         "mean_tokens_per_s": statistics.fmean(rates),
         "tokens_per_step": rows[-1]["tokens"] / rows[-1]["step"],
+        "median_step_s": statistics.median(r.get("step_time_s", float("nan")) for r in rows[skip_steps:] or rows),
+        "median_curriculum_ms": statistics.median(
+            r.get("curriculum_ms", float("nan")) for r in rows[skip_steps:] or rows
+        ),
     }
 
 
@@ -101,7 +141,8 @@ def main() -> None:
                 t = throughput(out)
                 print(
                     f"{out}: median {t['median_tokens_per_s']:,.0f} tokens/s (mean {t['mean_tokens_per_s']:,.0f}) "
-                    f"over {t['steps']} steps, {t['tokens_per_step']:,.0f} tokens/step"
+                    f"over {t['steps']} steps, {t['tokens_per_step']:,.0f} tokens/step; median step "
+                    f"{t['median_step_s']:.3f} s, of which curriculum {t['median_curriculum_ms']:.2f} ms"
                 )
             else:
                 for path in plot_run(out):

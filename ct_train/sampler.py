@@ -60,8 +60,10 @@ class CurriculumSampler:
         if cached is None or cached[0] != key:
             rng = np.random.default_rng([self.seed, zlib.crc32(pool.encode()), epoch])
             perm = rng.permutation(self.pools[pool])
-            if moved:
-                last = np.isin(perm, np.asarray(moved, dtype=perm.dtype))
+            if moved:  # membership by binary search in the few moved ids: no sort of the large pool
+                ids = np.sort(np.asarray(moved, dtype=perm.dtype))
+                pos = np.minimum(np.searchsorted(ids, perm), len(ids) - 1)
+                last = ids[pos] == perm
                 perm = np.concatenate([perm[~last], perm[last]])
             cached = (key, perm)
             self._perm_cache[pool] = cached

@@ -206,6 +206,7 @@ def train(cfg: Config, resolved: Dict[str, Any]) -> Dict[str, Any]:
             t0 = time.perf_counter()
             plan = curriculum.plan(state.step)
             global_batch = sampler.global_batch(state.step, plan)
+            curriculum_s = time.perf_counter() - t0  # the curriculum's own bookkeeping (logged)
             # Loss denominator of the whole global batch, the same on every rank: no collective.
             if tr.loss_normalization == "token":
                 denominator = float(train_split.n_target[global_batch].sum())
@@ -245,7 +246,9 @@ def train(cfg: Config, resolved: Dict[str, Any]) -> Dict[str, Any]:
                     acc["after"],
                 )
                 stats.gain = prediction_gain(probe_before[0] if probe_before else stats, acc["after"].reduce())
+            t1 = time.perf_counter()
             curriculum_metrics = curriculum.observe(state.step, stats)
+            curriculum_s += time.perf_counter() - t1
             state.step += 1
             step_tokens = int(train_split.lengths[global_batch].sum())
             state.tokens += step_tokens
@@ -261,6 +264,8 @@ def train(cfg: Config, resolved: Dict[str, Any]) -> Dict[str, Any]:
                     "grad_norm": engine.grad_norm(),
                     "tokens": state.tokens,
                     "tokens_per_s": step_tokens / elapsed,
+                    "step_time_s": elapsed,
+                    "curriculum_ms": 1e3 * curriculum_s,
                     **cluster_loss_metrics(stats),
                     **{f"curriculum/{k}": v for k, v in {**plan.info, **curriculum_metrics}.items()},
                 }

@@ -73,6 +73,12 @@ def test_wrong_type_fails_at_compose():
             "trainer.global_batch_size=30 is not divisible by trainer.micro_batch_size=8",
         ),
         ("model.attn_implementation=fast", "model.attn_implementation='fast'"),
+        ("curriculum=it2acl curriculum.signal=psg", "curriculum.signal='psg' is not valid; expected one of: pg, spg"),
+        ("curriculum=it2acl curriculum.phase2=sometimes", "curriculum.phase2='sometimes'"),
+        ("curriculum=it2acl curriculum.reward_quantiles=[80,20]", "curriculum.reward_quantiles=[80.0, 20.0]"),
+        ("curriculum=odm curriculum.alpha=1.5", "curriculum.alpha=1.5 must be in [0, 1)"),
+        ("curriculum=mixture curriculum.weights={add:-2}", "curriculum.weights.add=-2 must be a number >= 0"),
+        ("curriculum.name=odm", "choose the strategy with curriculum=odm"),
     ],
 )
 def test_bad_value_names_key_and_choices(override, needle):
@@ -98,3 +104,28 @@ def test_grad_accum_steps_from_world_size():
     assert cfg.trainer.grad_accum_steps(2) == 4
     with pytest.raises(ConfigError, match="ranks x trainer.micro_batch_size = 3 x 4 = 12"):
         cfg.trainer.grad_accum_steps(3)
+
+
+def test_a_key_of_another_strategy_fails_at_compose():
+    with pytest.raises(ConfigCompositionException, match="eta"):
+        _compose(["curriculum=odm", "curriculum.eta=0.1"])
+
+
+def test_strategy_keys_are_typed_and_reach_the_dataclass():
+    from ct_train.curriculum.it2acl import IT2ACLConfig
+
+    cfg = to_typed(_compose(["curriculum=it2acl", "curriculum.eta=0.25", "curriculum.phase2=pacing"]))
+    assert isinstance(cfg.curriculum, IT2ACLConfig) and (cfg.curriculum.eta, cfg.curriculum.phase2) == (0.25, "pacing")
+    with pytest.raises(ConfigCompositionException, match="eta"):
+        _compose(["curriculum=it2acl", "curriculum.eta=fast"])
+
+
+def test_a_saved_run_config_loads_back_with_its_curriculum_schema(tmp_path):
+    from omegaconf import OmegaConf
+
+    from ct_train.config import load_config
+
+    composed = _compose(["curriculum=it2acl", "curriculum.signal=loss"])
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(composed, resolve=True))
+    cfg = load_config(tmp_path / "config.yaml")
+    assert cfg.curriculum.name == "it2acl" and cfg.curriculum.signal == "loss"

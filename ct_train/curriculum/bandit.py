@@ -8,8 +8,10 @@ Exp3.S (Auer et al. 2002, in the form Graves et al. 2017 use for curricula):
                                                         m = 1 this is Graves' (r * [i = k] + beta) / pi(i))
   weights  w_i <- log((1 - a_t) e^{w_i + eta r~_i} + a_t / (N - 1) * sum_{j != i} e^{w_j + eta r~_j}),
            a_t = 1 / t
-computed in log space (logaddexp/logsumexp), and shifted so max(w) = 0 after each update: the update
-is shift-equivariant, so the policy is unchanged and the weights cannot overflow in long runs.
+computed in log space, and shifted so max(w) = 0 after each update: the update is shift-equivariant,
+so the policy is unchanged and the weights cannot overflow in long runs. O(N) per update: the sum
+over j != i is the total minus arm i, except for the largest arm, whose "others" sum is taken
+directly (subtracting it from the total would cancel catastrophically when it dominates).
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from collections import deque
 from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
-from scipy.special import logsumexp
 
 
 class Exp3S:
@@ -35,8 +36,8 @@ class Exp3S:
 
     def probs(self) -> np.ndarray:
         logits = self.w + self.bias
-        soft = np.exp(logits - logsumexp(logits))
-        return (1.0 - self.eps) * soft + self.eps / self.n
+        soft = np.exp(logits - logits.max())
+        return (1.0 - self.eps) * soft / soft.sum() + self.eps / self.n
 
     def update(self, rewards: np.ndarray, draws: np.ndarray, probs: np.ndarray) -> None:
         """One Exp3.S step. `rewards[i]` in [-1, 1] for drawn arms (ignored elsewhere), `draws[i]`
@@ -52,12 +53,12 @@ class Exp3S:
             return
         alpha = 1.0 / self.t
         v = self.w + self.eta * r_tilde
-        # log sum_{j != i} e^{v_j}: a matrix with -inf on the diagonal; N is a few hundred at most.
-        others = np.where(np.eye(self.n, dtype=bool), -np.inf, v[None, :])
-        log_others = logsumexp(others, axis=1)
-        with np.errstate(divide="ignore"):  # log(0) = -inf at t = 1 (alpha = 1) is intended
-            own = np.log1p(-alpha) + v
-        self.w = np.logaddexp(own, np.log(alpha / (self.n - 1)) + log_others)
+        top = int(np.argmax(v))
+        e = np.exp(v - v[top])  # e[top] = 1, every other entry <= 1
+        others = e.sum() - e  # sum_{j != i} e_j: no cancellation for i != top (the sum keeps e[top] = 1)
+        others[top] = np.delete(e, top).sum()
+        mixed = (1.0 - alpha) * e + alpha / (self.n - 1) * others
+        self.w = v[top] + np.log(mixed)
         self.w -= self.w.max()
 
     def state_dict(self) -> Dict[str, Any]:
@@ -85,12 +86,22 @@ class QuantileRewardScaler:
         self.history.extend(float(g) for g in gains if np.isfinite(g))
 
     def scale(self, gain: float) -> float:
-        if not self.history or not np.isfinite(gain):
-            return 0.0
+        return self.scale_many([gain])[0]
+
+    def scale_many(self, gains: Sequence[float]) -> list:
+        """Rewards of several raw gains against the current history (percentiles computed once)."""
+        if not self.history:
+            return [0.0] * len(gains)
         lo, hi = np.percentile(np.fromiter(self.history, dtype=np.float64), [self.low, self.high])
-        if hi <= lo:
-            return float(np.sign(gain - lo))
-        return float(np.clip(2.0 * (gain - lo) / (hi - lo) - 1.0, -1.0, 1.0))
+        out = []
+        for g in gains:
+            if not np.isfinite(g):
+                out.append(0.0)
+            elif hi <= lo:
+                out.append(float(np.sign(g - lo)))
+            else:
+                out.append(float(np.clip(2.0 * (g - lo) / (hi - lo) - 1.0, -1.0, 1.0)))
+        return out
 
     def state_dict(self) -> Dict[str, Any]:
         return {"history": list(self.history), "maxlen": self.history.maxlen}
