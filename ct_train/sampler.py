@@ -55,9 +55,10 @@ class CurriculumSampler:
         self._warned_small = False
 
     def _permutation(self, pool: str, epoch: int, moved: List[int]) -> np.ndarray:
-        key = (epoch, tuple(moved))
+        # Keyed on the moved list's identity: `_take` and `load_state_dict` make a new list whenever
+        # it changes, and comparing up to a global batch of ids on every call would cost more.
         cached = self._perm_cache.get(pool)
-        if cached is None or cached[0] != key:
+        if cached is None or cached[0][0] != epoch or cached[0][1] is not moved:
             rng = np.random.default_rng([self.seed, zlib.crc32(pool.encode()), epoch])
             perm = rng.permutation(self.pools[pool])
             if moved:  # membership by binary search in the few moved ids: no sort of the large pool
@@ -65,7 +66,7 @@ class CurriculumSampler:
                 pos = np.minimum(np.searchsorted(ids, perm), len(ids) - 1)
                 last = ids[pos] == perm
                 perm = np.concatenate([perm[~last], perm[last]])
-            cached = (key, perm)
+            cached = ((epoch, moved), perm)
             self._perm_cache[pool] = cached
         return cached[1]
 
