@@ -29,7 +29,8 @@ What we inferred, and the key that changes each choice:
   between them; each drawn cluster's gain is credited to its arm with the importance weight
   n_i / (m pi(i)). Default 8, not Graves' one task per batch: on `make train` (10 clusters, 400
   steps) one cluster per step ended at held-out loss 2.456 and exact match 0.102 (the clusters not
-  drawn for a while are forgotten), 8 per step at 1.366 and 0.173 (docs/benchmarks.md).
+  drawn for a while are forgotten), 8 per step at 1.366 and 0.173 (IID: 1.294 and 0.129;
+  docs/benchmarks.md).
 - Phase 2, instruction level: inside a drawn cluster the samples are split into `phase2_bands`
   difficulty bands (the data's difficulty; with `phase2_difficulty=initial_loss`, or `auto` when some
   sample has none, the initial model's loss on each sample, computed once and cached in the output
