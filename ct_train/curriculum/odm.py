@@ -7,9 +7,11 @@ The paper's algorithm, as implemented here (t counts optimizer steps from 1, K c
   R_i    <- alpha * R_i + (1 - alpha) * L_i / pi(i)               for each cluster i trained this step
 where L_i is cluster i's mean training loss this step (no extra forward: the loss the step computed
 anyway) and alpha = `curriculum.alpha` (the paper's smoothing, 0.9). A cluster with a high loss is
-one the model has not fit yet, so it is drawn more. The paper draws one domain per batch; here each
-step draws `curriculum.clusters_per_batch` clusters (default 1) and splits the global batch
-between them, so a run with many ranks can still mix domains inside a step.
+one the model has not fit yet, so it is drawn more. The paper draws one domain per batch
+(`curriculum.clusters_per_batch=1`); the default here draws 8 clusters per step (with replacement)
+and splits the global batch between them, the same as `curriculum=it2acl`, because single-cluster
+steps made the model forget the clusters not drawn for a while (docs/benchmarks.md) and the two
+strategies should be compared on equal batches.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ _SALT = 0x0D4  # separates this strategy's per-step generator from the sampler's
 class ODMConfig(CurriculumConfig):
     name: str = "odm"
     alpha: float = 0.9
-    clusters_per_batch: int = 1
+    clusters_per_batch: int = 8
 
     def validate(self) -> None:
         super().validate()

@@ -190,7 +190,7 @@ def test_empty_cluster_is_excluded_with_a_warning():
 
 def test_odm_follows_the_paper_update_and_favours_the_high_loss_cluster():
     index = _index(n_clusters=4)
-    cur = build_curriculum(ODMConfig(), index, seed=0, total_steps=0)
+    cur = build_curriculum(ODMConfig(clusters_per_batch=1), index, seed=0, total_steps=0)
     np.testing.assert_allclose(cur.probs(0), 0.25)  # eps_1 = 1/K: uniform at the start
     (c,) = cur.plan(0).weights
     i = index.clusters.index(c)

@@ -60,7 +60,12 @@ def test_spg_with_pacing_over_initial_loss_bands_resumes_into_another_directory(
 
 def test_odm_and_mixture_runs_train_what_they_plan(tmp_path: Path):
     odm = tmp_path / "odm"
-    _ok(run_cli(SHORT + ["curriculum=odm", "trainer.max_steps=4", f"trainer.output_dir={odm}"]))
+    _ok(
+        run_cli(
+            SHORT
+            + ["curriculum=odm", "curriculum.clusters_per_batch=1", "trainer.max_steps=4", f"trainer.output_dir={odm}"]
+        )
+    )
     rows = train_rows(odm)
     for s, rec in zip(rows, samples(odm, 0)):
         (pool,) = rec["plan"]  # one cluster per step (the paper's setting)
