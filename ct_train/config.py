@@ -202,6 +202,8 @@ class TrainerConfig:
     log_samples: bool = False
     export_final: bool = True
     dist_timeout_s: int = 600
+    on_nonfinite: str = "stop"  # stop | skip (discard that step's update and go on)
+    max_skipped_steps: int = 10  # with skip: stop once this many steps were skipped
 
     def validate(self) -> None:
         _positive("trainer.max_steps", self.max_steps)
@@ -218,6 +220,8 @@ class TrainerConfig:
         _choice("trainer.optimizer", self.optimizer, ("adamw", "sgd"))
         _choice("trainer.lr_schedule", self.lr_schedule, ("cosine", "linear", "constant"))
         _choice("trainer.loss_normalization", self.loss_normalization, ("token", "sample"))
+        _choice("trainer.on_nonfinite", self.on_nonfinite, ("stop", "skip"))
+        _positive("trainer.max_skipped_steps", self.max_skipped_steps, allow_zero=True)
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"trainer.min_lr_ratio={self.min_lr_ratio!r} must be in [0, 1]")
         if len(self.adam_betas) != 2:

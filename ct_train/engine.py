@@ -151,6 +151,10 @@ class Engine:
         """Optimizer step at the accumulation boundary (DeepSpeed counts micro-steps itself)."""
         self.ds.step()
 
+    def skipped_steps(self) -> int:
+        """Optimizer steps DeepSpeed discarded (a non-finite gradient norm, or an fp16 overflow)."""
+        return int(self.ds.skipped_steps)
+
     def grad_norm(self) -> Optional[float]:
         norm = self.ds.get_global_grad_norm()
         if norm is None:

@@ -43,6 +43,7 @@ class TrainState:
     tokens: int = 0
     initial_eval: Dict[str, float] = field(default_factory=dict)
     last_eval: Dict[str, float] = field(default_factory=dict)
+    skipped_steps: int = 0  # steps whose update was discarded for a non-finite loss (on_nonfinite=skip)
 
 
 def prepare_output_dir(cfg: Config, resolved: Dict[str, Any]) -> str:
@@ -171,12 +172,19 @@ def train(cfg: Config, resolved: Dict[str, Any]) -> Dict[str, Any]:
             engine, data.eval, data.clusters, tr.micro_batch_size, tokenizer.pad_token_id, cfg.data.exact_match
         )
 
-    def stop_nonfinite(step: int, local_ids: list) -> None:
+    def nonfinite(step: int, local_ids: list) -> str:
+        """Stop (trainer.on_nonfinite=stop, or too many skips), or describe the step to skip."""
         ids = sorted({i for ids in dist.all_gather_object(local_ids) for i in ids})
+        what = f"non-finite loss at step {step} in samples {ids[:20]}{' ...' if len(ids) > 20 else ''}"
+        if tr.on_nonfinite == "skip" and state.skipped_steps < tr.max_skipped_steps:
+            return what
         last = checkpoint.describe_latest(output_dir)
+        too_many = (
+            f" ({state.skipped_steps} steps skipped already, trainer.max_skipped_steps)" if state.skipped_steps else ""
+        )
         raise TrainingStopped(
-            f"non-finite loss at step {step} in samples {ids[:20]}{' ...' if len(ids) > 20 else ''}; the update "
-            f"was not applied and {last}; fix those samples or lower trainer.lr, then rerun to resume"
+            f"{what}{too_many}; the update was not applied and {last}; fix those samples or lower trainer.lr, "
+            "then rerun to resume"
         )
 
     def save() -> None:
@@ -200,6 +208,9 @@ def train(cfg: Config, resolved: Dict[str, Any]) -> Dict[str, Any]:
         if state.step == 0 and not state.initial_eval:
             state.initial_eval = state.last_eval = run_eval()
             log.log(0, state.initial_eval)
+        # Reliability drill and tests: CT_TRAIN_NAN_AT=<step> makes rank 0's first micro-batch of that
+        # step non-finite (docs/reliability.md).
+        nan_at = int(os.environ.get("CT_TRAIN_NAN_AT", "0") or 0)
         acc = {name: ClusterLossAccumulator(data.clusters, engine.device) for name in ("train", "probe", "after")}
         engine.train()
         while state.step < tr.max_steps:
@@ -217,6 +228,8 @@ def train(cfg: Config, resolved: Dict[str, Any]) -> Dict[str, Any]:
             for i, idx in enumerate(micro_batches):
                 batch = collate(train_split, idx, tokenizer.pad_token_id).to(engine.device)
                 per_sample, _ = engine.forward(batch)
+                if i == 0 and rank == 0 and nan_at == state.step + 1:  # fault drill (CT_TRAIN_NAN_AT)
+                    per_sample = per_sample * float("nan")
                 loss = objective(
                     per_sample, batch.n_target, tr.loss_normalization, denominator, grad_scale=world * grad_accum_steps
                 )
@@ -233,10 +246,25 @@ def train(cfg: Config, resolved: Dict[str, Any]) -> Dict[str, Any]:
             # The signal is reduced before the boundary step, so a non-finite loss stops the run
             # before the optimizer applies its gradients: the weights and checkpoints stay clean.
             stats, *probe_before = reduce_together([acc["train"]] + ([acc["probe"]] if probe_sampler else []))
+            skip = None
             if not np.isfinite(stats.loss_sum).all():
                 bad = ~torch.isfinite(torch.cat(step_losses)).cpu().numpy()
-                stop_nonfinite(state.step + 1, [i for i, b in zip(trained_ids, bad) if b])
+                skip = nonfinite(state.step + 1, [i for i, b in zip(trained_ids, bad) if b])
+            skipped_before = engine.skipped_steps()
             engine.step()  # the accumulation boundary: the optimizer update
+            if skip is not None:
+                # DeepSpeed discards an update whose gradient norm is not finite (and does not advance
+                # the LR schedule); the curriculum does not see the step's non-finite signal.
+                if engine.skipped_steps() == skipped_before:
+                    raise TrainingStopped(
+                        f"{skip}: this DeepSpeed setup applied the update anyway; use trainer.on_nonfinite=stop"
+                    )
+                state.skipped_steps += 1
+                state.step += 1
+                log.write(f"warning: {skip}; update skipped ({state.skipped_steps} so far)")
+                log.log(state.step, {"skipped_nonfinite": state.skipped_steps})
+                log.log_samples(state.step, trained_ids, plan.weights)
+                continue
             if signal_kind in ("pg", "spg"):  # the same samples after the update: prediction gain
                 measure(
                     engine,

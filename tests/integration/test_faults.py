@@ -36,6 +36,34 @@ def test_nonfinite_loss_stops_before_the_update_and_names_the_samples(tmp_path):
     assert (out / "checkpoints/step00000001/trainer_state.json").exists()
 
 
+def test_on_nonfinite_skip_discards_that_update_and_goes_on(tmp_path):
+    """trainer.on_nonfinite=skip: step 2's loss is made NaN (CT_TRAIN_NAN_AT=2, rank 0's first
+    micro-batch); DeepSpeed discards that update (its gradient norm is NaN) and does not advance the
+    LR schedule; the run finishes with finite weights. A second NaN with max_skipped_steps=1 stops it."""
+    out = tmp_path / "run"
+    args = SHORT + ["trainer.on_nonfinite=skip", "trainer.warmup_steps=10", "trainer.lr_schedule=constant"]
+    proc = run_cli(args + ["trainer.max_steps=4", f"trainer.output_dir={out}"], env={"CT_TRAIN_NAN_AT": "2"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "non-finite loss at step 2 in samples [" in proc.stdout and "update skipped (1 so far)" in proc.stdout
+    rows = train_rows(out)
+    assert sorted(rows) == [1, 3, 4]
+    assert [r.get("skipped_nonfinite") for r in metrics(out) if r["step"] == 2] == [1]
+    # Linear warm-up: lr after k applied updates is lr0 * (k + 1) / 10. Step 3 follows 2 applied updates.
+    assert rows[3]["lr"] == pytest.approx(rows[1]["lr"] * 3 / 2)
+    assert all(v == v for v in rows[4].values() if isinstance(v, float))  # no NaN reached the weights
+    assert last_eval_loss(out) < 10
+
+    again = run_cli(
+        args + ["trainer.max_steps=4", "trainer.max_skipped_steps=0", f"trainer.output_dir={tmp_path / 'stop'}"],
+        env={"CT_TRAIN_NAN_AT": "2"},
+    )
+    assert again.returncode == 3 and "non-finite loss at step 2" in again.stderr
+
+
+def last_eval_loss(out):
+    return [r for r in metrics(out) if "eval/loss" in r][-1]["eval/loss"]
+
+
 def test_unwritable_checkpoint_is_a_clear_error_and_the_previous_one_resumes(tmp_path):
     out = tmp_path / "run"
     args = SHORT + [
