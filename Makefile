@@ -34,7 +34,7 @@ train: $(STAMP)
 		curriculum=$(CURRICULUM) trainer.output_dir=$(RUN_DIR) $(ARGS)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -ra tests
+	$(BIN)/python -m pytest -ra --durations=15 tests
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -ra -m "not distributed and not integration" tests
