@@ -81,18 +81,14 @@ class DataIndex:
         return [c for c, n in zip(self.clusters, sizes) if n > 0]
 
     def cluster_pools(self) -> Dict[str, np.ndarray]:
-        """`all` plus one pool per non-empty cluster (sample indices, int32 when they fit).
+        """One pool per non-empty cluster (sample indices, int32 when they fit); `iid` builds `all`.
 
         One stable argsort instead of a scan per cluster: 10M samples in 100 clusters take ~1 s.
         """
         dtype = np.int32 if len(self.cluster_ids) < 2**31 else np.int64
         order = np.argsort(self.cluster_ids, kind="stable").astype(dtype)
         bounds = np.cumsum(self.sizes)[:-1]
-        pools: Dict[str, np.ndarray] = {ALL: np.arange(len(self.cluster_ids), dtype=dtype)}
-        for name, idx in zip(self.clusters, np.split(order, bounds)):
-            if len(idx):
-                pools[name] = idx
-        return pools
+        return {name: idx for name, idx in zip(self.clusters, np.split(order, bounds)) if len(idx)}
 
 
 class Curriculum(Protocol):
