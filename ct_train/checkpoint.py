@@ -17,7 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -161,15 +161,16 @@ def _fault_point(name: str, step: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def rotate(output_dir: str, keep_last: int, protect: Optional[str] = None) -> List[str]:
-    """Delete all but the newest `keep_last` complete checkpoints (0 keeps all), never `protect`
-    (the checkpoint this run resumed from). Incomplete directories older than the newest complete
-    checkpoint are interrupted saves and go too. Rank 0 only. Returns the deleted tags."""
+def rotate(output_dir: str, keep_last: int, protect: Iterable[Optional[str]] = ()) -> List[str]:
+    """Delete all but the newest `keep_last` complete checkpoints (0 keeps all), never those in
+    `protect` (the checkpoint this run resumed from, the ends of curriculum stages). Incomplete
+    directories older than the newest complete checkpoint are interrupted saves and go too. Rank 0
+    only. Returns the deleted tags."""
     ckpt_dir = checkpoints_dir(output_dir)
     complete = complete_tags(ckpt_dir)
     if keep_last <= 0 or not complete:
         return []
-    keep = {tag for _, tag in complete[-keep_last:]} | ({protect} if protect else set())
+    keep = {tag for _, tag in complete[-keep_last:]} | {t for t in protect if t}
     newest = complete[-1][0]
     doomed = [tag for _, tag in complete if tag not in keep]
     for name in os.listdir(ckpt_dir):

@@ -1,4 +1,5 @@
-"""The Hydra entry point: `ct-train`, `python -m ct_train`, and under `deepspeed`/`torchrun`.
+"""The Hydra entry point: `ct-train`, `python -m ct_train`, and under `deepspeed`/`torchrun`;
+`ct-train-score` is the same with `mode=score` (ct_train.scoring).
 
 The deepspeed launcher (without --no_local_rank) appends `--local_rank=N`, which Hydra would reject
 as an override; it is stripped here before Hydra parses and LOCAL_RANK is taken from the environment
@@ -48,9 +49,14 @@ def _run(cfg) -> None:
     try:
         typed = to_typed(cfg)
         resolved = OmegaConf.to_container(cfg, resolve=True)
-        from ct_train.trainer import train
+        if typed.mode == "score":
+            from ct_train.scoring import score
 
-        train(typed, resolved)
+            score(typed, resolved)
+        else:
+            from ct_train.trainer import train
+
+            train(typed, resolved)
     except (UserError, TrainingStopped) as e:
         if dist.rank() == 0:
             print(f"ct-train: error: {e}", file=sys.stderr, flush=True)
@@ -71,6 +77,12 @@ def main() -> None:
     register_configs()
     app = hydra.main(version_base="1.3", config_path="pkg://ct_train.hydra_conf", config_name="config")(_run)
     app()
+
+
+def score_main() -> None:
+    """`ct-train-score ...` = `ct-train mode=score ...`: write the data with a difficulty per record."""
+    sys.argv = [sys.argv[0], "mode=score"] + sys.argv[1:]
+    main()
 
 
 if __name__ == "__main__":

@@ -95,6 +95,9 @@ class DataConfig:
     format: str = "auto"
     cluster_field: Optional[str] = None
     difficulty_field: Optional[str] = None
+    # [teacher_field, student_field]: a record's difficulty is their difference (TAPIR's Model Fitting
+    # Difficulty from judge scores of the teacher's and the student's responses); overrides the field.
+    judge_fields: Optional[List[str]] = None
     template: str = "auto"
     max_seq_len: int = 512
     truncation: str = "truncate"
@@ -120,6 +123,11 @@ class DataConfig:
             raise ConfigError(f"data.eval_fraction={self.eval_fraction!r} must be in [0, 1)")
         as_path_list("data.path", self.path)
         as_path_list("data.eval_path", self.eval_path)
+        if self.judge_fields is not None and (len(self.judge_fields) != 2 or len(set(self.judge_fields)) != 2):
+            raise ConfigError(
+                f"data.judge_fields must name two different fields [teacher_score, student_score], "
+                f"got {list(self.judge_fields)!r}"
+            )
         if self.name == "jsonl" and not self.path and not self.sources:
             raise ConfigError("data=jsonl needs data.path=FILE_OR_DIR (or data.sources={cluster: path})")
         if self.path and self.sources:
@@ -158,6 +166,14 @@ class CurriculumConfig:
         """Where the curriculum's per-sample difficulty comes from: none, data, initial_loss or auto."""
         return "none"
 
+    def sets_length(self) -> bool:
+        """Whether the curriculum fixes the run's length itself (then trainer.max_steps may be -1)."""
+        return False
+
+    def data_parts(self) -> Dict[str, List[str]]:
+        """Training files the curriculum adds to the run's data, by part name (a TAPIR round's own)."""
+        return {}
+
 
 @dataclass
 class DeepSpeedConfig:
@@ -179,13 +195,14 @@ class DeepSpeedConfig:
 class TrainerConfig:
     """The loop: how long, how big, how fast, where the outputs go."""
 
-    max_steps: int = 200
+    max_steps: int = 200  # -1: as many as the curriculum's stages take (phased, tapir)
     global_batch_size: int = 32
     micro_batch_size: int = 8
     optimizer: str = "adamw"
     lr: float = 1e-3
     lr_schedule: str = "cosine"
     warmup_steps: int = 10
+    warmup_ratio: float = 0.0  # > 0: warmup is this share of the run (of each stage when the LR re-warms)
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.0
     adam_betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
@@ -206,7 +223,8 @@ class TrainerConfig:
     max_skipped_steps: int = 10  # with skip: stop once this many steps were skipped
 
     def validate(self) -> None:
-        _positive("trainer.max_steps", self.max_steps)
+        if self.max_steps != -1:
+            _positive("trainer.max_steps", self.max_steps)
         _positive("trainer.global_batch_size", self.global_batch_size)
         _positive("trainer.micro_batch_size", self.micro_batch_size)
         _positive("trainer.lr", self.lr, allow_zero=True)
@@ -222,6 +240,8 @@ class TrainerConfig:
         _choice("trainer.loss_normalization", self.loss_normalization, ("token", "sample"))
         _choice("trainer.on_nonfinite", self.on_nonfinite, ("stop", "skip"))
         _positive("trainer.max_skipped_steps", self.max_skipped_steps, allow_zero=True)
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError(f"trainer.warmup_ratio={self.warmup_ratio!r} must be in [0, 1)")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"trainer.min_lr_ratio={self.min_lr_ratio!r} must be in [0, 1]")
         if len(self.adam_betas) != 2:
@@ -245,6 +265,34 @@ class TrainerConfig:
         return self.global_batch_size // per_step
 
 
+SCORERS = ("field", "length", "loss", "ifd", "judge_gap")
+
+
+@dataclass
+class ScoringConfig:
+    """`mode=score` (`ct-train-score`): write the data with a per-sample `difficulty` (ct_train.scoring).
+
+    field: the data's own difficulty (data.difficulty_field, else `difficulty`/`score`); length:
+    response tokens; loss: the reference model's per-sample loss; ifd: loss(response | prompt) /
+    loss(response alone); judge_gap: teacher_field minus student_field (TAPIR's Model Fitting
+    Difficulty from judge scores in the data).
+    """
+
+    name: str = "loss"
+    output: Optional[str] = None  # .jsonl or .parquet; default outputs/scores/<data>.<scorer>.jsonl
+    cache_dir: str = "outputs/scores/cache"  # scores by (scorer, model fingerprint, data fingerprint)
+    teacher_field: str = "teacher_score"
+    student_field: str = "student_score"
+    histogram: bool = True  # <output>.hist.png: the score distribution per cluster
+
+    def validate(self) -> None:
+        _choice("scoring.name", self.name, SCORERS)
+        if self.output is not None and not self.output.endswith((".jsonl", ".parquet")):
+            raise ConfigError(f"scoring.output={self.output!r} must end in .jsonl or .parquet")
+        if self.teacher_field == self.student_field:
+            raise ConfigError("scoring.teacher_field and scoring.student_field must differ")
+
+
 @dataclass
 class LoggerConfig:
     """metrics.jsonl is always written; `name=wandb` adds W&B on rank 0."""
@@ -264,7 +312,7 @@ class LoggerConfig:
 
 @dataclass
 class Config:
-    """The whole run. `mode` selects what the CLI does (only `train` so far)."""
+    """The whole run. `mode` selects what the CLI does: train, or score (write a scored dataset)."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -272,11 +320,17 @@ class Config:
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
-    mode: str = "train"
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    mode: str = "train"  # train | score (ct-train-score)
 
     def validate(self) -> None:
         """Every section's checks; raises ConfigError naming the first bad key."""
-        _choice("mode", self.mode, ("train",))
+        _choice("mode", self.mode, ("train", "score"))
+        if self.trainer.max_steps == -1 and self.mode == "train" and not self.curriculum.sets_length():
+            raise ConfigError(
+                "trainer.max_steps=-1 needs a curriculum that sets the run's length (curriculum=phased with "
+                "curriculum.phase_steps or curriculum.phase_epochs, or curriculum=tapir with steps in every round)"
+            )
         for section in (
             self.model,
             self.data,
@@ -285,6 +339,7 @@ class Config:
             self.deepspeed,
             self.trainer,
             self.logger,
+            self.scoring,
         ):
             section.validate()
 

@@ -8,11 +8,12 @@ conventions stay visible where users expect them: the ds_config it builds is log
 
 from __future__ import annotations
 
+import bisect
 import copy
 import datetime
 import math
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 
@@ -68,16 +69,26 @@ def build_ds_config(ds: DeepSpeedConfig, tr: TrainerConfig, dtype: torch.dtype, 
     return _merge(config, dict(ds.overrides))
 
 
-def lr_lambda(tr: TrainerConfig):
-    """Linear warmup, then cosine/linear decay to `min_lr_ratio`, or constant."""
+def lr_lambda(tr: TrainerConfig, total_steps: int, restarts: Sequence[int] = ()):
+    """Linear warmup, then cosine/linear decay to `min_lr_ratio`, or constant.
+
+    `restarts`: steps where the schedule starts over (a curriculum stage that re-warms): each segment
+    between them gets its own warmup and decay. The warmup is `trainer.warmup_ratio` of the segment
+    when set, else `trainer.warmup_steps`.
+    """
+    starts = sorted({0, *(s for s in restarts if 0 < s < total_steps)})
+    ends = starts[1:] + [max(total_steps, 1)]
 
     def fn(step: int) -> float:
-        if tr.warmup_steps and step < tr.warmup_steps:
-            return (step + 1) / tr.warmup_steps
+        k = bisect.bisect_right(starts, step) - 1
+        start, length = starts[k], ends[k] - starts[k]
+        local = step - start
+        warmup = round(tr.warmup_ratio * length) if tr.warmup_ratio > 0 else tr.warmup_steps
+        if warmup and local < warmup:
+            return (local + 1) / warmup
         if tr.lr_schedule == "constant":
             return 1.0
-        span = max(tr.max_steps - tr.warmup_steps, 1)
-        progress = min(max(step - tr.warmup_steps, 0) / span, 1.0)
+        progress = min(max(local - warmup, 0) / max(length - warmup, 1), 1.0)
         decay = 0.5 * (1 + math.cos(math.pi * progress)) if tr.lr_schedule == "cosine" else 1 - progress
         return tr.min_lr_ratio + (1 - tr.min_lr_ratio) * decay
 
@@ -87,9 +98,10 @@ def lr_lambda(tr: TrainerConfig):
 class Engine:
     """A DeepSpeed engine around `SampleLossModel`."""
 
-    def __init__(self, cfg: Config, tokenizer: Any, load_universal: bool = False) -> None:
+    def __init__(self, cfg: Config, tokenizer: Any, load_universal: bool = False, inference: bool = False) -> None:
         """`load_universal`: the checkpoint to resume is a DeepSpeed universal checkpoint (written by
-        another number of ranks and converted); DeepSpeed must know before `initialize`."""
+        another number of ranks and converted); DeepSpeed must know before `initialize`.
+        `inference`: forward passes only (scoring): no optimizer, so no optimizer state is allocated."""
         import deepspeed
         from transformers.integrations import HfDeepSpeedConfig
 
@@ -121,12 +133,20 @@ class Engine:
             {"params": decay, "weight_decay": cfg.trainer.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
-        self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=model,
-            model_parameters=groups,
-            config=self.ds_config,
-            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.trainer)),
-        )
+        if inference:
+            self.ds_config.pop("optimizer")
+            self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(model=model, config=self.ds_config)
+            self.ds.eval()
+        else:
+            # The schedule is looked up through `self._lr_fn`, so `set_lr_schedule` can replace it once
+            # the curriculum has said where its stages start (LambdaLR keeps the function it was given).
+            self._lr_fn = lr_lambda(cfg.trainer, cfg.trainer.max_steps)
+            self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
+                model=model,
+                model_parameters=groups,
+                config=self.ds_config,
+                lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda step: self._lr_fn(step)),
+            )
         self.device = self.ds.device
 
     @property
@@ -160,6 +180,15 @@ class Engine:
         if norm is None:
             return None
         return float(norm.item() if torch.is_tensor(norm) else norm)
+
+    def set_lr_schedule(self, total_steps: int, restarts: Sequence[int] = ()) -> None:
+        """The run's LR schedule once its length and stage starts are known (before the first step or
+        after loading a checkpoint: the scheduler's step count is kept, the factor recomputed)."""
+        self._lr_fn = lr_lambda(self.cfg.trainer, total_steps, restarts)
+        factor = self._lr_fn(self.scheduler.last_epoch)
+        for group, base in zip(self.scheduler.optimizer.param_groups, self.scheduler.base_lrs):
+            group["lr"] = base * factor
+        self.scheduler._last_lr = [g["lr"] for g in self.scheduler.optimizer.param_groups]
 
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])

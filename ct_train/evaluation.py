@@ -13,7 +13,7 @@ whose shard runs out repeat a real batch with zero weight.
 from __future__ import annotations
 
 import math
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -92,28 +92,37 @@ def evaluate(
 
 
 @torch.no_grad()
-def sample_losses(engine, split: TokenizedSplit, micro_batch_size: int, pad_id: int) -> np.ndarray:
-    """(N,) per-sample loss of the current model on every sample of `split`, on every rank.
+def sample_losses(
+    engine, split: TokenizedSplit, micro_batch_size: int, pad_id: int, indices: Optional[np.ndarray] = None
+) -> np.ndarray:
+    """Per-sample loss of the current model on `indices` of `split` (default: all), on every rank.
 
-    Rank r scores samples r, r + world, ...; every rank runs the same number of forwards (a rank whose
-    shard runs out repeats a batch and discards it), then one all-reduce of the (N,) vector. A sample
-    without a response token gets 0.
+    The samples are sorted by length and dealt round-robin, so a micro-batch holds similar lengths
+    (little padding) and every rank gets about the same work. Every rank runs the same number of
+    forwards (a rank whose share runs out repeats a batch and discards it: ZeRO-3 gathers parameters
+    collectively and hangs otherwise), then one all-reduce of the losses and of how many times each
+    sample was scored, which must be exactly once. A sample without a response token gets 0.
     """
     rank, world = dist.rank(), dist.world_size()
-    mine = np.arange(rank, len(split), world)
-    n_batches = math.ceil(math.ceil(len(split) / world) / micro_batch_size)
-    out = torch.zeros(len(split), dtype=torch.float64, device=engine.device)
+    todo = np.arange(len(split)) if indices is None else np.asarray(indices, dtype=np.int64)
+    by_length = np.argsort(split.lengths[todo], kind="stable")  # positions into todo
+    mine = by_length[rank::world]
+    n_batches = math.ceil(math.ceil(len(todo) / world) / micro_batch_size)
+    table = torch.zeros(2, len(todo), dtype=torch.float64, device=engine.device)  # loss, times scored
     was_training = engine.ds.training
     engine.train(False)
     for b in range(n_batches):
-        idx = mine[b * micro_batch_size : (b + 1) * micro_batch_size]
-        keep = len(idx) > 0
-        if not keep:  # keep the forward count equal across ranks
-            idx = np.arange(min(micro_batch_size, len(split)))
+        pos = mine[b * micro_batch_size : (b + 1) * micro_batch_size]
+        keep = len(pos) > 0
+        idx = todo[pos] if keep else todo[: min(micro_batch_size, len(todo))]  # a dummy batch, discarded
         batch = collate(split, idx, pad_id).to(engine.device)
         loss, _ = engine.forward(batch)
         if keep:
-            has = batch.n_target > 0
-            out[torch.from_numpy(idx).to(engine.device)] = torch.where(has, loss.double(), 0.0)
+            at = torch.from_numpy(pos).to(engine.device)
+            table[0, at] = torch.where(batch.n_target > 0, loss.double(), 0.0)
+            table[1, at] = 1.0
     engine.train(was_training)
-    return dist.all_reduce_sum(out).cpu().numpy()
+    table = dist.all_reduce_sum(table).cpu().numpy()
+    if len(todo) and not (table[1] == 1).all():
+        raise RuntimeError(f"scoring pass scored {int((table[1] != 1).sum())} samples not exactly once")
+    return table[0]

@@ -12,7 +12,7 @@ accumulation steps (DESIGN.md, "Loss").
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 
@@ -57,7 +57,12 @@ def per_sample_loss(
 
 
 def objective(
-    per_sample: torch.Tensor, n_target: torch.Tensor, normalization: str, global_denominator: float, grad_scale: float
+    per_sample: torch.Tensor,
+    n_target: torch.Tensor,
+    normalization: str,
+    global_denominator: float,
+    grad_scale: float,
+    sample_weights: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """The scalar to back-propagate for one micro-batch.
 
@@ -66,7 +71,11 @@ def objective(
     `global_denominator` is that global count (computed from the global batch, identical on every
     rank, no communication). `grad_scale` undoes what DeepSpeed does to the gradient, which averages
     over ranks and divides by the accumulation steps: grad_scale = world_size x grad_accum_steps.
+    `sample_weights` (B,) scale each sample's term (per-cluster loss weights); the denominator is then
+    the weighted count of the global batch, so the objective is a weighted mean.
     """
+    if sample_weights is not None:
+        per_sample = per_sample * sample_weights.to(per_sample.dtype)
     if normalization == "token":
         total = (per_sample * n_target.to(per_sample.dtype)).sum()
     else:

@@ -54,6 +54,16 @@ class CurriculumSampler:
         self._perm_cache: Dict[str, tuple] = {}
         self._warned_small = False
 
+    def replace_pools(self, pools: Dict[str, np.ndarray]) -> None:
+        """A new set of pools (a curriculum stage that builds its own, e.g. a TAPIR round), each
+        starting its first pass. Stage pools have their own names, so their streams are their own."""
+        empty = [name for name, idx in pools.items() if len(idx) == 0]
+        if empty:
+            raise ValueError(f"sampler pools with no sample: {empty}")
+        self.pools = dict(pools)
+        self.cursors = {name: [0, 0, []] for name in self.pools}
+        self._perm_cache.clear()
+
     def _permutation(self, pool: str, epoch: int, moved: List[int]) -> np.ndarray:
         # Keyed on the moved list's identity: `_take` and `load_state_dict` make a new list whenever
         # it changes, and comparing up to a global batch of ids on every call would cost more.

@@ -22,9 +22,10 @@ from ct_train import checkpoint
 from ct_train import distributed as dist
 from ct_train.config import Config
 from ct_train.curriculum import DataIndex, build_curriculum
+from ct_train.curriculum.base import stage_at
 from ct_train.data import collate, load_tokenizer, prepare_data
 from ct_train.engine import Engine
-from ct_train.errors import ConfigError, TrainingStopped
+from ct_train.errors import ConfigError, DataError, TrainingStopped
 from ct_train.evaluation import evaluate, sample_losses
 from ct_train.logging import RunLogger
 from ct_train.losses import objective
@@ -33,6 +34,18 @@ from ct_train.signals import ClusterLossAccumulator, cluster_loss_metrics, measu
 
 PROBE_SEED = 7919  # offsets the SPG probe stream's seed from the training stream's
 INITIAL_LOSS_FILE = "initial_loss_difficulty.npy"
+STAGE_SCORES_DIR = "stage_scores"  # per-stage scores of the model at the stage's start (TAPIR rounds)
+
+
+def _save_npy(path: str, values: np.ndarray) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    np.save(path + ".tmp.npy", values)
+    os.replace(path + ".tmp.npy", path)
+
+
+def _brief(metrics: Dict[str, float]) -> str:
+    keys = [k for k in ("eval/loss", "eval/exact_match") if k in metrics]
+    return ", ".join(f"{k} {metrics[k]:.4f}" for k in keys) or "no eval data"
 
 
 @dataclass
@@ -71,13 +84,15 @@ def curriculum_difficulty(cfg: Config, engine: Engine, split, pad_id: int, outpu
     """Per-sample difficulty for the curriculum: the data's, or the initial model's loss when the
     curriculum asks for it (`difficulty_source()`: initial_loss, or auto with samples lacking one)."""
     source = cfg.curriculum.difficulty_source()
-    missing = int(np.isnan(split.difficulty).sum())
-    if source == "data" and missing:
-        raise ConfigError(
-            f"curriculum.phase2_difficulty=data but {missing} of {len(split)} training samples have no difficulty "
-            "(set data.difficulty_field, or use curriculum.phase2_difficulty=initial_loss)"
+    missing = np.flatnonzero(np.isnan(split.difficulty))
+    if source == "data" and len(missing):
+        key = getattr(cfg.curriculum, "DIFFICULTY_KEY", "curriculum.difficulty")
+        raise DataError(
+            f"curriculum={cfg.curriculum.name} needs a difficulty for every training sample ({key}=data) but "
+            f"{len(missing)} of {len(split)} have none, first {split.describe(missing[0])}; set "
+            f"data.difficulty_field, score the data with ct-train-score, or use {key}=initial_loss"
         )
-    if not (source == "initial_loss" or (source == "auto" and missing)):
+    if not (source == "initial_loss" or (source == "auto" and len(missing))):
         return split.difficulty
     # Cached in the output dir: a resumed run must see the bands of the first start, not the loss of
     # the resumed model.
@@ -87,12 +102,7 @@ def curriculum_difficulty(cfg: Config, engine: Engine, split, pad_id: int, outpu
         if len(cached) == len(split):
             return cached
     losses = sample_losses(engine, split, cfg.trainer.micro_batch_size, pad_id)
-
-    def write() -> None:
-        np.save(path + ".tmp.npy", losses)
-        os.replace(path + ".tmp.npy", path)
-
-    dist.on_main(write)
+    dist.on_main(lambda: _save_npy(path, losses))
     return losses
 
 
@@ -105,7 +115,7 @@ def train(cfg: Config, resolved: Dict[str, Any]) -> Dict[str, Any]:
     output_dir = prepare_output_dir(cfg, resolved)
 
     tokenizer = load_tokenizer(cfg.model.tokenizer, cfg.model.path)
-    data = dist.main_first(lambda: prepare_data(cfg.data, tokenizer))
+    data = dist.main_first(lambda: prepare_data(cfg.data, tokenizer, parts=cfg.curriculum.data_parts()))
     train_split = data.train
     resume_from = checkpoint.resolve_resume(tr.resume, output_dir)
     own_checkpoints = os.path.abspath(checkpoint.checkpoints_dir(output_dir))
@@ -120,19 +130,22 @@ def train(cfg: Config, resolved: Dict[str, Any]) -> Dict[str, Any]:
     # The curriculum sees cluster ids and difficulty only; a difficulty it needs and the data lacks
     # is the initial model's loss (computed before a checkpoint is loaded, and cached).
     difficulty = curriculum_difficulty(cfg, engine, train_split, tokenizer.pad_token_id, output_dir)
-    index = DataIndex(data.clusters, train_split.cluster_ids, difficulty)
+    index = DataIndex(data.clusters, train_split.cluster_ids, difficulty, train_split.part_ids, train_split.parts)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        curriculum = build_curriculum(cfg.curriculum, index, seed=tr.seed, total_steps=tr.max_steps)
-    pools = curriculum.pools()
-    sampler = CurriculumSampler(pools, tr.global_batch_size, tr.seed)
+        curriculum = build_curriculum(
+            cfg.curriculum, index, seed=tr.seed, total_steps=tr.max_steps, global_batch_size=tr.global_batch_size
+        )
+    # Staged curricula (phased, tapir) fix where their stages start and end; with trainer.max_steps=-1
+    # they also fix the run's length. The LR schedule restarts at every stage that re-warms.
+    stages = list(getattr(curriculum, "stages", []))
+    max_steps = stages[-1].end if stages and tr.max_steps == -1 else tr.max_steps
+    engine.set_lr_schedule(max_steps, [s.start for s in stages if s.rewarm])
+    stage_ends = {s.end: k for k, s in enumerate(stages)}
     signal_kind = getattr(curriculum, "signal", "loss")
-    # SPG's fresh batches come from their own stream, so the training stream is the same as with PG.
-    probe_sampler = (
-        CurriculumSampler(pools, tr.global_batch_size, tr.seed + PROBE_SEED) if signal_kind == "spg" else None
-    )
 
     state = TrainState()
+    saved = None
     if resume_from is not None:
         saved = checkpoint.load(engine, *resume_from, weights_dir=weights_dir)
         if saved["clusters"] != data.clusters:
@@ -140,6 +153,38 @@ def train(cfg: Config, resolved: Dict[str, Any]) -> Dict[str, Any]:
                 f"cannot resume from {resume_from[1]}: its clusters {saved['clusters']} differ from "
                 f"the data's {data.clusters} (did data.* change?)"
             )
+        state = TrainState(**saved["trainer"])
+
+    def begin_stage(k: int) -> Dict[str, Any]:
+        """A curriculum whose stage pools depend on the model (TAPIR) builds them here, from the current
+        model's per-sample losses: computed when the stage starts, cached, and read back on resume
+        (the model of a resumed run is no longer the stage's starting model)."""
+        idx = curriculum.stage_candidates(k)
+        scores = None
+        if idx is not None:
+            name = f"{STAGE_SCORES_DIR}/{stages[k].name}.npy"
+            search = [output_dir] + ([os.path.dirname(resume_from[0])] if resume_from else [])
+            cached = [os.path.join(d, name) for d in search if os.path.exists(os.path.join(d, name))]
+            if state.step > stages[k].start and cached:
+                scores = np.load(cached[0])
+            if scores is None or len(scores) != len(idx):
+                if state.step > stages[k].start:
+                    log_later.append(f"warning: no cached scores for {stages[k].name}; scored with the resumed model")
+                scores = sample_losses(engine, train_split, tr.micro_batch_size, tokenizer.pad_token_id, idx)
+                dist.on_main(lambda: _save_npy(os.path.join(output_dir, name), scores))
+        return curriculum.begin_stage(k, scores)
+
+    log_later: list = []
+    stage_info: Dict[str, Any] = {}
+    if hasattr(curriculum, "begin_stage"):
+        stage_info = begin_stage(stage_at(stages, state.step))
+    pools = curriculum.pools()
+    sampler = CurriculumSampler(pools, tr.global_batch_size, tr.seed)
+    # SPG's fresh batches come from their own stream, so the training stream is the same as with PG.
+    probe_sampler = (
+        CurriculumSampler(pools, tr.global_batch_size, tr.seed + PROBE_SEED) if signal_kind == "spg" else None
+    )
+    if saved is not None:
         try:
             sampler.load_state_dict(saved["sampler"])
             curriculum.load_state_dict(saved["curriculum"])
@@ -147,8 +192,10 @@ def train(cfg: Config, resolved: Dict[str, Any]) -> Dict[str, Any]:
                 probe_sampler.load_state_dict(saved["probe_sampler"])
         except (ValueError, KeyError) as e:
             raise ConfigError(f"cannot resume from {resume_from[1]}: {e} (did curriculum.* change?)") from None
-        state = TrainState(**saved["trainer"])
-    log = RunLogger(cfg.logger, output_dir, resolved, tr.max_steps, state.step, tr.log_samples)
+    # Per-cluster weights of the per-sample losses in the objective (TAPIR's loss_weights), or None.
+    loss_weights = getattr(curriculum, "loss_weights", None)
+    weights_t = None if loss_weights is None else torch.tensor(loss_weights, dtype=torch.float32, device=engine.device)
+    log = RunLogger(cfg.logger, output_dir, resolved, max_steps, state.step, tr.log_samples)
     log.write(
         f"ct_train: {world} rank(s), {engine.num_parameters():,} parameters, "
         f"ZeRO-{engine.ds_config['zero_optimization']['stage']}, "
@@ -159,6 +206,12 @@ def train(cfg: Config, resolved: Dict[str, Any]) -> Dict[str, Any]:
     )
     for w in caught:
         log.write(f"warning: {w.message}")
+    if hasattr(curriculum, "describe"):
+        log.write(curriculum.describe())
+    for line in log_later:
+        log.write(line)
+    if stage_info:
+        log.write(f"{stages[stage_at(stages, state.step)].name}: {stage_info}")
     if resume_from is not None:
         log.write(
             f"resumed from {os.path.join(*resume_from)} at step {state.step}"
@@ -188,6 +241,7 @@ def train(cfg: Config, resolved: Dict[str, Any]) -> Dict[str, Any]:
         )
 
     def save() -> None:
+        stage_tags = [checkpoint.tag_for(s.end) for s in stages]  # a stage's last checkpoint is kept
         checkpoint.save(
             engine,
             output_dir,
@@ -202,7 +256,7 @@ def train(cfg: Config, resolved: Dict[str, Any]) -> Dict[str, Any]:
             },
         )
         if dist.is_main():
-            checkpoint.rotate(output_dir, tr.keep_last_checkpoints, protect=resumed_tag)
+            checkpoint.rotate(output_dir, tr.keep_last_checkpoints, protect=[resumed_tag, *stage_tags])
 
     try:
         if state.step == 0 and not state.initial_eval:
@@ -213,16 +267,30 @@ def train(cfg: Config, resolved: Dict[str, Any]) -> Dict[str, Any]:
         nan_at = int(os.environ.get("CT_TRAIN_NAN_AT", "0") or 0)
         acc = {name: ClusterLossAccumulator(data.clusters, engine.device) for name in ("train", "probe", "after")}
         engine.train()
-        while state.step < tr.max_steps:
+        while state.step < max_steps:
+            k = stage_at(stages, state.step) if stages else 0
+            if hasattr(curriculum, "begin_stage") and k != curriculum.current:  # a new round: new pools
+                info = begin_stage(k)
+                sampler.replace_pools(curriculum.pools())
+                if probe_sampler is not None:
+                    probe_sampler.replace_pools(curriculum.pools())
+                log.write(f"{stages[k].name} starts at step {state.step}: {info}")
+                log.log(
+                    state.step,
+                    {f"curriculum/{stages[k].name}/{key}": v for key, v in info.items() if isinstance(v, (int, float))},
+                )
             t0 = time.perf_counter()
             plan = curriculum.plan(state.step)
             global_batch = sampler.global_batch(state.step, plan)
             curriculum_s = time.perf_counter() - t0  # the curriculum's own bookkeeping (logged)
             # Loss denominator of the whole global batch, the same on every rank: no collective.
             if tr.loss_normalization == "token":
-                denominator = float(train_split.n_target[global_batch].sum())
+                per = train_split.n_target[global_batch].astype(np.float64)
             else:
-                denominator = float((train_split.n_target[global_batch] > 0).sum())
+                per = (train_split.n_target[global_batch] > 0).astype(np.float64)
+            if loss_weights is not None:  # a weighted mean: the weights shift emphasis, not the scale
+                per = per * loss_weights[train_split.cluster_ids[global_batch]]
+            denominator = float(per.sum())
             trained_ids, step_losses = [], []
             micro_batches = sampler.rank_micro_batches(global_batch, rank, world, tr.micro_batch_size)
             for i, idx in enumerate(micro_batches):
@@ -231,7 +299,12 @@ def train(cfg: Config, resolved: Dict[str, Any]) -> Dict[str, Any]:
                 if i == 0 and rank == 0 and nan_at == state.step + 1:  # fault drill (CT_TRAIN_NAN_AT)
                     per_sample = per_sample * float("nan")
                 loss = objective(
-                    per_sample, batch.n_target, tr.loss_normalization, denominator, grad_scale=world * grad_accum_steps
+                    per_sample,
+                    batch.n_target,
+                    tr.loss_normalization,
+                    denominator,
+                    grad_scale=world * grad_accum_steps,
+                    sample_weights=None if loss_weights is None else weights_t[batch.cluster_ids],
                 )
                 engine.backward(loss)
                 if i < len(micro_batches) - 1:
@@ -284,7 +357,7 @@ def train(cfg: Config, resolved: Dict[str, Any]) -> Dict[str, Any]:
             log.log_samples(state.step, trained_ids, plan.weights)
 
             metrics: Dict[str, Any] = {}
-            if state.step % tr.log_every_steps == 0 or state.step == tr.max_steps:
+            if state.step % tr.log_every_steps == 0 or state.step == max_steps or state.step in stage_ends:
                 mean_loss = float(stats.loss_sum.sum() / max(stats.count.sum(), 1.0))
                 metrics = {
                     "loss": mean_loss,
@@ -298,16 +371,20 @@ def train(cfg: Config, resolved: Dict[str, Any]) -> Dict[str, Any]:
                     **{f"curriculum/{k}": v for k, v in {**plan.info, **curriculum_metrics}.items()},
                 }
                 log.progress(state.step, {"loss": f"{mean_loss:.4f}", "tok/s": f"{step_tokens / elapsed:,.0f}"})
-            if tr.eval_every_steps and state.step % tr.eval_every_steps == 0 and state.step < tr.max_steps:
+            stage_end = state.step in stage_ends and state.step < max_steps  # (the run's end evaluates anyway)
+            if stage_end or (tr.eval_every_steps and state.step % tr.eval_every_steps == 0 and state.step < max_steps):
                 state.last_eval = run_eval()
                 metrics.update(state.last_eval)
+            if stage_end:
+                metrics["curriculum/stage_end"] = stage_ends[state.step] + 1
+                log.write(f"{stages[stage_ends[state.step]].name} ends at step {state.step}: {_brief(state.last_eval)}")
             if metrics:
                 log.log(state.step, metrics)
-            if tr.save_every_steps and state.step % tr.save_every_steps == 0 and state.step < tr.max_steps:
+            if stage_end or (tr.save_every_steps and state.step % tr.save_every_steps == 0 and state.step < max_steps):
                 save()
 
         state.last_eval = run_eval()
-        log.log(state.step, state.last_eval)
+        log.log(state.step, {**state.last_eval, **({"curriculum/stage_end": len(stages)} if stages else {})})
         if not os.path.exists(
             os.path.join(checkpoint.checkpoints_dir(output_dir), checkpoint.tag_for(state.step), checkpoint.STATE_FILE)
         ):

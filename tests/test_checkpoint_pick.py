@@ -39,7 +39,7 @@ def test_rotation_keeps_newest_and_the_resumed_one(tmp_path):
         _fake(tmp_path, step, True)
     _fake(tmp_path, 25, False)  # an interrupted save older than the newest complete one
     _fake(tmp_path, 50, False)  # a save in progress
-    deleted = checkpoint.rotate(str(tmp_path), keep_last=2, protect="step00000010")
+    deleted = checkpoint.rotate(str(tmp_path), keep_last=2, protect=["step00000010"])
     assert deleted == ["step00000020", "step00000025"]
     left = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert left == ["step00000010", "step00000030", "step00000040", "step00000050"]

@@ -28,12 +28,68 @@ def test_every_shipped_yaml_composes_and_validates(group, option):
     overrides = [f"{group}={option}"]
     if (group, option) == ("model", "hf"):
         overrides.append("model.path=/some/model")
-    if group == "data" and option == "jsonl":
+    if (group == "data" and option == "jsonl") or group == "experiment":
         overrides.append("data.path=x.jsonl")
     cfg = to_typed(_compose(overrides))
     assert isinstance(cfg, Config)
+    if group == "experiment":
+        return  # its values: test_phased_ift_experiment_is_the_published_recipe
     section = getattr(cfg, group)
     assert getattr(section, "name", option) == option
+
+
+def test_phased_ift_experiment_is_the_published_recipe():
+    with pytest.raises(ConfigError, match="data=jsonl needs data.path"):
+        to_typed(_compose(["experiment=phased_ift_llama2_7b"]))
+    cfg = to_typed(_compose(["experiment=phased_ift_llama2_7b", "data.path=a.jsonl"]))
+    tr = cfg.trainer
+    assert (tr.lr, tr.lr_schedule, tr.warmup_ratio, tr.weight_decay, list(tr.adam_betas), tr.grad_clip) == (
+        5e-6,
+        "cosine",
+        0.1,
+        0.1,
+        [0.9, 0.95],
+        1.0,
+    )
+    assert (cfg.model.name, cfg.model.dtype, cfg.deepspeed.zero_stage, tr.max_steps) == ("llama2_7b", "bf16", 3, -1)
+    assert (cfg.curriculum.name, list(cfg.curriculum.thresholds), cfg.curriculum.lr_schedule) == (
+        "phased",
+        [1.5, 3.5],
+        "rewarm",
+    )
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["trainer.max_steps=-1"], "trainer.max_steps=-1 needs a curriculum that sets the run's length"),
+        (["curriculum=phased", "curriculum.thresholds=[3.5,1.5]"], "curriculum.thresholds=.* must increase"),
+        (["curriculum=phased", "curriculum.thresholds=[1.5]"], "must give phases - 1 = 2 cut points"),
+        (["curriculum=phased", "curriculum.order=hardest"], "curriculum.order='hardest' is not valid"),
+        (["curriculum=tapir", "curriculum.rounds.1.alpha=1.5"], r"curriculum.rounds.1.alpha=1.5 must be in \[0, 1\]"),
+        (["curriculum=tapir", "curriculum.rounds.0.steps=5"], "set steps for every round or for none"),
+        (["mode=score", "scoring.output=x.csv"], "must end in .jsonl or .parquet"),
+        (["data.judge_fields=[a]"], "data.judge_fields must name two different fields"),
+    ],
+)
+def test_staged_curricula_and_scoring_keys_are_checked(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        to_typed(_compose(overrides))
+
+
+def test_tapir_rounds_compose_from_the_command_line():
+    cfg = to_typed(
+        _compose(
+            [
+                "curriculum=tapir",
+                "curriculum.rounds=[{steps: 4, alpha: 0.2}, {steps: 6, data: b.jsonl}]",
+                "trainer.max_steps=-1",
+            ]
+        )
+    )
+    assert [(r.steps, r.alpha, r.data) for r in cfg.curriculum.rounds] == [(4, 0.2, None), (6, None, "b.jsonl")]
+    assert cfg.curriculum.alphas() == [0.2, 0.7]  # round 2 takes alpha_end (the ramp's last value)
+    assert cfg.curriculum.data_parts() == {"round2": ["b.jsonl"]}
 
 
 def test_defaults_are_the_tiny_cpu_run():

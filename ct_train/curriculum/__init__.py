@@ -12,12 +12,13 @@ from typing import Any
 from ct_train.curriculum.base import ALL, CURRICULA, ClusterStats, Curriculum, DataIndex, Plan, register
 
 # Importing the strategy modules registers them.
-from ct_train.curriculum import iid, it2acl, mixture, odm  # noqa: E402,F401  isort: skip
+from ct_train.curriculum import iid, it2acl, mixture, odm, phased, tapir  # noqa: E402,F401  isort: skip
 
 
-def build_curriculum(cfg: Any, index: DataIndex, seed: int, total_steps: int) -> Curriculum:
-    """The curriculum named by `cfg.name` (validated in config.py)."""
-    return CURRICULA[cfg.name].cls(cfg, index, seed=seed, total_steps=total_steps)
+def build_curriculum(cfg: Any, index: DataIndex, seed: int, total_steps: int, global_batch_size: int = 0) -> Curriculum:
+    """The curriculum named by `cfg.name` (validated in config.py). `total_steps` is -1 when the
+    curriculum sets the run's length (trainer.max_steps=-1)."""
+    return CURRICULA[cfg.name].cls(cfg, index, seed=seed, total_steps=total_steps, global_batch_size=global_batch_size)
 
 
 __all__ = ["ALL", "CURRICULA", "ClusterStats", "Curriculum", "DataIndex", "Plan", "build_curriculum", "register"]

@@ -13,6 +13,7 @@ Randomness a curriculum needs (a bandit's draw) comes from a generator that is a
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Protocol
@@ -67,6 +68,16 @@ class DataIndex:
     clusters: List[str]  # every cluster name of the data (train or eval)
     cluster_ids: np.ndarray  # (N,) int: index into `clusters`
     difficulty: np.ndarray  # (N,) float64, NaN where unknown
+    part_ids: Optional[np.ndarray] = None  # (N,) int: index into `parts` (a TAPIR round's own file)
+    parts: List[str] = field(default_factory=lambda: [""])  # "" = the run's data (data.path/sources)
+
+    def part_indices(self, part: str) -> np.ndarray:
+        """Sample indices of one part of the data ("" = data.path/sources; all samples without parts)."""
+        if self.part_ids is None:
+            return np.arange(len(self.cluster_ids)) if part == "" else np.empty(0, dtype=np.int64)
+        if part not in self.parts:
+            return np.empty(0, dtype=np.int64)
+        return np.flatnonzero(self.part_ids == self.parts.index(part))
 
     @property
     def sizes(self) -> np.ndarray:
@@ -89,6 +100,84 @@ class DataIndex:
         order = np.argsort(self.cluster_ids, kind="stable").astype(dtype)
         bounds = np.cumsum(self.sizes)[:-1]
         return {name: idx for name, idx in zip(self.clusters, np.split(order, bounds)) if len(idx)}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A stretch of the run a staged curriculum (phased, tapir) trains in one go: steps [start, end).
+
+    The trainer evaluates and checkpoints at every stage's end, restarts the LR schedule at its start
+    when `rewarm`, and logs the boundary. A curriculum with stages has a `stages` list; one whose pools
+    depend on the model at the stage's start also has `stage_candidates(k)` (the samples to score with
+    the current model, or None) and `begin_stage(k, scores)` (builds that stage's pools).
+    """
+
+    name: str
+    start: int
+    end: int
+    rewarm: bool = True
+
+
+def stage_at(stages: List[Stage], step: int) -> int:
+    """Index of the stage that step `step` (0-based, the step about to run) belongs to."""
+    for k, stage in enumerate(stages):
+        if step < stage.end:
+            return k
+    return len(stages) - 1
+
+
+def stage_lengths(
+    key: str,
+    n: int,
+    total_steps: int,
+    sizes: np.ndarray,
+    steps: Optional[List[int]],
+    epochs: Optional[List[float]],
+    global_batch_size: int,
+) -> List[int]:
+    """Steps of each of `n` stages: given (`steps`), from epochs over each stage's samples, or
+    `total_steps` split in proportion to the stage sizes. ConfigError when they do not add up."""
+    from ct_train.errors import ConfigError
+    from ct_train.sampler import largest_remainder
+
+    if steps is not None and epochs is not None:
+        raise ConfigError(f"set {key}_steps or {key}_epochs, not both")
+    for name, values in ((f"{key}_steps", steps), (f"{key}_epochs", epochs)):
+        if values is not None and (len(values) != n or any(v <= 0 for v in values)):
+            raise ConfigError(f"curriculum.{name}={list(values)!r} must give {n} numbers > 0, one per {key}")
+    if steps is not None:
+        lengths = [int(v) for v in steps]
+    elif epochs is not None:
+        lengths = [max(1, math.ceil(e * int(size) / global_batch_size)) for e, size in zip(epochs, sizes)]
+    else:
+        if total_steps < n:
+            raise ConfigError(f"trainer.max_steps={total_steps} is fewer than the {n} {key}s")
+        lengths = largest_remainder(total_steps, np.asarray(sizes, dtype=np.float64))
+        while (lengths == 0).any():  # every stage trains at least one step; the longest gives it
+            lengths[np.argmax(lengths)] -= 1
+            lengths[np.argmin(lengths)] += 1
+        lengths = lengths.tolist()
+    if total_steps > 0 and sum(lengths) != total_steps:
+        given = f"curriculum.{key}_steps" if steps is not None else f"curriculum.{key}_epochs"
+        raise ConfigError(
+            f"{given} add up to {sum(lengths)} steps but trainer.max_steps={total_steps}; "
+            f"set trainer.max_steps={sum(lengths)} (or -1 to take the {key}s' length)"
+        )
+    return lengths
+
+
+def stages_from_lengths(prefix: str, lengths: List[int], rewarm: bool) -> List[Stage]:
+    ends = np.cumsum(lengths).tolist()
+    starts = [0] + ends[:-1]
+    return [Stage(f"{prefix}{k + 1}", int(s), int(e), rewarm) for k, (s, e) in enumerate(zip(starts, ends))]
+
+
+def stratify(difficulty: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Stratum of each sample, 0 = easiest: stratum k holds thresholds[k-1] < d <= thresholds[k].
+
+    Samples tied at a threshold all go to the lower stratum: a tie is never split between strata.
+    """
+    return np.searchsorted(np.asarray(thresholds, dtype=np.float64), difficulty, side="left")
 
 
 class Curriculum(Protocol):

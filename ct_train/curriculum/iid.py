@@ -15,7 +15,9 @@ from ct_train.curriculum.base import ALL, ClusterStats, DataIndex, Plan, registe
 
 @register("iid", CurriculumConfig)
 class IIDCurriculum:
-    def __init__(self, cfg: CurriculumConfig, index: DataIndex, seed: int = 0, total_steps: int = 0) -> None:
+    def __init__(
+        self, cfg: CurriculumConfig, index: DataIndex, seed: int = 0, total_steps: int = 0, global_batch_size: int = 0
+    ) -> None:
         self.n = len(index.cluster_ids)
 
     def pools(self) -> Dict[str, np.ndarray]:

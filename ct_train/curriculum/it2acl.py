@@ -128,7 +128,9 @@ def competence(step: int, total: int, start: float, kind: str) -> float:
 
 @register("it2acl", IT2ACLConfig)
 class IT2ACLCurriculum:
-    def __init__(self, cfg: IT2ACLConfig, index: DataIndex, seed: int = 0, total_steps: int = 0) -> None:
+    def __init__(
+        self, cfg: IT2ACLConfig, index: DataIndex, seed: int = 0, total_steps: int = 0, global_batch_size: int = 0
+    ) -> None:
         self.cfg, self.index, self.seed = cfg, index, seed
         self.signal = cfg.signal  # read by the trainer: which extra forwards the step needs
         self.arms = index.present_clusters()

@@ -42,7 +42,9 @@ class MixtureConfig(CurriculumConfig):
 
 @register("mixture", MixtureConfig)
 class MixtureCurriculum:
-    def __init__(self, cfg: MixtureConfig, index: DataIndex, seed: int = 0, total_steps: int = 0) -> None:
+    def __init__(
+        self, cfg: MixtureConfig, index: DataIndex, seed: int = 0, total_steps: int = 0, global_batch_size: int = 0
+    ) -> None:
         self.index = index
         present = index.present_clusters()
         sizes = dict(zip(index.clusters, index.sizes.tolist()))

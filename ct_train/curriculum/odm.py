@@ -50,7 +50,9 @@ def exploration_rate(t: int, k: int) -> float:
 
 @register("odm", ODMConfig)
 class ODMCurriculum:
-    def __init__(self, cfg: ODMConfig, index: DataIndex, seed: int = 0, total_steps: int = 0) -> None:
+    def __init__(
+        self, cfg: ODMConfig, index: DataIndex, seed: int = 0, total_steps: int = 0, global_batch_size: int = 0
+    ) -> None:
         self.cfg, self.index, self.seed = cfg, index, seed
         self.arms = index.present_clusters()
         self.col = np.array([index.clusters.index(c) for c in self.arms])

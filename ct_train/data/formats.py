@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from ct_train.errors import DataError
 
@@ -44,6 +44,7 @@ class SourceInfo:
     default_cluster: str  # when the record names none
     cluster_field: Optional[str]
     difficulty_field: Optional[str]
+    judge_fields: Optional[Tuple[str, str]] = None  # (teacher, student): difficulty = their difference
 
 
 def _text(value: Any) -> str:
@@ -91,6 +92,8 @@ def _sharegpt(rec: Dict[str, Any]) -> List[Dict[str, Any]]:
 
 
 def _messages(rec: Dict[str, Any]) -> List[Dict[str, Any]]:
+    if not rec.get("messages") and rec.get("prompt"):  # a single-turn row of a mixed file (ct-train-score's output)
+        return _prompt_response(rec)
     messages = [{"role": str(m.get("role", "")), "content": _text(m.get("content"))} for m in rec.get("messages") or []]
     return [dict(prompt="", input="", response="", messages=messages)]
 
@@ -145,19 +148,28 @@ def detect_format(columns: Iterable[str], path: str) -> str:
     )
 
 
+def _number(rec: Dict[str, Any], key: str, where: str) -> Optional[float]:
+    value = rec.get(key)
+    if value is None or value == "":
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise DataError(f"{where}: difficulty field {key!r} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise DataError(f"{where}: difficulty field {key!r} must be finite, got {value!r}")
+    return number
+
+
 def _difficulty(rec: Dict[str, Any], src: SourceInfo, where: str) -> Optional[float]:
+    if src.judge_fields:  # TAPIR's judge gap: None unless both scores are there
+        teacher, student = (_number(rec, key, where) for key in src.judge_fields)
+        return None if teacher is None or student is None else teacher - student
     keys = (src.difficulty_field,) if src.difficulty_field else DIFFICULTY_FIELDS
     for key in keys:
-        value = rec.get(key)
-        if value is None or value == "":
-            continue
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise DataError(f"{where}: difficulty field {key!r} must be a number, got {value!r}") from None
-        if not math.isfinite(number):
-            raise DataError(f"{where}: difficulty field {key!r} must be finite, got {value!r}")
-        return number
+        number = _number(rec, key, where)
+        if number is not None:
+            return number
     return None
 
 

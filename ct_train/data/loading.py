@@ -31,6 +31,7 @@ def _features() -> Any:
             "cluster": Value("string"),
             "difficulty": Value("float64"),
             "source": Value("string"),
+            "part": Value("string"),
             "_error": Value("string"),
         }
     )
@@ -40,6 +41,7 @@ def _features() -> Any:
 class FileSpec:
     path: str
     cluster: Optional[str] = None  # forced by data.sources
+    part: str = ""  # which part of the run's data (a TAPIR round's own file); "" = data.path/sources
 
 
 def expand(key: str, paths: List[str], cluster: Optional[str] = None) -> List[FileSpec]:
@@ -104,7 +106,7 @@ def read_raw(path: str) -> Any:
         raise DataError(f"{path}: could not be read ({reason})") from None
 
 
-def _normalizer(fmt: str, src: SourceInfo, on_bad_record: str):
+def _normalizer(fmt: str, src: SourceInfo, on_bad_record: str, part: str):
     def fn(batch: Dict[str, List[Any]], indices: List[int]) -> Dict[str, List[Any]]:
         cols = list(batch)
         out: Dict[str, List[Any]] = {k: [] for k in _features()}
@@ -130,6 +132,7 @@ def _normalizer(fmt: str, src: SourceInfo, on_bad_record: str):
                 ]
             for ex in examples:
                 ex.setdefault("_error", "")
+                ex["part"] = part
                 for k in out:
                     out[k].append(ex[k])
         return out
@@ -144,6 +147,7 @@ def load_examples(
     difficulty_field: Optional[str],
     on_bad_record: str,
     num_proc: int = 1,
+    judge_fields: Optional[List[str]] = None,
 ) -> Tuple[Any, Dict[str, int]]:
     """All files as one dataset of example records, and counts (`records`, `skipped_bad`)."""
     import datasets
@@ -164,9 +168,10 @@ def load_examples(
             default_cluster=stem,
             cluster_field=cluster_field,
             difficulty_field=difficulty_field,
+            judge_fields=tuple(judge_fields) if judge_fields else None,
         )
         examples = raw.map(
-            _normalizer(file_fmt, src, on_bad_record),
+            _normalizer(file_fmt, src, on_bad_record, spec.part),
             batched=True,
             with_indices=True,
             remove_columns=raw.column_names,

@@ -18,7 +18,8 @@ from ct_train.data.loading import FileSpec, expand, load_examples
 from ct_train.data.templates import resolve_template, tokenize_example
 from ct_train.errors import DataError
 
-TOKEN_COLUMNS = ["id", "cluster", "difficulty", "input_ids", "labels", "n_target"]
+TOKEN_COLUMNS = ["id", "cluster", "difficulty", "part", "input_ids", "labels", "n_target"]
+TEXT_COLUMNS = ["prompt", "input", "response", "messages", "source"]
 
 
 @dataclass
@@ -30,9 +31,21 @@ class TokenizedSplit:
     difficulty: np.ndarray  # (num_samples,) float64, NaN where the data has none
     lengths: np.ndarray  # (num_samples,) int64 tokens per sample
     n_target: np.ndarray  # (num_samples,) int64 response tokens predicted per sample
+    part_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # index into parts
+    parts: List[str] = field(default_factory=lambda: [""])  # "" = data.path/sources; else a named part
 
     def __len__(self) -> int:
         return len(self.dataset)
+
+    def part_indices(self, part: str) -> np.ndarray:
+        """Indices of the samples that came from one part of the data ("" = data.path/sources)."""
+        if part not in self.parts:
+            return np.empty(0, dtype=np.int64)
+        return np.flatnonzero(self.part_ids == self.parts.index(part))
+
+    def describe(self, i: int) -> str:
+        """Sample i named for an error message (its record id: `<file>:<line index>` for records without one)."""
+        return f"record id {self.dataset[int(i)]['id']!r}"
 
 
 @dataclass
@@ -82,13 +95,22 @@ def _split_eval(examples: Any, fraction: float, max_per_cluster: int) -> Dict[st
     }
 
 
-def _tokenize(examples: Any, template: str, tokenizer: Any, cfg: DataConfig, stats: Dict[str, int], split: str) -> Any:
+def _tokenize(
+    examples: Any,
+    template: str,
+    tokenizer: Any,
+    cfg: DataConfig,
+    stats: Dict[str, int],
+    split: str,
+    response_only: bool = False,
+    keep_text: bool = False,
+) -> Any:
     def fn(ex: Dict[str, Any]) -> Dict[str, Any]:
-        return tokenize_example(ex, template, tokenizer, cfg.max_seq_len)
+        return tokenize_example(ex, template, tokenizer, cfg.max_seq_len, response_only=response_only)
 
     tok = examples.map(
         fn,
-        remove_columns=["prompt", "input", "response", "messages", "source"],
+        remove_columns=[] if keep_text else ["prompt", "input", "response", "messages", "source"],
         num_proc=cfg.num_proc if cfg.num_proc > 1 else None,
         desc=f"tokenise {split}",
     )
@@ -100,11 +122,25 @@ def _tokenize(examples: Any, template: str, tokenizer: Any, cfg: DataConfig, sta
     else:
         stats[f"{split}_truncated"] = int(too_long.sum())
     stats[f"{split}_no_target"] = int((np.asarray(tok["n_target"]) == 0).sum())
-    return tok.select_columns(TOKEN_COLUMNS)
+    return tok.select_columns(TOKEN_COLUMNS + (TEXT_COLUMNS if keep_text else []))
 
 
-def prepare_data(cfg: DataConfig, tokenizer: Any) -> PreparedData:
-    """Load, normalise, split and tokenise; raises DataError/ConfigError on bad input."""
+def prepare_data(
+    cfg: DataConfig,
+    tokenizer: Any,
+    parts: Optional[Dict[str, List[str]]] = None,
+    response_only: bool = False,
+    keep_text: bool = False,
+) -> PreparedData:
+    """Load, normalise, split and tokenise; raises DataError/ConfigError on bad input.
+
+    `parts`: more training files by part name (a TAPIR round's own data); their samples are tagged
+    with the part (TokenizedSplit.part_ids) and never held out: the eval split comes from the main
+    data only. `response_only`: tokenise the responses without their prompts (IFD scoring).
+    `keep_text`: keep the records' text columns beside the tokens (scoring writes them back out).
+    """
+    import datasets
+
     specs = _specs(cfg)
     template = resolve_template(cfg.template, tokenizer)
     load = dict(
@@ -113,6 +149,7 @@ def prepare_data(cfg: DataConfig, tokenizer: Any) -> PreparedData:
         difficulty_field=cfg.difficulty_field,
         on_bad_record=cfg.on_bad_record,
         num_proc=cfg.num_proc,
+        judge_fields=cfg.judge_fields,
     )
     examples, stats = load_examples(specs["train"], **load)
     if specs["eval"]:
@@ -123,13 +160,23 @@ def prepare_data(cfg: DataConfig, tokenizer: Any) -> PreparedData:
         split = {"train": examples, "eval": eval_examples}
     else:
         split = _split_eval(examples, cfg.eval_fraction, cfg.eval_max_per_cluster)
-    train = _tokenize(split["train"], template, tokenizer, cfg, stats, "train")
+    for part, paths in (parts or {}).items():
+        key = f"curriculum part {part}"
+        files = [FileSpec(f.path, part=part) for f in expand(key, as_path_list(key, paths))]
+        part_examples, part_stats = load_examples(files, **load)
+        stats[f"{part}_records"] = part_stats["records"]
+        split["train"] = datasets.concatenate_datasets([split["train"], part_examples])
+    train = _tokenize(split["train"], template, tokenizer, cfg, stats, "train", response_only, keep_text)
     if len(train) == 0:
         raise DataError(
             "no training sample left after tokenisation (all longer than data.max_seq_len "
             f"={cfg.max_seq_len} with data.truncation=drop?)"
         )
-    evals = _tokenize(split["eval"], template, tokenizer, cfg, stats, "eval") if split["eval"] is not None else None
+    evals = (
+        _tokenize(split["eval"], template, tokenizer, cfg, stats, "eval", response_only, keep_text)
+        if split["eval"] is not None
+        else None
+    )
     clusters = sorted(set(train["cluster"]) | (set(evals["cluster"]) if evals is not None else set()))
     stats["train_samples"] = len(train)
     stats["eval_samples"] = len(evals) if evals is not None else 0
@@ -154,6 +201,13 @@ def _split(ds: Any, clusters: List[str]) -> TokenizedSplit:
     difficulty = np.array([np.nan if d is None else d for d in ds["difficulty"]], dtype=np.float64)
     lengths = np.array([len(x) for x in ds["input_ids"]], dtype=np.int64)
     n_target = np.asarray(ds["n_target"], dtype=np.int64)
+    part_names, part_ids = np.unique(np.asarray(ds["part"], dtype=object).astype(str), return_inverse=True)
     return TokenizedSplit(
-        dataset=ds, cluster_ids=cluster_ids, difficulty=difficulty, lengths=lengths, n_target=n_target
+        dataset=ds,
+        cluster_ids=cluster_ids,
+        difficulty=difficulty,
+        lengths=lengths,
+        n_target=n_target,
+        part_ids=part_ids.astype(np.int64),
+        parts=[str(p) for p in part_names],
     )

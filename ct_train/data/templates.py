@@ -102,11 +102,14 @@ def render(ex: Dict[str, Any], template: str, tokenizer: Any) -> List[Segment]:
     return TEMPLATES[template](ex, tokenizer.eos_token or "")
 
 
-def tokenize_example(ex: Dict[str, Any], template: str, tokenizer: Any, max_seq_len: int) -> Dict[str, Any]:
+def tokenize_example(
+    ex: Dict[str, Any], template: str, tokenizer: Any, max_seq_len: int, response_only: bool = False
+) -> Dict[str, Any]:
     """input_ids and labels (-100 on prompt tokens), cut to `max_seq_len`.
 
     Returns also `full_length` (before cutting) and `n_target`: how many labels are predicted after
     the causal shift (labels[1:] != -100), the count every loss normalisation uses.
+    `response_only`: the response segments without the prompt (the denominator of IFD scoring).
     """
     ids: List[int] = []
     labels: List[int] = []
@@ -114,7 +117,7 @@ def tokenize_example(ex: Dict[str, Any], template: str, tokenizer: Any, max_seq_
         ids.append(tokenizer.bos_token_id)
         labels.append(-100)
     for text, is_target in render(ex, template, tokenizer):
-        if not text:
+        if not text or (response_only and not is_target):
             continue
         seg = tokenizer(text, add_special_tokens=False)["input_ids"]
         ids += seg
