@@ -4,7 +4,8 @@ Every rank computes the same global batch from (seed, step, plan, state) without
 (OLMo-core's data loader shape):
 
 1. The plan's pool weights become per-pool counts: a multinomial draw seeded by (seed, step), or,
-   for an `exact` plan, a largest-remainder split. A pool never gives more samples in one step than
+   for an `exact` plan, each pool's share rounded down or up (systematic sampling of the fractions,
+   so the counts are the shares in expectation). A pool never gives more samples in one step than
    it holds; the excess goes to the plan's other pools (only when every planned pool together is
    smaller than the global batch do samples repeat within a step, with a warning).
 2. Each pool is a stream of epoch permutations seeded by (seed, pool, epoch); a pool hands out its
@@ -38,6 +39,21 @@ def largest_remainder(total: int, weights: np.ndarray) -> np.ndarray:
     rest = total - out.sum()
     if rest:
         out[np.argsort(-(share - out), kind="stable")[:rest]] += 1
+    return out
+
+
+def exact_counts(total: int, weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Integers summing to `total`, each the floor or the ceiling of its share total * w / sum(w), and
+    equal to the share in expectation: the units left after the floors go to pools by systematic
+    sampling over the fractional parts (one uniform draw). Largest remainder would give them to the
+    same pools at every step when the plan repeats, a bias of up to one sample per step."""
+    share = total * weights / weights.sum()
+    out = np.floor(share).astype(np.int64)
+    rest = total - int(out.sum())
+    if rest:
+        edges = np.cumsum(share - out)
+        hits = np.searchsorted(edges, rng.random() + np.arange(rest), side="right")
+        np.add.at(out, np.minimum(hits, len(out) - 1), 1)
     return out
 
 
@@ -104,7 +120,7 @@ class CurriculumSampler:
             raise ValueError(f"plan names unknown or no pools: {unknown or plan.weights}")
         p = np.array([plan.weights[n] for n in names], dtype=np.float64)
         if plan.exact:
-            drawn = largest_remainder(self.global_batch_size, p)
+            drawn = exact_counts(self.global_batch_size, p, np.random.default_rng([self.seed, step, 2]))
         else:
             drawn = np.random.default_rng([self.seed, step, 0]).multinomial(self.global_batch_size, p / p.sum())
         drawn = self._fit_capacity(drawn, p, np.array([len(self.pools[n]) for n in names]), names)

@@ -95,3 +95,24 @@ def test_objective_gradient_is_split_invariant():
         full = (loss * n_target).sum() / denom if norm == "token" else loss.sum() / denom
         full.backward()
         torch.testing.assert_close(grads[0], weight.grad)
+
+
+def test_sample_weights_make_the_objective_a_weighted_mean_split_two_ways():
+    """Per-cluster loss weights (TAPIR): sum w_i n_i l_i / sum w_i n_i, the same over 2 micro-batches."""
+    hidden, weight, labels = _case(b=8, seed=5)
+    n_target = (labels[:, 1:] != -100).sum(1)
+    w = torch.tensor([1.0, 2.0, 0.5, 1.0, 3.0, 1.0, 0.0, 2.0])
+    denom = float((w * n_target).sum())
+    weight.grad = None
+    for sl in (slice(0, 4), slice(4, 8)):
+        loss, _ = per_sample_loss(hidden[sl], weight, labels[sl])
+        (objective(loss, n_target[sl], "token", denom, grad_scale=2, sample_weights=w[sl]) / 2).backward()
+    split = weight.grad.clone()
+    weight.grad = None
+    loss, _ = per_sample_loss(hidden, weight, labels)
+    ((w * n_target * loss).sum() / denom).backward()
+    torch.testing.assert_close(split, weight.grad)
+    unweighted = weight.grad.clone()
+    weight.grad = None
+    per_sample_loss(hidden, weight, labels)[0].sum().backward()
+    assert not torch.allclose(unweighted, weight.grad)  # the weights matter

@@ -142,6 +142,18 @@ def test_largest_remainder_and_exact_counts():
     assert all(sampler.counts(s, Plan({"a": 1.0, "b": 2.0}, exact=True)) == {"a": 4, "b": 8} for s in range(5))
 
 
+def test_exact_counts_round_fractional_shares_without_bias():
+    """3 equal pools in a batch of 10: each step gives 3 or 4 to each, and on average 10/3 each (largest
+    remainder would give the extra unit to the first pool at every step)."""
+    pools = {k: np.arange(i * 100, (i + 1) * 100) for i, k in enumerate("abc")}
+    sampler = CurriculumSampler(pools, 10, seed=0)
+    plan = Plan({"a": 1.0, "b": 1.0, "c": 1.0}, exact=True)
+    counts = np.array([[sampler.counts(s, plan)[k] for k in "abc"] for s in range(600)])
+    assert (counts.sum(axis=1) == 10).all() and set(counts.ravel()) == {3, 4}
+    assert counts.mean(axis=0) == pytest.approx([10 / 3] * 3, abs=0.08)
+    assert sampler.counts(7, plan) == sampler.counts(7, plan)  # a pure function of (seed, step)
+
+
 def test_state_round_trip_mid_pass_after_a_pass_ended_inside_a_step():
     pools = {"a": np.arange(10), "b": np.arange(10, 17)}
     plan_of = lambda s: Plan({"a": 1.0, "b": 1.0}, exact=True)  # noqa: E731

@@ -22,7 +22,8 @@ How it maps here:
   `alpha_start` rising linearly to `alpha_end` over the rounds.
 - Task ratio: cluster c's share of every batch is proportional to `task_weights[c]`
   (`default_task_weight` for clusters not listed; without task_weights, to the cluster's size); inside
-  a cluster the hard/easy split is alpha_r (all of it to the other set when one is empty).
+  a cluster the hard/easy split is alpha_r (all of it to the other set when one is empty). Every
+  batch is split exactly in these proportions (each pool's share rounded down or up, unbiased).
   `loss_weights` scale a cluster's per-sample losses in the objective (a weighted mean).
 - Teacher expansion and refinement call a proprietary LLM: data preparation, outside training. A
   round may read its own file (`rounds[r].data`), e.g. what the teacher produced for it; the round
@@ -235,7 +236,7 @@ class TapirCurriculum:
         k = stage_at(self.stages, step)
         if k != self.current:
             raise RuntimeError(f"tapir: step {step} is in round {k + 1} but round {self.current + 1} is built")
-        return Plan(weights=dict(self.weights), info=dict(self.info))
+        return Plan(weights=dict(self.weights), info=dict(self.info), exact=True)
 
     def observe(self, step: int, stats: ClusterStats) -> Dict[str, float]:
         return {}

@@ -1,0 +1,151 @@
+"""Phased IFT and TAPIR through the real CLI: a phased run killed in the middle of phase 2 resumes to
+the same stream as an uninterrupted one; TAPIR's alpha schedule, task ratio and per-round data are
+what the 2 ranks trained (counted from samples.rank*.jsonl)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ct_train.config import load_config
+from ct_train.engine import lr_lambda
+from tests.conftest import FAST, run_cli
+from tests.helpers import metrics, train_rows
+
+pytestmark = pytest.mark.integration
+
+SHORT = FAST + [
+    "data.skills.levels=3",
+    "trainer.global_batch_size=8",
+    "trainer.micro_batch_size=4",
+    "trainer.eval_every_steps=0",
+    "trainer.log_samples=true",
+    "trainer.export_final=false",
+    "trainer.warmup_steps=1",
+]
+
+
+def _ok(proc):
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+def _steps(out: Path, ranks=(0,)) -> dict:
+    """step -> ids trained in it (all ranks; the last record of a step wins, as after a resume)."""
+    by_step: dict = {}
+    for r in ranks:
+        per_rank = {}
+        for line in (out / f"samples.rank{r}.jsonl").read_text().splitlines():
+            rec = json.loads(line)
+            per_rank[rec["step"]] = rec["ids"]
+        for s, ids in per_rank.items():
+            by_step.setdefault(s, []).extend(ids)
+    return by_step
+
+
+def test_phased_run_killed_in_phase_2_resumes_like_an_uninterrupted_run(tmp_path):
+    args = SHORT + [
+        "curriculum=phased",
+        "curriculum.phase_steps=[2,3,2]",
+        "trainer.max_steps=-1",
+        "trainer.save_every_steps=1",
+        "trainer.keep_last_checkpoints=1",
+    ]
+    ref = tmp_path / "ref"
+    proc = _ok(run_cli(args + [f"trainer.output_dir={ref}"]))
+    assert "phase1: 160 samples, mean difficulty 1, steps 0-2" in proc.stdout + proc.stderr
+    out = tmp_path / "run"
+    killed = run_cli(args + [f"trainer.output_dir={out}"], env={"CT_TRAIN_KILL_AT": "before_marker_rename:4"})
+    assert killed.returncode == -9, killed.stderr[-2000:]  # SIGKILL in step 4's save: phase 2 is steps 3-5
+    _ok(run_cli(args + [f"trainer.output_dir={out}"]))
+
+    a, b = train_rows(ref), train_rows(out)
+    assert sorted(b) == list(range(1, 8))
+    for s in range(1, 8):
+        assert b[s]["curriculum/phase"] == a[s]["curriculum/phase"] == (1 if s <= 2 else 2 if s <= 5 else 3)
+        assert b[s]["lr"] == pytest.approx(a[s]["lr"], rel=1e-9)
+        assert b[s]["loss"] == pytest.approx(a[s]["loss"], rel=1e-5)
+    assert _steps(out) == _steps(ref)
+    level = {s: {i.split("-L")[1].split("-")[0] for i in ids} for s, ids in _steps(ref).items()}
+    assert level == {s: {"1" if s <= 2 else "2" if s <= 5 else "3"} for s in range(1, 8)}  # easy to hard
+    # The LR schedule restarts at each phase's start (the lr logged after step s is the one of step s+1).
+    tr = load_config(str(ref / "config.yaml")).trainer
+    schedule = lr_lambda(tr, 7, restarts=[2, 5])
+    assert [a[s]["lr"] for s in range(1, 7)] == pytest.approx([tr.lr * schedule(s) for s in range(1, 7)], rel=1e-9)
+    assert a[5]["lr"] > a[4]["lr"]  # back up at phase 3's first step
+    # An eval and a checkpoint at every phase's end, kept by the rotation (keep_last_checkpoints=1).
+    ends = {r["step"]: r for r in metrics(out) if "curriculum/stage_end" in r}
+    assert sorted(ends) == [2, 5, 7] and all("eval/loss" in r for r in ends.values())
+    assert ends[5]["eval/loss"] == pytest.approx(
+        {r["step"]: r for r in metrics(ref) if "curriculum/stage_end" in r}[5]["eval/loss"], rel=1e-5
+    )
+    kept = {d: sorted(int(p.name[4:]) for p in (d / "checkpoints").glob("step*")) for d in (ref, out)}
+    assert kept == {ref: [2, 5, 7], out: [2, 3, 5, 7]}  # (the resumed run also keeps its start, step 3)
+
+
+def _judged(path: Path, prefix: str, n_per_cluster: int):
+    """Records of 3 clusters whose judge gap (teacher - student) is 3 (hard) on every other record."""
+    hard = {}
+    with path.open("w") as f:
+        for task in ("math", "code", "chat"):
+            for i in range(n_per_cluster):
+                rid = f"{prefix}-{task}-{i}"
+                hard[rid] = i % 2 == 0
+                rec = {
+                    "id": rid,
+                    "prompt": f"{task} {i}",
+                    "response": f"ok {i}",
+                    "task": task,
+                    "teacher_score": 8,
+                    "student_score": 5 if hard[rid] else 8,
+                }
+                f.write(json.dumps(rec) + "\n")
+    return hard
+
+
+def test_tapir_rounds_train_the_planned_hard_share_and_task_ratio_on_two_ranks(tmp_path):
+    hard = _judged(tmp_path / "base.jsonl", "b", 40)
+    hard.update(_judged(tmp_path / "r3.jsonl", "r3", 12))
+    out = tmp_path / "tapir"
+    _ok(
+        run_cli(
+            FAST[-3:]
+            + [
+                "logger.progress_bar=false",
+                "data=jsonl",
+                f"data.path={tmp_path / 'base.jsonl'}",
+                "data.cluster_field=task",
+                "data.judge_fields=[teacher_score,student_score]",
+                "data.eval_fraction=0.1",
+                "data.max_seq_len=64",
+                "curriculum=tapir",
+                "curriculum.difficulty=data",
+                "curriculum.delta=1",
+                "curriculum.rounds=[{steps: 3, alpha: 0.25}, {steps: 3, alpha: 0.75}, "
+                f"{{steps: 2, alpha: 0.5, data: {tmp_path / 'r3.jsonl'}}}]",
+                "curriculum.task_weights={math: 2}",
+                "curriculum.loss_weights={code: 2}",
+                "trainer.max_steps=-1",
+                "trainer.global_batch_size=16",
+                "trainer.micro_batch_size=4",
+                "trainer.log_samples=true",
+                "trainer.export_final=false",
+                f"trainer.output_dir={out}",
+            ],
+            launcher="deepspeed",
+            nproc=2,
+        )
+    )
+    steps = _steps(out, ranks=(0, 1))
+    assert sorted(steps) == list(range(1, 9)) and all(len(ids) == 16 for ids in steps.values())
+    for s, ids in steps.items():
+        alpha = 0.25 if s <= 3 else 0.75 if s <= 6 else 0.5
+        tasks = [i.split("-")[1] for i in ids]
+        assert {t: tasks.count(t) for t in ("math", "code", "chat")} == {"math": 8, "code": 4, "chat": 4}
+        for task, n in (("math", 8), ("code", 4), ("chat", 4)):  # alpha of each cluster's share is hard
+            assert sum(hard[i] for i, t in zip(ids, tasks) if t == task) == alpha * n
+        assert all(i.startswith("r3-") for i in ids) == (s > 6)  # round 3 draws only from its own file
+    rows = train_rows(out)
+    assert [rows[s]["curriculum/round"] for s in range(1, 9)] == [1, 1, 1, 2, 2, 2, 3, 3]
+    ends = [r["step"] for r in metrics(out) if "curriculum/stage_end" in r]
+    assert ends == [3, 6, 8]
