@@ -3,7 +3,8 @@
 Writes `loss.png` (training loss, and held-out loss at eval steps), `clusters.png` (per-cluster
 training loss and held-out loss) and, for a curriculum that logs cluster probabilities,
 `curriculum.png` (the timeline: stacked `curriculum/prob/<cluster>` over steps, and each cluster's
-training loss at the steps it was trained) into OUTPUT_DIR/plots/. With `--throughput` it prints the run's
+training loss at the steps it was trained) into OUTPUT_DIR/plots/. Stage boundaries of a staged
+curriculum (phased, tapir) are dashed lines on the loss plots. With `--throughput` it prints the run's
 median tokens/s instead (the figure docs/benchmarks.md reports).
 """
 
@@ -43,10 +44,12 @@ def plot_run(output_dir: str) -> List[str]:
     os.makedirs(plots, exist_ok=True)
     paths = []
 
+    bounds = stage_boundaries(rows)
     fig, ax = plt.subplots(figsize=(7, 4))
     for key, style in (("loss", "-"), ("eval/loss", "o-")):
         if key in series:
             ax.plot(*series[key], style, label=key)
+    _mark_stages(ax, bounds)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss (mean per-sample response-token CE)")
     ax.legend()
@@ -63,6 +66,8 @@ def plot_run(output_dir: str) -> List[str]:
             for ax, key in zip(axes, (f"cluster/{name}/loss", f"eval/{name}/loss")):
                 if key in series:
                     ax.plot(*series[key], "-" if key.startswith("cluster") else "o-", label=name, lw=1)
+        for ax in axes:
+            _mark_stages(ax, bounds)
         axes[0].set_title("training loss per cluster")
         axes[1].set_title("held-out loss per cluster")
         for ax in axes:
@@ -78,6 +83,21 @@ def plot_run(output_dir: str) -> List[str]:
     if timeline:
         paths.append(_curriculum_timeline(plt, series, timeline, os.path.join(plots, "curriculum.png")))
     return paths
+
+
+def stage_boundaries(rows: List[dict]) -> List[Tuple[int, str]]:
+    """(step, label) of each stage start of a staged curriculum (phased: phase k; tapir: round k)
+    after the first, from the `curriculum/stage_end` the trainer logs at every stage's end."""
+    kind = "round" if any("curriculum/round" in r for r in rows) else "phase"
+    ends = sorted({(r["step"], int(r["curriculum/stage_end"])) for r in rows if "curriculum/stage_end" in r})
+    last = max((k for _, k in ends), default=0)
+    return [(step, f"{kind} {k + 1}") for step, k in ends if k < last]
+
+
+def _mark_stages(ax, bounds: List[Tuple[int, str]]) -> None:
+    for step, label in bounds:
+        ax.axvline(step, color="0.4", ls="--", lw=0.8)
+        ax.text(step, 1.0, f" {label}", transform=ax.get_xaxis_transform(), va="top", fontsize=7, color="0.3")
 
 
 def _curriculum_timeline(plt, series, clusters: List[str], path: str) -> str:

@@ -208,6 +208,12 @@ def train(cfg: Config, resolved: Dict[str, Any]) -> Dict[str, Any]:
         log.write(f"warning: {w.message}")
     if hasattr(curriculum, "describe"):
         log.write(curriculum.describe())
+    shortest = min((s.end - s.start for s in stages if s.rewarm), default=None)
+    if shortest is not None and not tr.warmup_ratio and tr.warmup_steps >= shortest:
+        log.write(
+            f"warning: trainer.warmup_steps={tr.warmup_steps} is not shorter than a stage ({shortest} steps): "
+            "the LR re-warms in every stage and never leaves warmup there; set trainer.warmup_ratio instead"
+        )
     for line in log_later:
         log.write(line)
     if stage_info:

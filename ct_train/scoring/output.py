@@ -72,7 +72,7 @@ def histogram(path: str, scores: np.ndarray, cluster_ids: np.ndarray, clusters: 
     shown.sort()
     cols = min(4, max(len(shown), 1))
     rows = -(-len(shown) // cols) if shown else 1
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.2 * rows + 0.6), sharex=True, squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(3.2 * cols, 6.4), 2.2 * rows + 0.6), sharex=True, squeeze=False)
     values = scores[finite]
     levels = np.unique(values)
     bins = (

@@ -1,9 +1,13 @@
 """Faults a run must survive with a clear message and nothing lost (docs/reliability.md)."""
 
+import json
 import subprocess
 
 import pytest
 
+from ct_train.config import load_config
+from ct_train.engine import lr_lambda
+from ct_train.plot import stage_boundaries
 from tests.conftest import FAST, run_cli
 from tests.helpers import metrics, train_rows
 
@@ -92,28 +96,66 @@ def test_unwritable_checkpoint_is_a_clear_error_and_the_previous_one_resumes(tmp
     assert sorted(p.name for p in (out / "checkpoints").glob("step*")) == ["step00000002", "step00000006"]
 
 
-KILL_ARGS = SHORT + ["trainer.max_steps=6", "trainer.save_every_steps=2", "trainer.log_samples=true"]
+# A phased curriculum (phases of 2, 3 and 1 steps over the skill levels), a checkpoint every step:
+# the kill in step 4's save is in the middle of phase 2, and the run resumes from step 3.
+KILL_ARGS = SHORT + [
+    "data.skills.levels=3",
+    "curriculum=phased",
+    "curriculum.phase_steps=[2,3,1]",
+    "trainer.max_steps=-1",
+    "trainer.warmup_steps=1",
+    "trainer.save_every_steps=1",
+    "trainer.keep_last_checkpoints=1",
+    "trainer.log_samples=true",
+    "trainer.export_final=false",
+]
 
 
 def test_kill_at_any_point_of_a_save_resumes_from_the_previous_checkpoint(tmp_path):
+    """...also in the middle of a curriculum phase: the resumed run trains the same phases, samples,
+    learning rates and losses as an uninterrupted one, and evaluates and checkpoints at phase ends."""
     ref = tmp_path / "ref"
-    assert run_cli(KILL_ARGS + [f"trainer.output_dir={ref}"]).returncode == 0
+    proc = run_cli(KILL_ARGS + [f"trainer.output_dir={ref}"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "phase1: 160 samples, mean difficulty 1, steps 0-2" in proc.stdout + proc.stderr
     # DeepSpeed's files written but not the RNG state or the marker; everything but the marker rename
     for point in ("after_engine_save", "before_marker_rename"):
         out = tmp_path / point
         args = KILL_ARGS + [f"trainer.output_dir={out}"]
         killed = run_cli(args, env={"CT_TRAIN_KILL_AT": f"{point}:4"})
         assert killed.returncode == -9, killed.stderr[-2000:]  # SIGKILL in the middle of step 4's save
-        assert (out / "checkpoints/step00000002/trainer_state.json").exists()
+        assert (out / "checkpoints/step00000003/trainer_state.json").exists()
         assert not (out / "checkpoints/step00000004/trainer_state.json").exists(), point
         resumed = run_cli(args)
         assert resumed.returncode == 0, resumed.stderr[-2000:]
-        assert "resumed from" in resumed.stdout + resumed.stderr and "at step 2" in resumed.stdout + resumed.stderr
+        assert "resumed from" in resumed.stdout + resumed.stderr and "at step 3" in resumed.stdout + resumed.stderr
         a, b = train_rows(ref), train_rows(out)
         assert sorted(b) == list(range(1, 7))
         for step in a:
             assert b[step]["loss"] == pytest.approx(a[step]["loss"], rel=1e-5, abs=1e-6), (point, step)
+            assert b[step]["lr"] == pytest.approx(a[step]["lr"], rel=1e-9)
+            assert b[step]["curriculum/phase"] == (1 if step <= 2 else 2 if step <= 5 else 3)
         assert (out / "samples.rank0.jsonl").read_text() == (ref / "samples.rank0.jsonl").read_text()
+
+    # Phase k trains skill level k only, easy to hard.
+    for line in (ref / "samples.rank0.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        phase = 1 if rec["step"] <= 2 else 2 if rec["step"] <= 5 else 3
+        assert {i.split("-L")[1].split("-")[0] for i in rec["ids"]} == {str(phase)}
+    # The LR schedule restarts at each phase's start (the lr logged after step s is the one of step s+1).
+    tr = load_config(str(ref / "config.yaml")).trainer
+    schedule = lr_lambda(tr, 6, restarts=[2, 5])
+    rows = train_rows(ref)
+    assert [rows[s]["lr"] for s in range(1, 6)] == pytest.approx([tr.lr * schedule(s) for s in range(1, 6)], rel=1e-9)
+    assert rows[4]["lr"] < rows[3]["lr"] and rows[5]["lr"] > rows[4]["lr"]  # decays in phase 2, up for phase 3
+    # An eval and a checkpoint at every phase's end; the rotation keeps those (keep_last_checkpoints=1).
+    ends = {r["step"]: r for r in metrics(out) if "curriculum/stage_end" in r}
+    assert sorted(ends) == [2, 5, 6] and all("eval/loss" in r for r in ends.values())
+    ref_ends = {r["step"]: r for r in metrics(ref) if "curriculum/stage_end" in r}
+    assert ends[5]["eval/loss"] == pytest.approx(ref_ends[5]["eval/loss"], rel=1e-5)
+    assert stage_boundaries(metrics(out)) == [(2, "phase 2"), (5, "phase 3")]  # drawn on the loss plots
+    kept = {d: sorted(int(p.name[4:]) for p in (d / "checkpoints").glob("step*")) for d in (ref, out)}
+    assert kept == {ref: [2, 5, 6], out: [2, 3, 5, 6]}  # (the resumed run also keeps its start, step 3)
 
 
 @pytest.fixture
