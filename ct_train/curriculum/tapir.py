@@ -106,7 +106,8 @@ class TapirConfig(CurriculumConfig):
             raise ConfigError(f"curriculum.default_task_weight={self.default_task_weight!r} must be >= 0")
 
     def difficulty_source(self) -> str:
-        return "none"  # per round, at the round's start (stage_candidates / begin_stage)
+        # data: the trainer checks every sample has one before training; else scored per round
+        return "data" if self.difficulty == "data" else "none"
 
     def sets_length(self) -> bool:
         return all(r.steps for r in self.rounds)
@@ -155,6 +156,9 @@ class TapirCurriculum:
             "round", len(cfg.rounds), total_steps, np.ones(len(cfg.rounds)), steps, None, global_batch_size
         )
         self.stages = stages_from_lengths("round", lengths, rewarm=cfg.lr_schedule == "rewarm")
+        for k in range(len(cfg.rounds)):  # a round that must use the data's difficulty fails now, not later
+            if cfg.difficulty == "data":
+                self.stage_candidates(k)
         self.current = -1
         self.round_pools: Dict[str, np.ndarray] = {}
         self.weights: Dict[str, float] = {}

@@ -172,6 +172,11 @@ def prepare_data(
             "no training sample left after tokenisation (all longer than data.max_seq_len "
             f"={cfg.max_seq_len} with data.truncation=drop?)"
         )
+    if stats["train_no_target"] == len(train):
+        raise DataError(
+            f"no training sample keeps a response token within data.max_seq_len={cfg.max_seq_len} (the prompt and "
+            "template fill it); raise data.max_seq_len"
+        )
     evals = (
         _tokenize(split["eval"], template, tokenizer, cfg, stats, "eval", response_only, keep_text)
         if split["eval"] is not None

@@ -154,3 +154,17 @@ def test_real_self_instruct_seed_tasks(shared_data):
     ds, stats = _load(path)
     assert stats["records"] + stats["skipped_bad"] == sum(len(t["instances"]) for t in tasks)
     assert set(ds["cluster"]) == {t["name"] for t in tasks}  # the task name is the cluster
+
+
+def test_no_response_token_within_max_seq_len_is_an_error_not_a_silent_zero_loss(tmp_path):
+    from ct_train.config import DataConfig
+    from ct_train.data import byte_tokenizer, prepare_data
+
+    f = _write_jsonl(tmp_path / "a.jsonl", [{"prompt": "Add 2 and 3", "response": "5"}] * 3)
+    cfg = DataConfig(name="jsonl", path=str(f), eval_fraction=0.0, max_seq_len=40)  # the template alone is longer
+    with pytest.raises(DataError, match="no training sample keeps a response token within data.max_seq_len=40"):
+        prepare_data(cfg, byte_tokenizer())
+    assert (
+        prepare_data(DataConfig(name="jsonl", path=str(f), eval_fraction=0.0), byte_tokenizer()).train.n_target.min()
+        > 0
+    )

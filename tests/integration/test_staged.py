@@ -5,6 +5,7 @@ tests/integration/test_faults.py::test_kill_at_any_point_of_a_save_resumes_from_
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import FAST, run_cli
@@ -41,29 +42,25 @@ def _steps(out: Path, ranks=(0,)) -> dict:
     return by_step
 
 
-def _judged(path: Path, prefix: str, n_per_cluster: int):
-    """Records of 3 clusters whose judge gap (teacher - student) is 3 (hard) on every other record."""
+def _judged(path: Path, prefix: str, n_per_cluster: int, judged: bool = True):
+    """Records of 3 clusters whose judge gap (teacher - student) is 3 (hard) on every other record
+    (without judge scores when not `judged`)."""
     hard = {}
     with path.open("w") as f:
         for task in ("math", "code", "chat"):
             for i in range(n_per_cluster):
                 rid = f"{prefix}-{task}-{i}"
                 hard[rid] = i % 2 == 0
-                rec = {
-                    "id": rid,
-                    "prompt": f"{task} {i}",
-                    "response": f"ok {i}",
-                    "task": task,
-                    "teacher_score": 8,
-                    "student_score": 5 if hard[rid] else 8,
-                }
+                rec = {"id": rid, "prompt": f"{task} {i}", "response": f"ok {i}", "task": task}
+                if judged:
+                    rec.update(teacher_score=8, student_score=5 if hard[rid] else 8)
                 f.write(json.dumps(rec) + "\n")
     return hard
 
 
 def test_tapir_rounds_train_the_planned_hard_share_and_task_ratio_on_two_ranks(tmp_path):
     hard = _judged(tmp_path / "base.jsonl", "b", 40)
-    hard.update(_judged(tmp_path / "r3.jsonl", "r3", 12))
+    _judged(tmp_path / "r3.jsonl", "r3", 12, judged=False)  # no judge scores: scored by the model's loss
     out = tmp_path / "tapir"
     _ok(
         run_cli(
@@ -75,9 +72,9 @@ def test_tapir_rounds_train_the_planned_hard_share_and_task_ratio_on_two_ranks(t
                 "data.cluster_field=task",
                 "data.judge_fields=[teacher_score,student_score]",
                 "data.eval_fraction=0.1",
-                "data.max_seq_len=64",
+                "data.max_seq_len=256",
                 "curriculum=tapir",
-                "curriculum.difficulty=data",
+                "curriculum.difficulty=auto",
                 "curriculum.delta=1",
                 "curriculum.rounds=[{steps: 3, alpha: 0.25}, {steps: 3, alpha: 0.75}, "
                 f"{{steps: 2, alpha: 0.5, data: {tmp_path / 'r3.jsonl'}}}]",
@@ -100,10 +97,18 @@ def test_tapir_rounds_train_the_planned_hard_share_and_task_ratio_on_two_ranks(t
         alpha = 0.25 if s <= 3 else 0.75 if s <= 6 else 0.5
         tasks = [i.split("-")[1] for i in ids]
         assert {t: tasks.count(t) for t in ("math", "code", "chat")} == {"math": 8, "code": 4, "chat": 4}
-        for task, n in (("math", 8), ("code", 4), ("chat", 4)):  # alpha of each cluster's share is hard
-            assert sum(hard[i] for i, t in zip(ids, tasks) if t == task) == alpha * n
         assert all(i.startswith("r3-") for i in ids) == (s > 6)  # round 3 draws only from its own file
+        for task, n in (("math", 8), ("code", 4), ("chat", 4)):  # alpha of each cluster's share is hard
+            if s <= 6:
+                assert sum(hard[i] for i, t in zip(ids, tasks) if t == task) == alpha * n
     rows = train_rows(out)
     assert [rows[s]["curriculum/round"] for s in range(1, 9)] == [1, 1, 1, 2, 2, 2, 3, 3]
     ends = [r["step"] for r in metrics(out) if "curriculum/stage_end" in r]
     assert ends == [3, 6, 8]
+    # Round 3's file has no judge scores (difficulty=auto): both ranks scored it with the model of
+    # step 6; every loss is above delta=1, so the whole round draws from its hard pools.
+    scores = np.load(out / "stage_scores" / "round3.npy")
+    assert len(scores) == 36 and (scores > 1).all()
+    start = {k: v for r in metrics(out) for k, v in r.items() if k.startswith("curriculum/round3/")}
+    assert (start["curriculum/round3/hard"], start["curriculum/round3/easy"]) == (36, 0)
+    assert not (out / "stage_scores" / "round1.npy").exists()  # rounds 1 and 2 used the judge gap
