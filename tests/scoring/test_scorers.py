@@ -87,10 +87,10 @@ def test_the_data_fingerprint_changes_with_the_tokens(tmp_path):
     a = data_fingerprint(_prepare(f).train.dataset)
     assert data_fingerprint(_prepare(f).train.dataset) == a
     changed = [dict(JUDGED[0], response="6")] + JUDGED[1:]
-    assert data_fingerprint(_prepare(_write(tmp_path / "a.jsonl", changed)).train.dataset) != a
-    cfg = DataConfig(name="jsonl", path=str(f), eval_fraction=0.0, max_seq_len=8)
-    short = prepare_data(cfg, byte_tokenizer())
-    assert data_fingerprint(short.train.dataset) != a  # data.max_seq_len cut the tokens
+    assert data_fingerprint(_prepare(_write(tmp_path / "b.jsonl", changed)).train.dataset) != a
+    longest = max(len(ids) for ids in _prepare(f).train.dataset["input_ids"])
+    cfg = DataConfig(name="jsonl", path=str(f), eval_fraction=0.0, max_seq_len=longest - 2)
+    assert data_fingerprint(prepare_data(cfg, byte_tokenizer()).train.dataset) != a  # data.max_seq_len cut tokens
 
 
 def test_the_model_fingerprint_names_the_weights(tmp_path):
