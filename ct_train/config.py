@@ -27,6 +27,15 @@ def _positive(key: str, value: float, allow_zero: bool = False) -> None:
         raise ConfigError(f"{key}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
 
 
+def check_cluster_weights(key: str, weights: Any) -> None:
+    """A `cluster -> weight >= 0` mapping (or None); ConfigError naming the key otherwise."""
+    if weights is not None and not isinstance(weights, dict):
+        raise ConfigError(f"{key} must map cluster names to weights, got {weights!r}")
+    for cluster, w in (weights or {}).items():
+        if not isinstance(w, (int, float)) or w < 0:
+            raise ConfigError(f"{key}.{cluster}={w!r} must be a number >= 0")
+
+
 def as_path_list(key: str, value: Any) -> List[str]:
     """A data path setting (one string or a list of strings) as a list; ConfigError otherwise."""
     if value is None:

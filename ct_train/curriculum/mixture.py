@@ -15,7 +15,7 @@ from typing import Any, Dict
 
 import numpy as np
 
-from ct_train.config import CurriculumConfig
+from ct_train.config import CurriculumConfig, check_cluster_weights
 from ct_train.curriculum.base import ClusterStats, DataIndex, Plan, register
 from ct_train.errors import ConfigError
 
@@ -29,11 +29,7 @@ class MixtureConfig(CurriculumConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.weights is not None and not isinstance(self.weights, dict):
-            raise ConfigError(f"curriculum.weights must map cluster names to weights, got {self.weights!r}")
-        for cluster, w in (self.weights or {}).items():
-            if not isinstance(w, (int, float)) or w < 0:
-                raise ConfigError(f"curriculum.weights.{cluster}={w!r} must be a number >= 0")
+        check_cluster_weights("curriculum.weights", self.weights)
         if self.default_weight < 0:
             raise ConfigError(f"curriculum.default_weight={self.default_weight!r} must be >= 0")
         if self.temperature <= 0:

@@ -37,7 +37,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from ct_train.config import CurriculumConfig, as_path_list
+from ct_train.config import CurriculumConfig, as_path_list, check_cluster_weights
 from ct_train.curriculum.base import (
     ClusterStats,
     DataIndex,
@@ -96,12 +96,7 @@ class TapirConfig(CurriculumConfig):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ConfigError(f"curriculum.{key}={getattr(self, key)!r} must be in [0, 1]")
         for key in ("task_weights", "loss_weights"):
-            weights = getattr(self, key)
-            if weights is not None and not isinstance(weights, dict):
-                raise ConfigError(f"curriculum.{key} must map cluster names to weights, got {weights!r}")
-            for cluster, w in (weights or {}).items():
-                if not isinstance(w, (int, float)) or w < 0:
-                    raise ConfigError(f"curriculum.{key}.{cluster}={w!r} must be a number >= 0")
+            check_cluster_weights(f"curriculum.{key}", getattr(self, key))
         if self.default_task_weight < 0:
             raise ConfigError(f"curriculum.default_task_weight={self.default_task_weight!r} must be >= 0")
 
