@@ -161,7 +161,7 @@ def prepare_data(
     else:
         split = _split_eval(examples, cfg.eval_fraction, cfg.eval_max_per_cluster)
     for part, paths in (parts or {}).items():
-        key = f"curriculum part {part}"
+        key = f"{part} data (curriculum.rounds)"  # a TAPIR round's own file
         files = [FileSpec(f.path, part=part) for f in expand(key, as_path_list(key, paths))]
         part_examples, part_stats = load_examples(files, **load)
         stats[f"{part}_records"] = part_stats["records"]
