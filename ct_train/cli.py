@@ -53,6 +53,10 @@ def _run(cfg) -> None:
             from ct_train.scoring import score
 
             score(typed, resolved)
+        elif typed.mode == "interaction":
+            from ct_train.interaction import measure
+
+            measure(typed, resolved)
         else:
             from ct_train.trainer import train
 

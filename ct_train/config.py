@@ -114,6 +114,9 @@ class DataConfig:
     eval_fraction: float = 0.02
     eval_max_per_cluster: int = 64
     exact_match: bool = False  # report eval/<cluster>/exact_match (greedy decoding == reference)
+    # Each cluster becomes one cluster per difficulty level, `<cluster>/L<level>` (e.g. add/L1): for
+    # curricula over (task, level) categories such as beyond_iid's interaction matrix.
+    split_by_difficulty: bool = False
     num_proc: int = 1
     skills: SkillsConfig = field(default_factory=SkillsConfig)
 
@@ -227,6 +230,7 @@ class TrainerConfig:
     seed: int = 42
     log_samples: bool = False
     export_final: bool = True
+    save_final: bool = True  # false: no checkpoint at the end (short probe runs that only report)
     dist_timeout_s: int = 600
     on_nonfinite: str = "stop"  # stop | skip (discard that step's update and go on)
     max_skipped_steps: int = 10  # with skip: stop once this many steps were skipped
@@ -303,6 +307,45 @@ class ScoringConfig:
 
 
 @dataclass
+class InteractionConfig:
+    """`mode=interaction`: measure how training on one category changes the held-out loss of each
+    other (ct_train.interaction). Categories are the data's clusters (with data.split_by_difficulty,
+    one per cluster and level). Writes <trainer.output_dir>/interaction.json and interaction.png.
+
+    probe: K+1 short runs from the same starting model through the trainer: the base mix, and for
+    each category k the same batches plus `extra` x global_batch_size samples of k; E[j][k] = loss
+    of j after probe k minus after the base run. gradient: cosine (or dot) similarity of per-category
+    mean gradients over the parameters matching `params`; E[j][k] = -similarity. both: both, and how
+    well they agree (Spearman's rank correlation of the off-diagonal entries).
+    """
+
+    method: str = "probe"  # probe | gradient | both
+    warmup_steps: int = 0  # base-mix steps before the probes fork (0: the starting model itself)
+    probe_steps: int = 20
+    extra: float = 0.5  # samples of the probed category added to every batch, as a share of the batch
+    base_weights: Any = None  # cluster -> weight of the base mix; None: proportional to size (IID)
+    seeds: int = 1  # repeat the probes with this many seeds and average (and report the spread)
+    params: List[str] = field(default_factory=lambda: ["*"])  # fnmatch patterns over parameter names
+    grad_samples: int = 64  # samples per category for its mean gradient
+    sketch_dim: int = 65536  # count-sketch buckets for the gradients (0: exact vectors)
+    similarity: str = "cosine"  # cosine | dot
+
+    def validate(self) -> None:
+        _choice("interaction.method", self.method, ("probe", "gradient", "both"))
+        _choice("interaction.similarity", self.similarity, ("cosine", "dot"))
+        _positive("interaction.warmup_steps", self.warmup_steps, allow_zero=True)
+        _positive("interaction.probe_steps", self.probe_steps)
+        _positive("interaction.seeds", self.seeds)
+        _positive("interaction.grad_samples", self.grad_samples)
+        _positive("interaction.sketch_dim", self.sketch_dim, allow_zero=True)
+        if self.extra <= 0:
+            raise ConfigError(f"interaction.extra={self.extra!r} must be > 0")
+        check_cluster_weights("interaction.base_weights", self.base_weights)
+        if not self.params or not all(isinstance(p, str) and p for p in self.params):
+            raise ConfigError(f"interaction.params={list(self.params)!r} must list parameter-name patterns")
+
+
+@dataclass
 class LoggerConfig:
     """metrics.jsonl is always written; `name=wandb` adds W&B on rank 0."""
 
@@ -321,7 +364,8 @@ class LoggerConfig:
 
 @dataclass
 class Config:
-    """The whole run. `mode` selects what the CLI does: train, or score (write a scored dataset)."""
+    """The whole run. `mode` selects what the CLI does: train, score (write a scored dataset), or
+    interaction (measure the category interaction matrix)."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -330,11 +374,12 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
-    mode: str = "train"  # train | score (ct-train-score)
+    interaction: InteractionConfig = field(default_factory=InteractionConfig)
+    mode: str = "train"  # train | score (ct-train-score) | interaction (ct_train.interaction)
 
     def validate(self) -> None:
         """Every section's checks; raises ConfigError naming the first bad key."""
-        _choice("mode", self.mode, ("train", "score"))
+        _choice("mode", self.mode, ("train", "score", "interaction"))
         if self.trainer.max_steps == -1 and self.mode == "train" and not self.curriculum.sets_length():
             raise ConfigError(
                 "trainer.max_steps=-1 needs a curriculum that sets the run's length (curriculum=phased with "
@@ -349,6 +394,7 @@ class Config:
             self.trainer,
             self.logger,
             self.scoring,
+            self.interaction,
         ):
             section.validate()
 

@@ -106,8 +106,9 @@ def curriculum_difficulty(cfg: Config, engine: Engine, split, pad_id: int, outpu
     return losses
 
 
-def train(cfg: Config, resolved: Dict[str, Any]) -> Dict[str, Any]:
-    """Run training as configured; returns the summary (final eval, paths). Call on every rank."""
+def train(cfg: Config, resolved: Dict[str, Any], report: bool = True) -> Dict[str, Any]:
+    """Run training as configured; returns the summary (final eval, paths). Call on every rank.
+    `report`: print the end-of-run table (the interaction probes run many short trainings quietly)."""
     tr = cfg.trainer
     dist.init(tr.dist_timeout_s)
     world, rank = dist.world_size(), dist.rank()
@@ -391,7 +392,7 @@ def train(cfg: Config, resolved: Dict[str, Any]) -> Dict[str, Any]:
 
         state.last_eval = run_eval()
         log.log(state.step, {**state.last_eval, **({"curriculum/stage_end": len(stages)} if stages else {})})
-        if not os.path.exists(
+        if tr.save_final and not os.path.exists(
             os.path.join(checkpoint.checkpoints_dir(output_dir), checkpoint.tag_for(state.step), checkpoint.STATE_FILE)
         ):
             save()  # (a resumed, already finished run keeps its final checkpoint untouched)
@@ -416,7 +417,7 @@ def train(cfg: Config, resolved: Dict[str, Any]) -> Dict[str, Any]:
         "final_eval": state.last_eval,
         "clusters": data.clusters,
     }
-    if dist.is_main():
+    if dist.is_main() and report:
         print(format_summary(summary), flush=True)
     return summary
 

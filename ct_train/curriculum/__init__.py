@@ -12,7 +12,7 @@ from typing import Any
 from ct_train.curriculum.base import ALL, CURRICULA, ClusterStats, Curriculum, DataIndex, Plan, register
 
 # Importing the strategy modules registers them.
-from ct_train.curriculum import iid, it2acl, mixture, odm, phased, tapir  # noqa: E402,F401  isort: skip
+from ct_train.curriculum import beyond_iid, iid, it2acl, mixture, odm, phased, tapir  # noqa: E402,F401  isort: skip
 
 
 def build_curriculum(cfg: Any, index: DataIndex, seed: int, total_steps: int, global_batch_size: int = 0) -> Curriculum:

@@ -5,7 +5,10 @@ LLaMA-Factory offer.
 other cluster `curriculum.default_weight` (0 leaves it out). Without `weights`, cluster i is drawn
 with probability proportional to size_i ** (1 / temperature): temperature 1 is proportional to size
 (IID in expectation), a large temperature is uniform over clusters (the multilingual-LM recipe).
-Each sample of the global batch picks its cluster independently from these probabilities.
+Each sample of the global batch picks its cluster independently from these probabilities; with
+`curriculum.exact=true` every batch is split in proportion to them instead (each cluster's share
+rounded down or up, unbiased), which removes the composition noise of short runs (the interaction
+probes use it).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ class MixtureConfig(CurriculumConfig):
     weights: Any = None  # cluster -> relative weight (`Any`, so `curriculum.weights={a: 1}` merges)
     default_weight: float = 1.0
     temperature: float = 1.0
+    exact: bool = False  # split every batch by the weights (systematic rounding), not a draw per sample
 
     def validate(self) -> None:
         super().validate()
@@ -55,12 +59,13 @@ class MixtureCurriculum:
         if total <= 0:
             raise ConfigError("curriculum.weights give every cluster with training samples weight 0")
         self.probs = {c: w / total for c, w in raw.items() if w > 0}
+        self.exact = cfg.exact
 
     def pools(self) -> Dict[str, np.ndarray]:
         return {c: idx for c, idx in self.index.cluster_pools().items() if c in self.probs}
 
     def plan(self, step: int) -> Plan:
-        return Plan(weights=dict(self.probs), info={f"prob/{c}": p for c, p in self.probs.items()})
+        return Plan(weights=dict(self.probs), info={f"prob/{c}": p for c, p in self.probs.items()}, exact=self.exact)
 
     def observe(self, step: int, stats: ClusterStats) -> Dict[str, float]:
         return {}

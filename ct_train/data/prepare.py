@@ -18,6 +18,7 @@ from ct_train.data.loading import FileSpec, expand, load_examples
 from ct_train.data.templates import resolve_template, tokenize_example
 from ct_train.errors import DataError
 
+MAX_LEVELS_PER_CLUSTER = 20  # data.split_by_difficulty: more distinct values than this is not a level scale
 TOKEN_COLUMNS = ["id", "cluster", "difficulty", "part", "input_ids", "labels", "n_target"]
 TEXT_COLUMNS = ["prompt", "input", "response", "messages", "source"]
 
@@ -156,14 +157,22 @@ def prepare_data(
         eval_examples, eval_stats = load_examples(specs["eval"], **load)
         stats["eval_records"] = eval_stats["records"]
         stats["eval_skipped_bad"] = eval_stats["skipped_bad"]
+        if cfg.split_by_difficulty:
+            examples, eval_examples = split_by_level(examples), split_by_level(eval_examples)
         eval_examples = _cap_per_cluster(eval_examples, cfg.eval_max_per_cluster)
         split = {"train": examples, "eval": eval_examples}
     else:
-        split = _split_eval(examples, cfg.eval_fraction, cfg.eval_max_per_cluster)
+        split = _split_eval(
+            split_by_level(examples) if cfg.split_by_difficulty else examples,
+            cfg.eval_fraction,
+            cfg.eval_max_per_cluster,
+        )
     for part, paths in (parts or {}).items():
         key = f"{part} data (curriculum.rounds)"  # a TAPIR round's own file
         files = [FileSpec(f.path, part=part) for f in expand(key, as_path_list(key, paths))]
         part_examples, part_stats = load_examples(files, **load)
+        if cfg.split_by_difficulty:
+            part_examples = split_by_level(part_examples)
         stats[f"{part}_records"] = part_stats["records"]
         split["train"] = datasets.concatenate_datasets([split["train"], part_examples])
     train = _tokenize(split["train"], template, tokenizer, cfg, stats, "train", response_only, keep_text)
@@ -192,6 +201,29 @@ def prepare_data(
         template=template,
         stats=stats,
     )
+
+
+def level_name(cluster: str, difficulty: float) -> str:
+    """The cluster of one difficulty level under data.split_by_difficulty: `add/L1`, `qa/L3.5`."""
+    return f"{cluster}/L{difficulty:g}"
+
+
+def split_by_level(examples: Any) -> Any:
+    """`data.split_by_difficulty`: every record's cluster becomes `<cluster>/L<difficulty>` (records
+    without a difficulty keep theirs). DataError when a cluster's difficulty is not a few levels."""
+    clusters, difficulty = examples["cluster"], examples["difficulty"]
+    levels: Dict[str, set] = {}
+    for c, d in zip(clusters, difficulty):
+        if d is not None:
+            levels.setdefault(c, set()).add(d)
+    for c, values in levels.items():
+        if len(values) > MAX_LEVELS_PER_CLUSTER:
+            raise DataError(
+                f"data.split_by_difficulty: cluster {c!r} has {len(values)} distinct difficulty values; it needs "
+                f"discrete levels (at most {MAX_LEVELS_PER_CLUSTER} per cluster), e.g. the 1-5 judge scale"
+            )
+    names = [c if d is None else level_name(c, d) for c, d in zip(clusters, difficulty)]
+    return examples.remove_columns("cluster").add_column("cluster", names)
 
 
 def _cap_per_cluster(examples: Any, cap: int) -> Any:

@@ -1,0 +1,213 @@
+"""`ct-train mode=interaction`: how instruction categories help or hurt each other (Beyond IID, step 1).
+
+    ct-train mode=interaction data.split_by_difficulty=true interaction.method=both \
+        interaction.warmup_steps=100 interaction.probe_steps=30 trainer.output_dir=outputs/interaction
+
+Writes into trainer.output_dir: `interaction.json` (the categories, the effect matrix E with
+E[j][k] = change of category j's held-out loss caused by training on category k, per method, and how
+the two methods agree), `interaction.png` (heatmaps), the probe runs under `probes/` and the warmup
+run under `warmup/`. `curriculum=beyond_iid curriculum.interaction_file=.../interaction.json` reads it.
+
+Zhao et al. (2024) measure interactions between instruction categories and choose and order the data
+by them; their exact protocol was not available to us. Inferred, each a config key (InteractionConfig):
+- categories are the data's clusters; `data.split_by_difficulty=true` makes (cluster, level) pairs,
+  which is how "single-digit addition helps multi-digit addition" becomes measurable;
+- the probes start from the same model: `model.*` itself, or that model after `warmup_steps` on the
+  base mix (exported, then every probe starts from it with a fresh optimizer and LR schedule);
+- a probe adds `extra` x global batch samples of its category to every base batch (probe.py);
+- the gradient estimate is the negative cosine similarity of mean gradients (gradient.py);
+- agreement is Spearman's rank correlation of the off-diagonal entries (the diagonal, "k helps k",
+  agrees trivially and would inflate it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from ct_train import distributed as dist
+from ct_train.config import Config
+from ct_train.errors import ConfigError
+
+FILE = "interaction.json"
+VERSION = 1
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> Dict[str, float]:
+    """Spearman's rank correlation of two K x K matrices over their off-diagonal entries (and all)."""
+    from scipy.stats import spearmanr
+
+    off = ~np.eye(len(a), dtype=bool)
+    r_off = spearmanr(a[off], b[off]) if off.sum() > 2 else None
+    r_all = spearmanr(a.ravel(), b.ravel())
+    return {
+        "spearman_offdiag": float(r_off.statistic) if r_off is not None else float("nan"),
+        "p_offdiag": float(r_off.pvalue) if r_off is not None else float("nan"),
+        "spearman_all": float(r_all.statistic),
+        "n_offdiag": int(off.sum()),
+    }
+
+
+def _matrix(m: Optional[np.ndarray]) -> Optional[List[List[float]]]:
+    return None if m is None else [[round(float(v), 6) for v in row] for row in m]
+
+
+def heatmap(path: str, categories: List[str], matrices: Dict[str, np.ndarray], title: str) -> None:
+    """One panel per method: rows j (affected), columns k (trained on); blue = helps (E < 0)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(matrices)
+    size = max(4.0, 0.45 * len(categories) + 2)
+    fig, axes = plt.subplots(1, n, figsize=(size * n + 1, size), squeeze=False)
+    for ax, (name, m) in zip(axes[0], matrices.items()):
+        lim = float(np.nanmax(np.abs(m))) or 1.0
+        im = ax.imshow(m, cmap="RdBu_r", vmin=-lim, vmax=lim)
+        ax.set_xticks(range(len(categories)), categories, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(categories)), categories, fontsize=7)
+        ax.set_xlabel("trained on k")
+        ax.set_ylabel("held-out loss of j")
+        ax.set_title(name, fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _prepare_root(cfg: Config, resolved: Dict[str, Any]) -> str:
+    """trainer.output_dir, created and checked before any work. Its config goes to
+    interaction.config.yaml, so a training run's config.yaml in the same directory is left alone."""
+    import yaml
+
+    from ct_train import checkpoint
+
+    out = os.path.abspath(os.path.expanduser(cfg.trainer.output_dir))
+    try:
+        checkpoint.make_writable_dir(out)
+    except OSError as e:
+        raise ConfigError(f"trainer.output_dir={cfg.trainer.output_dir} is not writable ({e.strerror})") from None
+    with open(os.path.join(out, "interaction.config.yaml"), "w") as f:
+        yaml.safe_dump(resolved, f, sort_keys=False)
+    return out
+
+
+def measure(cfg: Config, resolved: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Measure the interaction matrix as configured and write it (rank 0); call on every rank."""
+    from ct_train.data import load_tokenizer, prepare_data
+    from ct_train.interaction import gradient, probe
+
+    ic = cfg.interaction
+    dist.init(cfg.trainer.dist_timeout_s)
+    t0 = time.perf_counter()
+    root = dist.on_main(lambda: _prepare_root(cfg, resolved or {}))
+
+    def log(message: str) -> None:
+        dist.print0(f"interaction: {message}")
+
+    tokenizer = load_tokenizer(cfg.model.tokenizer, cfg.model.path)
+    data = dist.main_first(lambda: prepare_data(cfg.data, tokenizer))
+    sizes_all = np.bincount(data.train.cluster_ids, minlength=len(data.clusters))
+    categories = [c for c, n in zip(data.clusters, sizes_all) if n > 0]
+    if len(categories) < 2:
+        raise ConfigError(f"mode=interaction needs at least two categories with training data, got {categories}")
+    if ic.base_weights:
+        unknown = sorted(set(ic.base_weights) - set(categories))
+        if unknown:
+            raise ConfigError(f"interaction.base_weights names unknown categories {unknown}; the data has {categories}")
+    sizes = np.array([sizes_all[data.clusters.index(c)] for c in categories])
+    log(f"{len(categories)} categories: {', '.join(categories)}")
+
+    start = cfg
+    start_name = cfg.model.path or f"{cfg.model.name} (seed {cfg.trainer.seed})"
+    if ic.warmup_steps:
+        import dataclasses
+
+        weights = probe.mixes(categories, sizes, ic.base_weights, cfg.trainer.global_batch_size, 0)["base"]
+        wcfg = probe.probe_config(cfg, weights, os.path.join(root, "warmup"), ic.warmup_steps, cfg.trainer.seed)
+        wcfg.trainer.export_final = True
+        final_dir = os.path.join(root, "warmup", "final")
+        log(f"warmup: {ic.warmup_steps} steps on the base mix -> {final_dir}")
+        probe.train_once(wcfg, {"weights": weights, "steps": ic.warmup_steps, "model": start_name})
+        start = dataclasses.replace(
+            cfg, model=dataclasses.replace(cfg.model, path=final_dir, architecture={}, tokenizer=None)
+        )
+        start_name = f"{start_name} + {ic.warmup_steps} warmup steps"
+        tokenizer = load_tokenizer(None, final_dir)
+
+    result: Dict[str, Any] = {
+        "version": VERSION,
+        "categories": categories,
+        "train_samples": dict(zip(categories, sizes.tolist())),
+        "start_model": start_name,
+        "config": {k: v for k, v in vars(ic).items()},
+    }
+    matrices: Dict[str, np.ndarray] = {}
+    if ic.method in ("probe", "both"):
+        p = probe.run_probes(start, categories, sizes, root, start_name, log)
+        matrices["probe"] = p["effect"]
+        result["probe"] = {
+            "effect": _matrix(p["effect"]),
+            "effect_std": _matrix(p["effect_std"]),
+            "base_loss": dict(zip(categories, [round(float(v), 6) for v in p["base_loss"]])),
+            "steps": ic.probe_steps,
+            "extra_samples_per_step": p["extra_samples"],
+            "seeds": ic.seeds,
+            "runs": p["runs"],
+        }
+    if ic.method in ("gradient", "both"):
+        g = gradient.category_gradients(start, data, tokenizer, categories, log)
+        sim = gradient.similarity(g["vectors"], ic.similarity)
+        matrices["gradient"] = -sim
+        result["gradient"] = {
+            "effect": _matrix(-sim),
+            "similarity": ic.similarity,
+            "parameters": g["parameters"],
+            "sketch_dim": None if g["exact"] else g["dim"],
+            "samples_per_category": g["samples"],
+        }
+    if len(matrices) == 2:
+        result["agreement"] = agreement(matrices["probe"], matrices["gradient"])
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    result["world_size"] = dist.world_size()
+    path = os.path.join(root, FILE)
+
+    def write() -> None:
+        with open(path + ".tmp", "w") as f:
+            json.dump(result, f, indent=1)
+        os.replace(path + ".tmp", path)
+        heatmap(
+            os.path.join(root, "interaction.png"),
+            categories,
+            {f"{name}: E[j][k]": m for name, m in matrices.items()},
+            f"interaction matrix ({start_name}); blue: training on k lowers j's held-out loss",
+        )
+        print(format_summary(result, path), flush=True)
+
+    dist.on_main(write)
+    return result
+
+
+def format_summary(result: Dict[str, Any], path: str) -> str:
+    """For each category, the categories that help it most (by the first method measured)."""
+    method = "probe" if "probe" in result else "gradient"
+    cats = result["categories"]
+    e = np.array(result[method]["effect"])
+    lines = [f"{'category':<20}helped most by ({method} estimate, E[j][k] < 0 helps)"]
+    for j, name in enumerate(cats):
+        order = [k for k in np.argsort(e[j]) if k != j and e[j][k] < 0][:3]
+        lines.append(f"{name[:19]:<20}" + (", ".join(f"{cats[k]} ({e[j][k]:+.3g})" for k in order) or "-"))
+    if "agreement" in result:
+        a = result["agreement"]
+        lines.append(
+            f"\nprobe vs gradient: Spearman {a['spearman_offdiag']:+.3f} over {a['n_offdiag']} off-diagonal "
+            f"entries (p = {a['p_offdiag']:.2g}; all entries {a['spearman_all']:+.3f})"
+        )
+    lines.append(f"{len(cats)} categories, {result['seconds']} s -> {path}")
+    return "\n".join(lines)
