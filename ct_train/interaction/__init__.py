@@ -182,16 +182,56 @@ def measure(cfg: Config, resolved: Optional[Dict[str, Any]] = None) -> Dict[str,
         with open(path + ".tmp", "w") as f:
             json.dump(result, f, indent=1)
         os.replace(path + ".tmp", path)
+        png = os.path.join(root, "interaction.png")
         heatmap(
-            os.path.join(root, "interaction.png"),
+            png,
             categories,
             {f"{name}: E[j][k]": m for name, m in matrices.items()},
             f"interaction matrix ({start_name}); blue: training on k lowers j's held-out loss",
         )
         print(format_summary(result, path), flush=True)
+        if cfg.logger.name == "wandb":
+            try:
+                log_wandb(cfg, root, resolved or {}, categories, matrices, result.get("agreement"), png)
+            except Exception as e:  # the measurement is on disk already; a W&B problem must not hide it
+                print(f"interaction: warning: W&B logging failed ({str(e).splitlines()[0]}); results: {path}")
 
     dist.on_main(write)
     return result
+
+
+def log_wandb(
+    cfg: Config,
+    root: str,
+    resolved: Dict[str, Any],
+    categories: List[str],
+    matrices: Dict[str, np.ndarray],
+    agreement_: Optional[Dict[str, float]],
+    png: str,
+) -> None:
+    """One W&B run (job_type `interaction`) with the heatmap, each matrix as a table (j, k, E) and
+    the agreement; the probes themselves log to their metrics.jsonl only."""
+    import wandb
+
+    lc = cfg.logger
+    run = wandb.init(
+        project=lc.project,
+        entity=lc.entity,
+        name=lc.run_name or f"interaction-{os.path.basename(root)}",
+        tags=[*lc.tags, "interaction"],
+        mode=lc.mode,
+        dir=root,
+        config=resolved,
+        job_type="interaction",
+    )
+    data: Dict[str, Any] = {"interaction/heatmap": wandb.Image(png)}
+    for name, m in matrices.items():
+        rows = [[cj, ck, float(m[j, k])] for j, cj in enumerate(categories) for k, ck in enumerate(categories)]
+        data[f"interaction/{name}"] = wandb.Table(columns=["j (held-out loss of)", "k (trained on)", "E"], data=rows)
+    for key, value in (agreement_ or {}).items():
+        data[f"interaction/agreement/{key}"] = value
+    run.log(data)
+    run.finish()
 
 
 def format_summary(result: Dict[str, Any], path: str) -> str:

@@ -46,7 +46,13 @@ def _ok(proc):
 def measured(tmp_path_factory):
     """One interaction pass (warmup, 5 probes, the gradient estimate) shared by the tests below."""
     out = tmp_path_factory.mktemp("interaction") / "ia"
-    _ok(run_cli(DATA + PROBE + ["interaction.method=both", f"trainer.output_dir={out}"]))
+    _ok(
+        run_cli(
+            DATA
+            + PROBE
+            + ["interaction.method=both", "logger=wandb", "logger.mode=offline", f"trainer.output_dir={out}"]
+        )
+    )
     return out
 
 
@@ -67,6 +73,7 @@ def test_interaction_matrix_shows_the_planted_dependency_and_beyond_iid_trains_o
     assert g[lk2, lk1] < 0 and np.allclose(np.diag(g), -1.0), g
     assert -1.0 <= result["agreement"]["spearman_offdiag"] <= 1.0
     assert (out / "interaction.png").stat().st_size > 10_000
+    assert len(list((out / "wandb").glob("offline-run-*/run-*.wandb"))) == 1  # heatmap + tables, offline
     assert len(list((out / "probes" / "seed42").glob("*/result.json"))) == len(CATS) + 1
 
     # The same command again reads every finished probe back instead of training it (the gradient
