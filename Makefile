@@ -4,7 +4,8 @@
 #   make lint             ruff
 # Variables: PYTHON (the interpreter to build .venv from), TORCH (the torch requirement installed
 # first: the default is the CPU build present on our machines; on a GPU box use e.g. TORCH=torch),
-# NPROC (ranks for `make train`), CURRICULUM (the strategy `make train` uses: it2acl, iid, mixture, odm, phased, tapir),
+# NPROC (ranks for `make train`), CURRICULUM (the strategy `make train` uses: it2acl, iid, mixture, odm, phased, tapir,
+# beyond_iid with ARGS="data.split_by_difficulty=true curriculum.interaction_file=..." from `ct-train mode=interaction`),
 # ARGS (extra Hydra overrides for `make train`).
 
 PYTHON ?= python3

@@ -14,7 +14,10 @@ is inferred, and each choice is a key:
   or auto = probe when present). Benefit B = -E; category k's benefit per sample is
   b_k = sum_j w_j B[j][k] with w_j = `target_weights` (default `default_target_weight` for all).
 - `mix=lp` solves lp_mix.solve_mix: `budget` samples in all (default every sample), `min_samples`,
-  `share_bounds` ({category: [low, high]} shares of the kept set); `mix=all` keeps every sample.
+  `share_bounds` ({category: [low, high]} shares of the kept set; `default_share_bounds` for the
+  others). The objective is linear, so without share bounds the LP keeps every sample of a category
+  with a positive benefit and none of one without (no diminishing returns); bounds such as
+  `default_share_bounds=[0.02,0.1]` keep every category in the mix. `mix=all` keeps every sample.
   Which samples of a category are kept: `selection` = random | easiest | hardest (by the data's
   difficulty, or the initial model's loss with `difficulty=initial_loss`).
 - The taxonomy is `prerequisites` ({category: [its prerequisites]}) or derived from B
@@ -64,6 +67,7 @@ class BeyondIIDConfig(CurriculumConfig):
     budget: Optional[int] = None  # samples kept in all; None: up to every sample
     min_samples: Any = None  # category -> minimum kept
     share_bounds: Any = None  # category -> [low, high] share of the kept samples
+    default_share_bounds: Optional[List[float]] = None  # [low, high] for categories not in share_bounds
     selection: str = "random"  # random | easiest | hardest: which samples of a category are kept
     difficulty: str = "data"  # for easiest/hardest: data | initial_loss
     prerequisites: Any = None  # category -> [prerequisite categories]; None: derived from the matrix
@@ -102,6 +106,10 @@ class BeyondIIDConfig(CurriculumConfig):
             for c, b in self.share_bounds.items():
                 if not (isinstance(b, (list, tuple)) and len(b) == 2 and all(isinstance(v, (int, float)) for v in b)):
                     raise ConfigError(f"curriculum.share_bounds.{c}={b!r} must be [low, high]")
+        if self.default_share_bounds is not None and len(self.default_share_bounds) != 2:
+            raise ConfigError(
+                f"curriculum.default_share_bounds={list(self.default_share_bounds)!r} must be [low, high]"
+            )
         if self.prerequisites is not None and not isinstance(self.prerequisites, dict):
             raise ConfigError(
                 f"curriculum.prerequisites must map categories to lists of categories, got {self.prerequisites!r}"
@@ -173,7 +181,8 @@ class BeyondIIDCurriculum:
             w = np.array([float((cfg.target_weights or {}).get(c, cfg.default_target_weight)) for c in cats])
             per_sample = w @ self.benefit  # b_k = sum_j w_j B[j][k]
             mins = np.array([float((cfg.min_samples or {}).get(c, 0)) for c in cats])
-            shares = np.array([list((cfg.share_bounds or {}).get(c, [0.0, 1.0])) for c in cats], dtype=np.float64)
+            default = list(cfg.default_share_bounds) if cfg.default_share_bounds is not None else [0.0, 1.0]
+            shares = np.array([list((cfg.share_bounds or {}).get(c, default)) for c in cats], dtype=np.float64)
             solution = lp_mix.solve_mix(per_sample, available, cats, cfg.budget, mins, shares)
             counts = solution.counts
             self.objective = solution.objective

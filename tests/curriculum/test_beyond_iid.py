@@ -191,3 +191,16 @@ def test_matrix_from_other_data_is_refused(tmp_path):
     cfg = BeyondIIDConfig(interaction_file=str(tmp_path / "missing.json"))
     with pytest.raises(ConfigError, match="missing.json: no such file"):
         cfg.validate()
+
+
+def test_default_share_bounds_keep_every_category_in_the_mix(tmp_path):
+    index = make_index([30, 30, 30, 30])
+    benefit = chain_benefit()
+    benefit[:, 3] = -1.0  # d hurts everything: without bounds the LP drops it
+    path = write_matrix(tmp_path, index.clusters, benefit)
+    free = build_curriculum(BeyondIIDConfig(interaction_file=path), index, seed=0, total_steps=10, global_batch_size=4)
+    assert free.counts["d"] == 0
+    cfg = BeyondIIDConfig(interaction_file=path, default_share_bounds=[0.1, 0.4])
+    bounded = build_curriculum(cfg, index, seed=0, total_steps=10, global_batch_size=4)
+    total = sum(bounded.counts.values())
+    assert bounded.counts["d"] >= int(0.1 * total) and max(bounded.counts.values()) <= 0.4 * total + 1
