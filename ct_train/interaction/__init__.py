@@ -122,6 +122,8 @@ def measure(cfg: Config, resolved: Optional[Dict[str, Any]] = None) -> Dict[str,
         if unknown:
             raise ConfigError(f"interaction.base_weights names unknown categories {unknown}; the data has {categories}")
     sizes = np.array([sizes_all[data.clusters.index(c)] for c in categories])
+    if ic.method in ("probe", "both"):
+        probe.extra_samples(cfg, dist.world_size())  # a probe batch that cannot split fails before any training
     log(f"{len(categories)} categories: {', '.join(categories)}")
 
     start = cfg
