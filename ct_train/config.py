@@ -17,7 +17,8 @@ from typing import Any, Dict, List, Optional
 from ct_train.errors import ConfigError
 
 
-def _choice(key: str, value: Any, options: tuple) -> None:
+def check_choice(key: str, value: Any, options: tuple) -> None:
+    """ConfigError naming the key when `value` is not one of `options`."""
     if value not in options:
         raise ConfigError(f"{key}={value!r} is not valid; expected one of: {', '.join(map(str, options))}")
 
@@ -66,9 +67,11 @@ class ModelConfig:
     loss_backend: str = "auto"  # fused cross-entropy: auto (Triton on CUDA, else torch), triton, torch
 
     def validate(self) -> None:
-        _choice("model.loss_backend", self.loss_backend, ("auto", "triton", "torch"))
-        _choice("model.attn_implementation", self.attn_implementation, ("auto", "flash_attention_2", "sdpa", "eager"))
-        _choice("model.dtype", self.dtype, ("auto", "bf16", "fp16", "fp32"))
+        check_choice("model.loss_backend", self.loss_backend, ("auto", "triton", "torch"))
+        check_choice(
+            "model.attn_implementation", self.attn_implementation, ("auto", "flash_attention_2", "sdpa", "eager")
+        )
+        check_choice("model.dtype", self.dtype, ("auto", "bf16", "fp16", "fp32"))
         if self.path is None and not self.architecture:
             raise ConfigError("model: set model.path=DIR (a local Hugging Face checkpoint) or model.architecture")
         if self.path is None and "model_type" not in self.architecture:
@@ -124,11 +127,11 @@ class DataConfig:
         from ct_train.data.formats import FORMATS
         from ct_train.data.templates import TEMPLATES
 
-        _choice("data.name", self.name, ("skills", "jsonl"))
-        _choice("data.format", self.format, ("auto",) + tuple(FORMATS))
-        _choice("data.template", self.template, ("auto", "chat") + tuple(TEMPLATES))
-        _choice("data.truncation", self.truncation, ("truncate", "drop"))
-        _choice("data.on_bad_record", self.on_bad_record, ("skip", "error"))
+        check_choice("data.name", self.name, ("skills", "jsonl"))
+        check_choice("data.format", self.format, ("auto",) + tuple(FORMATS))
+        check_choice("data.template", self.template, ("auto", "chat") + tuple(TEMPLATES))
+        check_choice("data.truncation", self.truncation, ("truncate", "drop"))
+        check_choice("data.on_bad_record", self.on_bad_record, ("skip", "error"))
         _positive("data.max_seq_len", self.max_seq_len)
         _positive("data.num_proc", self.num_proc)
         if not 0.0 <= self.eval_fraction < 1.0:
@@ -166,7 +169,7 @@ class CurriculumConfig:
     def validate(self) -> None:
         from ct_train.curriculum import CURRICULA
 
-        _choice("curriculum.name", self.name, tuple(CURRICULA))
+        check_choice("curriculum.name", self.name, tuple(CURRICULA))
         expected = CURRICULA[self.name].config_cls
         if type(self) is not expected:
             raise ConfigError(
@@ -198,7 +201,7 @@ class DeepSpeedConfig:
     overrides: Dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
-        _choice("deepspeed.zero_stage", self.zero_stage, (0, 1, 2, 3))
+        check_choice("deepspeed.zero_stage", self.zero_stage, (0, 1, 2, 3))
         if self.offload_param and self.zero_stage != 3:
             raise ConfigError("deepspeed.offload_param=true needs deepspeed.zero_stage=3")
 
@@ -248,10 +251,10 @@ class TrainerConfig:
         _positive("trainer.log_every_steps", self.log_every_steps)
         _positive("trainer.grad_clip", self.grad_clip, allow_zero=True)
         _positive("trainer.dist_timeout_s", self.dist_timeout_s)
-        _choice("trainer.optimizer", self.optimizer, ("adamw", "sgd"))
-        _choice("trainer.lr_schedule", self.lr_schedule, ("cosine", "linear", "constant"))
-        _choice("trainer.loss_normalization", self.loss_normalization, ("token", "sample"))
-        _choice("trainer.on_nonfinite", self.on_nonfinite, ("stop", "skip"))
+        check_choice("trainer.optimizer", self.optimizer, ("adamw", "sgd"))
+        check_choice("trainer.lr_schedule", self.lr_schedule, ("cosine", "linear", "constant"))
+        check_choice("trainer.loss_normalization", self.loss_normalization, ("token", "sample"))
+        check_choice("trainer.on_nonfinite", self.on_nonfinite, ("stop", "skip"))
         _positive("trainer.max_skipped_steps", self.max_skipped_steps, allow_zero=True)
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ConfigError(f"trainer.warmup_ratio={self.warmup_ratio!r} must be in [0, 1)")
@@ -299,7 +302,7 @@ class ScoringConfig:
     histogram: bool = True  # <output>.hist.png: the score distribution per cluster
 
     def validate(self) -> None:
-        _choice("scoring.name", self.name, SCORERS)
+        check_choice("scoring.name", self.name, SCORERS)
         if self.output is not None and not self.output.endswith((".jsonl", ".parquet")):
             raise ConfigError(f"scoring.output={self.output!r} must end in .jsonl or .parquet")
         if self.teacher_field == self.student_field:
@@ -331,8 +334,8 @@ class InteractionConfig:
     similarity: str = "cosine"  # cosine | dot
 
     def validate(self) -> None:
-        _choice("interaction.method", self.method, ("probe", "gradient", "both"))
-        _choice("interaction.similarity", self.similarity, ("cosine", "dot"))
+        check_choice("interaction.method", self.method, ("probe", "gradient", "both"))
+        check_choice("interaction.similarity", self.similarity, ("cosine", "dot"))
         _positive("interaction.warmup_steps", self.warmup_steps, allow_zero=True)
         _positive("interaction.probe_steps", self.probe_steps)
         _positive("interaction.seeds", self.seeds)
@@ -358,8 +361,8 @@ class LoggerConfig:
     progress_bar: bool = True
 
     def validate(self) -> None:
-        _choice("logger.name", self.name, ("none", "wandb"))
-        _choice("logger.mode", self.mode, ("online", "offline", "disabled"))
+        check_choice("logger.name", self.name, ("none", "wandb"))
+        check_choice("logger.mode", self.mode, ("online", "offline", "disabled"))
 
 
 @dataclass
@@ -379,7 +382,7 @@ class Config:
 
     def validate(self) -> None:
         """Every section's checks; raises ConfigError naming the first bad key."""
-        _choice("mode", self.mode, ("train", "score", "interaction"))
+        check_choice("mode", self.mode, ("train", "score", "interaction"))
         if self.trainer.max_steps == -1 and self.mode == "train" and not self.curriculum.sets_length():
             raise ConfigError(
                 "trainer.max_steps=-1 needs a curriculum that sets the run's length (curriculum=phased with "

@@ -41,7 +41,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from ct_train.config import CurriculumConfig, check_cluster_weights
+from ct_train.config import CurriculumConfig, check_choice, check_cluster_weights
 from ct_train.curriculum import lp_mix, taxonomy
 from ct_train.curriculum.base import (
     ClusterStats,
@@ -90,8 +90,7 @@ class BeyondIIDConfig(CurriculumConfig):
             ("order", self.order, ("dependency", "reverse", "none")),
             ("lr_schedule", self.lr_schedule, ("continue", "rewarm")),
         ):
-            if value not in options:
-                raise ConfigError(f"curriculum.{key}={value!r} is not valid; expected one of: {', '.join(options)}")
+            check_choice(f"curriculum.{key}", value, options)
         check_cluster_weights("curriculum.target_weights", self.target_weights)
         check_cluster_weights("curriculum.min_samples", self.min_samples)
         if self.budget is not None and self.budget <= 0:

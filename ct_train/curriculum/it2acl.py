@@ -52,7 +52,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from ct_train.config import CurriculumConfig
+from ct_train.config import CurriculumConfig, check_choice
 from ct_train.curriculum.bandit import Exp3S, QuantileRewardScaler
 from ct_train.curriculum.base import (
     ClusterStats,
@@ -97,8 +97,7 @@ class IT2ACLConfig(CurriculumConfig):
             ("phase2_difficulty", self.phase2_difficulty, ("auto", "data", "initial_loss")),
             ("pacing", self.pacing, ("sqrt", "linear")),
         ):
-            if value not in options:
-                raise ConfigError(f"curriculum.{key}={value!r} is not valid; expected one of: {', '.join(options)}")
+            check_choice(f"curriculum.{key}", value, options)
         if not 0.0 <= self.eps <= 1.0:
             raise ConfigError(f"curriculum.eps={self.eps!r} must be in [0, 1]")
         if self.eta <= 0 or (self.phase2_eta is not None and self.phase2_eta <= 0):

@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from ct_train.config import CurriculumConfig
+from ct_train.config import CurriculumConfig, check_choice
 from ct_train.curriculum.base import (
     ClusterStats,
     DataIndex,
@@ -67,8 +67,7 @@ class PhasedConfig(CurriculumConfig):
             ("lr_schedule", self.lr_schedule, ("rewarm", "continue")),
             ("difficulty", self.difficulty, ("data", "initial_loss")),
         ):
-            if value not in options:
-                raise ConfigError(f"curriculum.{key}={value!r} is not valid; expected one of: {', '.join(options)}")
+            check_choice(f"curriculum.{key}", value, options)
         if self.phases < 1:
             raise ConfigError(f"curriculum.phases={self.phases!r} must be >= 1")
         if self.thresholds is not None and self.quantiles is not None:

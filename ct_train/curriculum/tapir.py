@@ -37,7 +37,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from ct_train.config import CurriculumConfig, as_path_list, check_cluster_weights
+from ct_train.config import CurriculumConfig, as_path_list, check_choice, check_cluster_weights
 from ct_train.curriculum.base import (
     ClusterStats,
     DataIndex,
@@ -80,8 +80,7 @@ class TapirConfig(CurriculumConfig):
             ("difficulty", self.difficulty, ("auto", "data", "loss")),
             ("lr_schedule", self.lr_schedule, ("continue", "rewarm")),
         ):
-            if value not in options:
-                raise ConfigError(f"curriculum.{key}={value!r} is not valid; expected one of: {', '.join(options)}")
+            check_choice(f"curriculum.{key}", value, options)
         if not self.rounds:
             raise ConfigError("curriculum.rounds must list at least one round")
         for r, rnd in enumerate(self.rounds):
