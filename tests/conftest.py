@@ -68,6 +68,27 @@ def run_cli(args, *, launcher=None, nproc=1, timeout=600, cwd=None, env=None) ->
     )
 
 
+def run_launcher_script(
+    script: str, args, *, stand_ins: dict, tmp_path: Path, env: dict
+) -> subprocess.CompletedProcess:
+    """Run launchers/<script> with `stand_ins` (name -> bash text: srun, pdsh, ...) first on PATH, for
+    the cluster tools this machine lacks; the launcher script, DeepSpeed and the ranks are real."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name, text in stand_ins.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    path = f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}"
+    return subprocess.run(
+        ["bash", str(REPO / "launchers" / script), *args],
+        cwd=REPO,
+        env=cli_env(extra={**env, "PATH": path}),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
 # Small, fast settings shared by the CLI tests: the tiny model on a reduced skill suite.
 FAST_DATA = [
     "data.skills.clusters=[add,reverse,brackets,cjk_reverse]",

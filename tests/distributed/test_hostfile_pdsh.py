@@ -6,14 +6,9 @@ reachability check, and `pdsh -w node0,node1 CMD` runs CMD once per host on this
 replaced by the host's index (what pdsh does on each node). Everything else is real: DeepSpeed's
 multi-node runner builds the command, each "node" runs its launcher and one gloo rank, ZeRO-3 trains."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-from tests.conftest import FAST, REPO, cli_env, free_port
+from tests.conftest import FAST, free_port, run_launcher_script
 from tests.helpers import samples, train_rows
 
 pytestmark = pytest.mark.distributed
@@ -36,24 +31,10 @@ echo "ssh $*" >> "$PDSH_LOG"; [ "${@: -1}" = hostname ] && echo "${@: -2:1}"; ex
 
 
 def test_hostfile_launcher_starts_every_node_through_pdsh(tmp_path):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for name, text in (("pdsh", FAKE_PDSH), ("ssh", FAKE_SSH)):
-        (bin_dir / name).write_text(text)
-        (bin_dir / name).chmod(0o755)
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("# two nodes, one slot each\nnode0 slots=1\nnode1 slots=1\n")
     log = tmp_path / "pdsh.log"
     out = tmp_path / "run"
-    env = cli_env(
-        extra={
-            "HOSTFILE": str(hostfile),
-            "MASTER_ADDR": "127.0.0.1",  # node0's address (the names are pdsh targets only)
-            "MASTER_PORT": str(free_port()),
-            "PDSH_LOG": str(log),
-            "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
-        }
-    )
     args = FAST + [
         "trainer.max_steps=2",
         "trainer.global_batch_size=8",
@@ -63,13 +44,14 @@ def test_hostfile_launcher_starts_every_node_through_pdsh(tmp_path):
         "trainer.log_samples=true",
         f"trainer.output_dir={out}",
     ]
-    proc = subprocess.run(
-        ["bash", str(REPO / "launchers/multi_node_hostfile.sh"), *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    env = {
+        "HOSTFILE": str(hostfile),
+        "MASTER_ADDR": "127.0.0.1",  # node0's address (the names are pdsh targets only)
+        "MASTER_PORT": str(free_port()),
+        "PDSH_LOG": str(log),
+    }
+    proc = run_launcher_script(
+        "multi_node_hostfile.sh", args, stand_ins={"pdsh": FAKE_PDSH, "ssh": FAKE_SSH}, tmp_path=tmp_path, env=env
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     calls = log.read_text().splitlines()

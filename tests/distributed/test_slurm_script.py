@@ -4,14 +4,9 @@ There is no SLURM here, so `srun` and `scontrol` are stand-ins on PATH that do w
 the script: `scontrol show hostnames` lists the job's nodes, and `srun` starts SLURM_NTASKS tasks with
 SLURM_PROCID / SLURM_LOCALID set. The training itself is real (2 gloo ranks, ZeRO-3)."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-from tests.conftest import FAST, REPO, cli_env, free_port
+from tests.conftest import FAST, free_port, run_launcher_script
 from tests.helpers import samples
 
 pytestmark = pytest.mark.distributed
@@ -28,20 +23,7 @@ FAKE_SCONTROL = """#!/usr/bin/env bash
 
 
 def test_sbatch_script_runs_two_ranks_from_slurm_variables(tmp_path):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for name, text in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL)):
-        (bin_dir / name).write_text(text)
-        (bin_dir / name).chmod(0o755)
     out = tmp_path / "run"
-    env = cli_env(
-        extra={
-            "SLURM_JOB_NODELIST": "node[1]",
-            "SLURM_NTASKS": "2",
-            "MASTER_PORT": str(free_port()),
-            "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
-        }
-    )
     args = FAST + [
         "trainer.max_steps=2",
         "trainer.global_batch_size=8",
@@ -50,13 +32,12 @@ def test_sbatch_script_runs_two_ranks_from_slurm_variables(tmp_path):
         "trainer.log_samples=true",
         f"trainer.output_dir={out}",
     ]
-    proc = subprocess.run(
-        ["bash", str(REPO / "launchers/slurm.sbatch"), *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    proc = run_launcher_script(
+        "slurm.sbatch",
+        args,
+        stand_ins={"srun": FAKE_SRUN, "scontrol": FAKE_SCONTROL},
+        tmp_path=tmp_path,
+        env={"SLURM_JOB_NODELIST": "node[1]", "SLURM_NTASKS": "2", "MASTER_PORT": str(free_port())},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ct_train: 2 rank(s)" in proc.stdout + proc.stderr
