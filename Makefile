@@ -2,6 +2,8 @@
 #   make train            a real 2-rank CPU run (DeepSpeed ZeRO-3, gloo) of a tiny Llama on the skill suite
 #   make test             the test suite (unit + 2-rank distributed + CLI integration)
 #   make lint             ruff
+#   make bench            the curriculum benchmark: every strategy x 3 seeds on the benchmark suite, 2 ranks
+#                         (report.md, results.csv, plots in outputs/bench; docs/results.md); make bench-quick: CI's grid
 # Variables: PYTHON (the interpreter to build .venv from), TORCH (the torch requirement installed
 # first: the default is the CPU build present on our machines; on a GPU box use e.g. TORCH=torch),
 # NPROC (ranks for `make train`), CURRICULUM (the strategy `make train` uses: it2acl, iid, mixture, odm, phased, tapir,
@@ -18,7 +20,7 @@ STAMP := $(VENV)/.installed-$(shell cksum setup.py | cut -d' ' -f1)
 RUN_DIR ?= outputs/make-train-$(shell date +%Y%m%d-%H%M%S)
 ARGS ?=
 
-.PHONY: setup train test test-fast lint bench bench-curriculum clean
+.PHONY: setup train test test-fast lint bench bench-quick bench-throughput bench-curriculum clean
 
 setup: $(STAMP)
 
@@ -47,9 +49,21 @@ lint: $(STAMP)
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
 
+# The curriculum benchmark (ct_train/bench): every registered strategy x 3 seeds at the same budget,
+# through the deepspeed launcher (2 ranks). Re-running resumes: finished runs are kept.
+BENCH_DIR ?= outputs/bench
+BENCH_ARGS ?= trainer.max_steps=300 trainer.eval_every_steps=30
+bench: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" MODULE=ct_train.bench NPROC=$(NPROC) bash launchers/local_cpu.sh \
+		trainer.output_dir=$(BENCH_DIR) logger.progress_bar=false $(BENCH_ARGS) $(ARGS)
+
+bench-quick: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/ct-train-bench --quick trainer.output_dir=$(BENCH_DIR)-quick \
+		logger.progress_bar=false $(ARGS)
+
 # Throughput of the `make train` setting: 2 ranks through the deepspeed launcher, then 1 rank (plain
 # python, both cores), 100 steps each; prints median tokens/s (docs/benchmarks.md).
-bench: $(STAMP)
+bench-throughput: $(STAMP)
 	rm -rf outputs/bench-2ranks outputs/bench-1rank
 	PATH="$(CURDIR)/$(BIN):$$PATH" NPROC=2 bash launchers/local_cpu.sh trainer.max_steps=100 \
 		trainer.eval_every_steps=0 trainer.save_every_steps=0 trainer.export_final=false \

@@ -5,7 +5,7 @@ setup(
     version="0.1.0",
     description="Curriculum-learning instruction tuning for LLMs on DeepSpeed ZeRO-3",
     python_requires=">=3.10",
-    packages=["ct_train", "ct_train.data", "ct_train.curriculum", "ct_train.scoring", "ct_train.interaction", "ct_train.hydra_conf", "ct_train.kernels"],
+    packages=["ct_train", "ct_train.data", "ct_train.curriculum", "ct_train.scoring", "ct_train.interaction", "ct_train.bench", "ct_train.hydra_conf", "ct_train.kernels"],
     # hydra_conf/ and kernels/ live at the top level (the design card's layout) but install inside the
     # package: Hydra finds pkg://ct_train.hydra_conf from any directory, and a top-level `kernels`
     # would shadow the `kernels` package that transformers probes for.
@@ -36,6 +36,7 @@ setup(
             "ct-train=ct_train.cli:main",
             "ct-train-score=ct_train.cli:score_main",
             "ct-train-plot=ct_train.plot:main",
+            "ct-train-bench=ct_train.cli:bench_main",
         ]
     },
 )

@@ -1,5 +1,6 @@
 """The Hydra entry point: `ct-train`, `python -m ct_train`, and under `deepspeed`/`torchrun`;
-`ct-train-score` is the same with `mode=score` (ct_train.scoring).
+`ct-train-score` is the same with `mode=score` (ct_train.scoring), `ct-train-bench` with `mode=bench`
+(ct_train.bench).
 
 The deepspeed launcher (without --no_local_rank) appends `--local_rank=N`, which Hydra would reject
 as an override; it is stripped here before Hydra parses and LOCAL_RANK is taken from the environment
@@ -57,6 +58,12 @@ def _run(cfg) -> None:
             from ct_train.interaction import measure
 
             measure(typed, resolved)
+        elif typed.mode == "bench":
+            from hydra.core.hydra_config import HydraConfig
+
+            from ct_train.bench import run
+
+            run(typed, resolved, list(HydraConfig.get().overrides.task))
         else:
             from ct_train.trainer import train
 
@@ -86,6 +93,20 @@ def main() -> None:
 def score_main() -> None:
     """`ct-train-score ...` = `ct-train mode=score ...`: write the data with a difficulty per record."""
     sys.argv = [sys.argv[0], "mode=score"] + sys.argv[1:]
+    main()
+
+
+def bench_main() -> None:
+    """`ct-train-bench [--quick] ...` = `ct-train mode=bench data=bench trainer.output_dir=outputs/bench ...`
+    (the user's own data= / trainer.output_dir= win): every strategy x seeds, then report.md."""
+    args = sys.argv[1:]
+    quick = "--quick" in args
+    args = [a for a in args if a != "--quick"]
+    given = {a.lstrip("+").split("=", 1)[0] for a in args}
+    defaults = [] if "data" in given else ["data=bench"]
+    if "trainer.output_dir" not in given:
+        defaults.append("trainer.output_dir=outputs/bench" + ("-quick" if quick else ""))
+    sys.argv = [sys.argv[0], "mode=bench"] + defaults + (["bench.quick=true"] if quick else []) + args
     main()
 
 

@@ -82,7 +82,7 @@ class ModelConfig:
 class SkillsConfig:
     """The bundled skill suite (`data=skills`): a deterministic generator, see `ct_train.data.skills`."""
 
-    clusters: List[str] = field(default_factory=list)  # empty: every registered skill
+    clusters: List[str] = field(default_factory=list)  # empty: the default ten (skills.DEFAULT_SUITE)
     levels: int = 3
     train_per_level: int = 300
     eval_per_level: int = 16
@@ -127,7 +127,9 @@ class DataConfig:
         from ct_train.data.formats import FORMATS
         from ct_train.data.templates import TEMPLATES
 
-        check_choice("data.name", self.name, ("skills", "jsonl"))
+        check_choice(
+            "data.name", self.name, ("skills", "bench", "jsonl")
+        )  # bench: the skill generator, benchmark suite
         check_choice("data.format", self.format, ("auto",) + tuple(FORMATS))
         check_choice("data.template", self.template, ("auto", "chat") + tuple(TEMPLATES))
         check_choice("data.truncation", self.truncation, ("truncate", "drop"))
@@ -349,6 +351,26 @@ class InteractionConfig:
 
 
 @dataclass
+class BenchConfig:
+    """`ct-train-bench` (= `ct-train mode=bench`): every strategy x `seeds` at the same budget (the
+    run's trainer.max_steps x global_batch_size samples), through the trainer; a report of which wins
+    (ct_train.bench). Writes report.md, results.csv and plots into trainer.output_dir."""
+
+    strategies: List[str] = field(default_factory=list)  # empty: every registered strategy
+    seeds: int = 3  # trainer.seed, trainer.seed + 1, ...
+    # strategy -> extra Hydra overrides of its runs, e.g. {it2acl: [curriculum.signal=loss]}
+    overrides: Dict[str, List[str]] = field(default_factory=dict)
+    quick: bool = False  # a reduced grid that checks the pipeline in ~2 minutes on 2 CPU cores (--quick)
+
+    def validate(self) -> None:
+        from ct_train.bench.strategies import STRATEGIES
+
+        _positive("bench.seeds", self.seeds)
+        for name in list(self.strategies) + list(self.overrides or {}):
+            check_choice("bench.strategies", name, tuple(STRATEGIES))
+
+
+@dataclass
 class LoggerConfig:
     """metrics.jsonl is always written; `name=wandb` adds W&B on rank 0."""
 
@@ -378,11 +400,12 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     interaction: InteractionConfig = field(default_factory=InteractionConfig)
-    mode: str = "train"  # train | score (ct-train-score) | interaction (ct_train.interaction)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+    mode: str = "train"  # train | score (ct-train-score) | interaction (ct_train.interaction) | bench (ct-train-bench)
 
     def validate(self) -> None:
         """Every section's checks; raises ConfigError naming the first bad key."""
-        check_choice("mode", self.mode, ("train", "score", "interaction"))
+        check_choice("mode", self.mode, ("train", "score", "interaction", "bench"))
         if self.trainer.max_steps == -1 and self.mode == "train" and not self.curriculum.sets_length():
             raise ConfigError(
                 "trainer.max_steps=-1 needs a curriculum that sets the run's length (curriculum=phased with "
@@ -398,6 +421,7 @@ class Config:
             self.logger,
             self.scoring,
             self.interaction,
+            self.bench,
         ):
             section.validate()
 

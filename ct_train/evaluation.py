@@ -41,18 +41,26 @@ def evaluate(
     """Held-out metrics, averaged over samples with a response token.
 
     `eval/<cluster>/loss`, `eval/loss` and, when `exact_match`, `.../exact_match`; when the split's
-    difficulty takes a few distinct values (levels), also `eval_difficulty/<level>/...`.
+    difficulty takes a few distinct values (levels), also `eval_difficulty/<level>/...` and, for a
+    cluster holding more than one level, `eval/<cluster>/L<level>/...` (the cell a benchmark reads: a
+    run with data.split_by_difficulty names its clusters `<cluster>/L<level>`, so its keys are the same).
     """
     rank, world = dist.rank(), dist.world_size()
     mine = np.arange(rank, len(split), world)
     n_batches = math.ceil(math.ceil(len(split) / world) / micro_batch_size)
     levels = difficulty_levels(split)
-    # Columns: clusters, then difficulty levels (a sample without a level goes to a dropped column).
-    level_col = np.full(len(split), len(clusters) + len(levels), dtype=np.int64)
-    if len(levels):
+    # Columns: clusters, then difficulty levels, then (cluster, level) cells; a sample without a level
+    # goes to the last column, which is dropped.
+    C, L = len(clusters), len(levels)
+    dropped = C + L + C * L
+    level_col = np.full(len(split), dropped, dtype=np.int64)
+    cell_col = np.full(len(split), dropped, dtype=np.int64)
+    if L:
         finite = np.isfinite(split.difficulty)
-        level_col[finite] = len(clusters) + np.searchsorted(levels, split.difficulty[finite])
-    table = torch.zeros(3, len(clusters) + len(levels) + 1, dtype=torch.float64, device=engine.device)
+        level_of = np.searchsorted(levels, split.difficulty[finite])
+        level_col[finite] = C + level_of
+        cell_col[finite] = C + L + split.cluster_ids[finite] * L + level_of
+    table = torch.zeros(3, dropped + 1, dtype=torch.float64, device=engine.device)
     was_training = engine.ds.training
     engine.train(False)
     for b in range(n_batches):
@@ -64,7 +72,7 @@ def evaluate(
         loss, n_correct = engine.forward(batch)
         has = (batch.n_target > 0).to(torch.float64) * weight
         exact = (n_correct == batch.n_target).double() * has
-        for col in (batch.cluster_ids, torch.from_numpy(level_col[idx]).to(engine.device)):
+        for col in (batch.cluster_ids, *(torch.from_numpy(c[idx]).to(engine.device) for c in (level_col, cell_col))):
             table[0].index_add_(0, col, loss.double() * has)
             table[1].index_add_(0, col, has)
             table[2].index_add_(0, col, exact)
@@ -82,6 +90,14 @@ def evaluate(
             out[f"eval_difficulty/{_level_name(value)}/loss"] = float(table[0, c] / table[1, c])
             if exact_match:
                 out[f"eval_difficulty/{_level_name(value)}/exact_match"] = float(table[2, c] / table[1, c])
+    for c, name in enumerate(clusters):
+        cells = [(C + L + c * L + j, value) for j, value in enumerate(levels) if table[1, C + L + c * L + j] > 0]
+        if len(cells) < 2:  # one level: the cluster's own row says it all
+            continue
+        for col, value in cells:
+            out[f"eval/{name}/L{_level_name(value)}/loss"] = float(table[0, col] / table[1, col])
+            if exact_match:
+                out[f"eval/{name}/L{_level_name(value)}/exact_match"] = float(table[2, col] / table[1, col])
     per_cluster = table[:, : len(clusters)]
     total = per_cluster[1].sum()
     if total > 0:

@@ -59,8 +59,8 @@ class PreparedData:
 
 
 def _specs(cfg: DataConfig) -> Dict[str, List[FileSpec]]:
-    if cfg.name == "skills":
-        names = list(cfg.skills.clusters) or list(skill_suite.SKILLS)
+    if cfg.name in ("skills", "bench"):
+        names = list(cfg.skills.clusters) or list(skill_suite.DEFAULT_SUITE)
         paths = skill_suite.materialize(
             names, cfg.skills.levels, cfg.skills.train_per_level, cfg.skills.eval_per_level, cfg.skills.seed
         )

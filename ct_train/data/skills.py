@@ -7,6 +7,8 @@ excluded from training, and both are written as JSON lines into a cache director
 the same `datasets` path as user data. Exact match (the response string, whole) is the task metric.
 
 Level 1 of every skill is within reach of a ~1M-parameter model in a few minutes of CPU training.
+`DEFAULT_SUITE` is `data=skills`; `BENCH_SUITE` (`data=bench`, the curriculum benchmark) adds
+prerequisite chains (`CHAINS`) and an unlearnable distractor (`noise`).
 """
 
 from __future__ import annotations
@@ -141,6 +143,83 @@ def cjk_reverse(rng: random.Random, level: int) -> Instance:
     return _pick(rng, ["把这些字倒过来写：{s}", "请反转：{s}", "倒序输出：{s}"], s=s), s[::-1]
 
 
+# Skills added for the curriculum benchmark (`data=bench`). Each chain below is a prerequisite chain:
+# the later skill reuses the earlier one, and at a given level every member's answer has about the
+# same length, so a measured dependency is not a length prior in disguise.
+
+
+def add3(rng: random.Random, level: int) -> Instance:
+    """add, twice: three `level`-digit numbers."""
+    a, b, c = (_number(rng, level) for _ in range(3))
+    return _pick(
+        rng,
+        ["What is {a} + {b} + {c}?", "Add {a}, {b} and {c}.", "Compute the sum of {a}, {b} and {c}."],
+        a=a,
+        b=b,
+        c=c,
+    ), str(a + b + c)
+
+
+def expr(rng: random.Random, level: int) -> Instance:
+    """An expression: add, then subtract (`level`-digit numbers, a non-negative result)."""
+    a, b = _number(rng, level), _number(rng, level)
+    c = _number(rng, level)
+    while c > a + b:
+        c = _number(rng, level)
+    return _pick(
+        rng, ["What is {a} + {b} - {c}?", "Evaluate {a} + {b} - {c}.", "Compute {a} plus {b} minus {c}."], a=a, b=b, c=c
+    ), str(a + b - c)
+
+
+def _table(rng: random.Random, keys: List[str]) -> Dict[str, int]:
+    return {k: rng.randint(0, 9) for k in keys}
+
+
+def lookup2(rng: random.Random, level: int) -> Instance:
+    """lookup, twice: a letter points to another letter, which holds the digit."""
+    letters = rng.sample(string.ascii_lowercase, 2 * (1 + level))
+    pointers, holders = letters[: 1 + level], letters[1 + level :]
+    values = _table(rng, holders)
+    targets = rng.sample(holders, len(holders))
+    pairs = [f"{p}->{t}" for p, t in zip(pointers, targets)] + [f"{h}={v}" for h, v in values.items()]
+    rng.shuffle(pairs)
+    q = rng.randrange(len(pointers))
+    return _pick(
+        rng,
+        ["Given {p}, follow {q} to its number.", "With {p}: where does {q} lead?", "Resolve {q} in {p}."],
+        p=", ".join(pairs),
+        q=pointers[q],
+    ), str(values[targets[q]])
+
+
+def lookup_max(rng: random.Random, level: int) -> Instance:
+    """lookup, then compare: the larger of two looked-up digits."""
+    keys = rng.sample(string.ascii_lowercase, 2 + level)
+    table = _table(rng, keys)
+    x, y = rng.sample(keys, 2)
+    while table[x] == table[y]:
+        table[y] = rng.randint(0, 9)
+    pairs = ", ".join(f"{k}={v}" for k, v in table.items())
+    return _pick(
+        rng,
+        [
+            "Given {p}, which is larger, {x} or {y}?",
+            "With {p}: give the bigger of {x} and {y}.",
+            "Look up {x} and {y} in {p}; name the larger value.",
+        ],
+        p=pairs,
+        x=x,
+        y=y,
+    ), str(max(table[x], table[y]))
+
+
+def noise(rng: random.Random, level: int) -> Instance:
+    """The distractor: the answer is random letters, independent of the prompt (nothing to learn)."""
+    s = _letters(rng, 2 + level)
+    answer = "".join(rng.choice(string.ascii_lowercase) for _ in range(2 + level))
+    return _pick(rng, ["Say the code for {s}.", "What is the secret word of {s}?", "Decode {s}."], s=s), answer
+
+
 SKILLS: Dict[str, Callable[[random.Random, int], Instance]] = {
     "copy": copy,
     "reverse": reverse,
@@ -152,7 +231,25 @@ SKILLS: Dict[str, Callable[[random.Random, int], Instance]] = {
     "brackets": brackets,
     "lookup": lookup,
     "cjk_reverse": cjk_reverse,
+    "add3": add3,
+    "expr": expr,
+    "lookup2": lookup2,
+    "lookup_max": lookup_max,
+    "noise": noise,
 }
+
+# `data=skills` (data.skills.clusters empty): the original ten.
+DEFAULT_SUITE = ["copy", "reverse", "sort", "count", "add", "multiply", "compare", "brackets", "lookup", "cjk_reverse"]
+
+# `data=bench`: three planted prerequisite chains, four unrelated clusters and one distractor.
+CHAINS: Dict[str, List[str]] = {
+    "strings": ["copy", "reverse", "sort"],
+    "arithmetic": ["add", "add3", "expr"],
+    "lookup": ["lookup", "lookup2", "lookup_max"],
+}
+UNRELATED = ["count", "compare", "brackets", "cjk_reverse"]
+DISTRACTORS = ["noise"]
+BENCH_SUITE = [c for chain in CHAINS.values() for c in chain] + UNRELATED + DISTRACTORS
 
 
 def _rng(seed: int, skill: str, level: int, split: str) -> random.Random:

@@ -1,15 +1,17 @@
 """The bundled skill suite: deterministic, graded, with a disjoint held-out split and right answers."""
 
 import json
+import re
 
 from ct_train.data import skills
 
 
-def test_deterministic_and_ten_clusters():
+def test_deterministic_and_every_skill_generates():
     a = skills.generate(list(skills.SKILLS), 3, 20, 5, seed=7)
     b = skills.generate(list(skills.SKILLS), 3, 20, 5, seed=7)
     assert a == b
-    assert len({r["cluster"] for r in a["train"]}) == len(skills.SKILLS) >= 8
+    assert len({r["cluster"] for r in a["train"]}) == len(skills.SKILLS) >= 15
+    assert len(skills.DEFAULT_SUITE) == 10 and set(skills.DEFAULT_SUITE) < set(skills.SKILLS)
     assert skills.generate(["add"], 1, 5, 2, seed=8) != skills.generate(["add"], 1, 5, 2, seed=7)
 
 
@@ -47,3 +49,40 @@ def test_materialize_writes_loadable_jsonl_once(tmp_path, monkeypatch):
     mtime = (tmp_path / paths["train"]).stat().st_mtime_ns
     assert skills.materialize(["copy", "sort"], 2, 10, 3, seed=5) == paths
     assert (tmp_path / paths["train"]).stat().st_mtime_ns == mtime
+
+
+def _numbers(prompt):
+    return [int(t.strip("?.,")) for t in prompt.split() if t.strip("?.,").isdigit()]
+
+
+def test_benchmark_suite_chains_answers_and_distractor():
+    assert len(skills.BENCH_SUITE) >= 12 and set(skills.BENCH_SUITE) <= set(skills.SKILLS)
+    data = skills.generate(skills.BENCH_SUITE, 3, 200, 1, seed=11)["train"]
+    by = lambda c, lv: [r for r in data if r["cluster"] == c and r["difficulty"] == lv]  # noqa: E731
+    for r in by("add3", 2):
+        assert int(r["response"]) == sum(_numbers(r["prompt"]))
+    for r in by("expr", 3):
+        a, b, c = _numbers(r["prompt"])
+        assert int(r["response"]) == a + b - c >= 0
+    for r in by("lookup2", 2):  # follow the pointer, then read the digit
+        pointers = dict(re.findall(r"([a-z])->([a-z])", r["prompt"]))
+        values = dict(re.findall(r"([a-z])=([0-9])", r["prompt"]))
+        q = re.search(r"follow ([a-z]) to|does ([a-z]) lead|Resolve ([a-z]) in", r["prompt"])
+        q = next(g for g in q.groups() if g)
+        assert len(pointers) == len(values) == 3 and r["response"] == values[pointers[q]]
+    for r in by("lookup_max", 1):
+        values = dict(re.findall(r"([a-z])=([0-9])", r["prompt"]))
+        x, y = re.search(r"(?:larger, |of |up )([a-z]) (?:or|and) ([a-z])", r["prompt"]).groups()
+        assert r["response"] == max(values[x], values[y])
+    # Within a chain, a level's answers have about the same length in every member (the dependency is
+    # not an answer-length prior); across levels they grow.
+    for chain in skills.CHAINS.values():
+        for lv in (1, 2, 3):
+            means = [sum(len(r["response"]) for r in by(c, lv)) / len(by(c, lv)) for c in chain]
+            assert max(means) - min(means) <= 1.2, (chain, lv, means)
+    # The distractor: a prompt seen twice gets two different answers (nothing to learn from it).
+    answers = {}
+    for r in skills.generate(["noise"], 1, 3000, 1, seed=2)["train"]:
+        answers.setdefault(r["prompt"], []).append(r["response"])
+    repeated = [v for v in answers.values() if len(v) > 1]
+    assert len(repeated) > 50 and all(len(set(v)) == len(v) for v in repeated)

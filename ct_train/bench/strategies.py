@@ -1,0 +1,85 @@
+"""The strategies `ct-train-bench` compares, by name.
+
+Every registered curriculum (`ct_train.curriculum.CURRICULA`) is a strategy with the override
+`curriculum=<name>`: a new curriculum joins the benchmark by registering itself. A strategy that
+needs more than its curriculum (an input measured first, data split differently) registers a
+`prepare` step here: it runs once per benchmark, before that strategy's runs, and returns the
+overrides the runs add.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence
+
+# prepare(context) -> extra Hydra overrides; context: see ct_train.bench.Context
+Prepare = Callable[["object"], List[str]]
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    overrides: Sequence[str]
+    prepare: Optional[Prepare] = None
+
+
+_EXTRA: Dict[str, Strategy] = {}
+
+
+def register_strategy(name: str, overrides: Sequence[str] = (), prepare: Optional[Prepare] = None) -> None:
+    """Add a strategy (or give a curriculum's strategy extra overrides / a prepare step)."""
+    _EXTRA[name] = Strategy(name, tuple(overrides) or (f"curriculum={name}",), prepare)
+
+
+def registered() -> Dict[str, Strategy]:
+    """Every strategy, IID first, then in registration order."""
+    from ct_train.curriculum import CURRICULA
+
+    out = {name: Strategy(name, (f"curriculum={name}",)) for name in CURRICULA}
+    out.update(_EXTRA)
+    order = ["iid"] + [n for n in out if n != "iid"]
+    return {n: out[n] for n in order if n in out}
+
+
+# Kept for config validation (names only); computed on first use.
+class _Names:
+    def __iter__(self):
+        return iter(registered())
+
+    def __contains__(self, name: object) -> bool:
+        return name in registered()
+
+
+STRATEGIES = _Names()
+
+
+def _prepare_beyond_iid(ctx) -> List[str]:
+    """Beyond IID trains on a mix and an order chosen from measured category interactions: measure
+    them once (the gradient estimate after a warmup on the IID mix; the skill suite's categories are
+    (cluster, level) pairs), outside the training budget, like Phased IFT's scores come from outside.
+    The LP keeps every category between half and twice its uniform share, so it cannot drop one."""
+    from ct_train.interaction import FILE, measure
+
+    split = ctx.cfg.data.name in ("skills", "bench")
+    out = os.path.join(ctx.root, "prepare", "beyond_iid")
+    overrides = [
+        "mode=interaction",
+        "interaction.method=gradient",
+        f"interaction.warmup_steps={max(1, ctx.cfg.trainer.max_steps // 4)}",
+        f"trainer.output_dir={out}",
+    ] + (["data.split_by_difficulty=true"] if split else []) + (["interaction.grad_samples=8"] if ctx.cfg.bench.quick else [])
+    path = os.path.join(out, FILE)
+    result = ctx.cached(path, overrides)
+    if result is None:
+        cfg, resolved = ctx.compose(overrides)
+        result = measure(cfg, resolved)
+        ctx.mark_cached(path, overrides)
+    k = len(result["categories"])
+    return (["data.split_by_difficulty=true"] if split else []) + [
+        f"curriculum.interaction_file={path}",
+        f"curriculum.default_share_bounds=[{0.5 / k:.6f},{2.0 / k:.6f}]",
+    ]
+
+
+register_strategy("beyond_iid", prepare=_prepare_beyond_iid)
