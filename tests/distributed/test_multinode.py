@@ -13,7 +13,13 @@ from tests.helpers import samples, train_rows
 
 pytestmark = pytest.mark.distributed
 
+# IT2ACL with the prediction-gain signal (an extra no-grad forward under ZeRO-3 on every rank): the
+# resumed run must also restore the bandit's state to train the same samples.
 ARGS = FAST + [
+    "curriculum=it2acl",
+    "curriculum.signal=pg",
+    "curriculum.clusters_per_batch=2",
+    "trainer.warmup_steps=2",
     "trainer.max_steps=8",
     "trainer.global_batch_size=8",
     "trainer.micro_batch_size=4",

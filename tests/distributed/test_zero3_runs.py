@@ -1,17 +1,12 @@
 """Real multi-process runs: 2 gloo ranks, DeepSpeed ZeRO-3, through the deepspeed launcher and torchrun."""
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import FAST, FAST_DATA, REPO, cli_env, free_port, run_cli
+from tests.conftest import FAST, FAST_DATA, run_cli
 from tests.helpers import last_eval, metrics, samples, train_rows
 
 pytestmark = pytest.mark.distributed
@@ -67,54 +62,14 @@ RESUME = FAST + [
 ]
 
 
-def _ds_cmd(out: Path, port: int):
-    bindir = Path(sys.executable).parent
-    return [
-        str(bindir / "deepspeed"),
-        "--num_gpus",
-        "2",
-        "--master_port",
-        str(port),
-        "--module",
-        "ct_train",
-        *RESUME,
-        f"trainer.output_dir={out}",
-    ]
-
-
-def test_resume_after_sigkill_matches_uninterrupted_run_and_export_loads(tmp_path):
+def test_two_rank_it2acl_run_agrees_across_ranks_keeps_its_checkpoints_and_exports(tmp_path):
+    """(Killing such a run and resuming it exactly is tests/distributed/test_multinode.py, with the same
+    curriculum over two simulated nodes.)"""
     ref = tmp_path / "ref"
     _ok(run_cli(RESUME + [f"trainer.output_dir={ref}"], launcher="deepspeed", nproc=2))
-
-    # Same command, killed (SIGKILL to the launcher and both ranks) once the step-8 checkpoint is complete.
-    out = tmp_path / "killed"
-    cmd = _ds_cmd(out, free_port())
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    marker = out / "checkpoints/step00000008/trainer_state.json"
-    deadline = time.time() + 300
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert marker.exists(), "the run ended before its step-8 checkpoint"
-    assert not (out / "final").exists(), "the run finished before it could be killed; the test proves nothing"
-
-    resumed = subprocess.run(
-        _ds_cmd(out, free_port()), cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=600
-    )
-    _ok(resumed)
-    assert "resumed from" in resumed.stdout + resumed.stderr and "step 8" in resumed.stdout + resumed.stderr
     for rank in (0, 1):
-        assert samples(out, rank) == samples(ref, rank)
-        assert [r["step"] for r in samples(out, rank)] == list(range(1, 13))
+        assert [r["step"] for r in samples(ref, rank)] == list(range(1, 13))
     _check_ranks_agree(ref)
-    a, b = train_rows(ref), train_rows(out)
-    assert sorted(a) == sorted(b) == list(range(1, 13))
-    for step in a:
-        assert b[step]["loss"] == pytest.approx(a[step]["loss"], rel=1e-5, abs=1e-6), step
-    assert last_eval(out)["eval/loss"] == pytest.approx(last_eval(ref)["eval/loss"], rel=1e-5)
 
     # Nothing already written is lost: resume=never on a directory with checkpoints refuses to start.
     refused = run_cli(RESUME + [f"trainer.output_dir={ref}", "trainer.resume=never"])
