@@ -358,16 +358,26 @@ class BenchConfig:
 
     strategies: List[str] = field(default_factory=list)  # empty: every registered strategy
     seeds: int = 3  # trainer.seed, trainer.seed + 1, ...
-    # strategy -> extra Hydra overrides of its runs, e.g. {it2acl: [curriculum.signal=loss]}
-    overrides: Dict[str, List[str]] = field(default_factory=dict)
+    # strategy -> extra Hydra overrides of its runs, e.g. {it2acl: ["curriculum.signal=loss"]}; `Any`,
+    # not Dict: a typed dict node in struct mode would reject `bench.overrides={it2acl: [...]}`.
+    overrides: Any = None
     quick: bool = False  # a reduced grid that checks the pipeline in ~2 minutes on 2 CPU cores (--quick)
 
     def validate(self) -> None:
         from ct_train.bench.strategies import STRATEGIES
 
         _positive("bench.seeds", self.seeds)
-        for name in list(self.strategies) + list(self.overrides or {}):
+        for name in self.strategies:
             check_choice("bench.strategies", name, tuple(STRATEGIES))
+        if self.overrides is not None and not isinstance(self.overrides, dict):
+            raise ConfigError(f"bench.overrides={self.overrides!r} must map strategy names to lists of overrides")
+        for name, extra in (self.overrides or {}).items():
+            check_choice("bench.overrides", name, tuple(STRATEGIES))
+            if not isinstance(extra, list) or not all(isinstance(o, str) and "=" in o for o in extra):
+                raise ConfigError(
+                    f"bench.overrides.{name}={extra!r} must be a list of Hydra overrides, e.g. "
+                    '["curriculum.signal=loss"] (quoted: they contain "=")'
+                )
 
 
 @dataclass

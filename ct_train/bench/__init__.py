@@ -123,6 +123,7 @@ def _train_once(ctx: Context, overrides: List[str], out: str) -> Dict[str, Any]:
 
     done = dist.on_main(read)
     if done is not None:
+        dist.print0(f"bench: {out}: finished earlier with the same overrides, kept")
         return done
 
     def clear() -> None:  # a run cut short starts over: its metrics must not hold two histories
@@ -154,7 +155,7 @@ def run(cfg: Config, resolved: Dict[str, Any], overrides: List[str]) -> Dict[str
     from ct_train import checkpoint
     from ct_train.bench import report
     from ct_train.bench.strategies import registered
-    from ct_train.errors import ConfigError
+    from ct_train.errors import ConfigError, UserError
 
     dist.init(cfg.trainer.dist_timeout_s)
     bc = cfg.bench
@@ -175,7 +176,7 @@ def run(cfg: Config, resolved: Dict[str, Any], overrides: List[str]) -> Dict[str
     names = list(bc.strategies) or list(strategies)
     if "iid" not in names:
         names = ["iid"] + names  # the reference every ratio is taken against
-    seeds = [run_cfg.trainer.seed + s for s in range(QUICK_SEEDS if bc.quick else bc.seeds)]
+    seeds = [run_cfg.trainer.seed + s for s in range(min(bc.seeds, QUICK_SEEDS) if bc.quick else bc.seeds)]
     dist.print0(
         f"bench: {len(names)} strategies x {len(seeds)} seeds, {run_cfg.trainer.max_steps} steps x "
         f"{run_cfg.trainer.global_batch_size} samples each -> {root}"
@@ -183,20 +184,30 @@ def run(cfg: Config, resolved: Dict[str, Any], overrides: List[str]) -> Dict[str
     t_all = time.perf_counter()
     runs: List[Dict[str, Any]] = []
     prepare_s: Dict[str, float] = {}
+    failed: Dict[str, str] = {}
     for name in names:
         strategy = strategies[name]
-        t0 = time.perf_counter()
-        extra = list(strategy.prepare(ctx)) if strategy.prepare else []
-        if strategy.prepare:
-            prepare_s[name] = round(time.perf_counter() - t0, 1)
-        for seed in seeds:
-            out = run_dir(root, name, seed)
-            dist.print0(f"bench: {name} seed {seed}")
-            per_run = list(strategy.overrides) + extra + list((bc.overrides or {}).get(name, []))
-            per_run += [f"trainer.seed={seed}", f"trainer.output_dir={out}", "trainer.resume=never", "mode=train"]
-            per_run += ["trainer.save_every_steps=0", "trainer.save_final=false", "trainer.export_final=false"]
-            result = _train_once(ctx, per_run, out)
-            runs.append({"strategy": name, "seed": seed, "dir": out, "wall_s": result["wall_s"]})
+        try:
+            t0 = time.perf_counter()
+            extra = list(strategy.prepare(ctx)) if strategy.prepare else []
+            if strategy.prepare:
+                prepare_s[name] = round(time.perf_counter() - t0, 1)
+            for seed in seeds:
+                out = run_dir(root, name, seed)
+                dist.print0(f"bench: {name} seed {seed}")
+                per_run = list(strategy.overrides) + extra + list((bc.overrides or {}).get(name, []))
+                per_run += [f"trainer.seed={seed}", f"trainer.output_dir={out}", "trainer.resume=never", "mode=train"]
+                per_run += ["trainer.save_every_steps=0", "trainer.save_final=false", "trainer.export_final=false"]
+                result = _train_once(ctx, per_run, out)
+                runs.append({"strategy": name, "seed": seed, "dir": out, "wall_s": result["wall_s"]})
+        except UserError as e:
+            if name == "iid":
+                raise  # the reference itself cannot run: nothing to compare against
+            # A strategy this data cannot serve (say, Phased IFT without a difficulty) is reported, and
+            # the grid goes on: the other strategies' runs are not lost.
+            failed[name] = str(e)
+            runs = [r for r in runs if r["strategy"] != name]
+            dist.print0(f"bench: {name} did not run: {e}")
     meta = {
         "command": "ct-train-bench " + " ".join(overrides),
         "data": run_cfg.data.name,
@@ -208,6 +219,7 @@ def run(cfg: Config, resolved: Dict[str, Any], overrides: List[str]) -> Dict[str
         "prepare_s": prepare_s,
         "wall_s": round(time.perf_counter() - t_all, 1),
         "quick": bc.quick,
+        "failed": failed,
     }
     summary = dist.on_main(lambda: report.write(root, runs, meta))
     return summary

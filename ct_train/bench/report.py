@@ -332,6 +332,9 @@ def markdown(a: Dict[str, Any], meta: Dict[str, Any], plots: List[str]) -> str:
         cells += ["/".join(f"{x:.3f}" for x in q) for q in v["distractor"].values()]
         cells += [f"{v['tokens']:,.0f}", f"{v['tokens_per_s']:,.0f}", f"{v['wall_s']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
+    if meta.get("failed"):
+        lines += ["", "Did not run (a configuration or data error; fix the key and re-run the same command):", ""]
+        lines += [f"- {name}: {error}" for name, error in meta["failed"].items()]
     lines += ["", "## Targets", ""] + (targets(a) or ["- (no target applies to this grid)"])
     for metric in (["exact_match"] if has_em else []) + ["loss"]:
         lines += ["", f"## Held-out {'exact match (%)' if metric == 'exact_match' else 'loss'} per cluster", ""]

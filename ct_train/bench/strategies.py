@@ -63,12 +63,16 @@ def _prepare_beyond_iid(ctx) -> List[str]:
 
     split = ctx.cfg.data.name in ("skills", "bench")
     out = os.path.join(ctx.root, "prepare", "beyond_iid")
-    overrides = [
-        "mode=interaction",
-        "interaction.method=gradient",
-        f"interaction.warmup_steps={max(1, ctx.cfg.trainer.max_steps // 4)}",
-        f"trainer.output_dir={out}",
-    ] + (["data.split_by_difficulty=true"] if split else []) + (["interaction.grad_samples=8"] if ctx.cfg.bench.quick else [])
+    overrides = (
+        [
+            "mode=interaction",
+            "interaction.method=gradient",
+            f"interaction.warmup_steps={max(1, ctx.cfg.trainer.max_steps // 4)}",
+            f"trainer.output_dir={out}",
+        ]
+        + (["data.split_by_difficulty=true"] if split else [])
+        + (["interaction.grad_samples=8"] if ctx.cfg.bench.quick else [])
+    )
     path = os.path.join(out, FILE)
     result = ctx.cached(path, overrides)
     if result is None:

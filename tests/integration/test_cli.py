@@ -39,6 +39,12 @@ def test_single_process_run_writes_every_output(tmp_path):
     assert {"eval/add/loss", "eval/add/exact_match", "eval/loss"} <= set(rows[2])
     # the skill suite has 2 difficulty levels here: held-out metrics per level too
     assert {"eval_difficulty/1/exact_match", "eval_difficulty/2/loss"} <= set(rows[2])
+    # ... and per cluster and level (4 held-out samples each): the cluster's value is their mean
+    for name in ("add", "reverse", "brackets", "cjk_reverse"):
+        for m in ("loss", "exact_match"):
+            cells = [rows[2][f"eval/{name}/L{lv}/{m}"] for lv in (1, 2)]
+            assert sum(cells) / 2 == pytest.approx(rows[2][f"eval/{name}/{m}"], rel=1e-6)
+    assert rows[2]["eval/add/L1/loss"] != rows[2]["eval/add/L2/loss"]
     assert "difficulty 2" in proc.stdout
     assert rows[4]["tokens"] > rows[1]["tokens"] > 0
     resolved = (out / "config.yaml").read_text()

@@ -1,0 +1,145 @@
+"""The benchmark's arithmetic: steps to a target loss, per-cluster metrics of split runs, distractor
+shares, the winner line, the targets, and which overrides a bench passes to its runs."""
+
+import json
+import math
+
+import pytest
+
+from ct_train.bench import quick_overrides, report, user_overrides
+from ct_train.bench.strategies import registered
+from ct_train.config import Config
+from ct_train.curriculum import CURRICULA
+
+
+def test_every_curriculum_is_a_strategy_iid_first_and_beyond_iid_prepares():
+    s = registered()
+    assert list(s)[0] == "iid" and set(s) == set(CURRICULA)
+    assert s["it2acl"].overrides == ("curriculum=it2acl",) and s["it2acl"].prepare is None
+    assert s["beyond_iid"].prepare is not None
+
+
+def test_steps_to_interpolates_between_evaluations():
+    evals = [(0, 0, {"eval/loss": 5.0}), (10, 100, {"eval/loss": 3.0}), (20, 200, {"eval/loss": 2.0})]
+    assert report.steps_to(evals, 2.5) == pytest.approx(15.0)
+    assert report.steps_to(evals, 3.0) == pytest.approx(10.0)
+    assert report.steps_to(evals, 5.5) == 0.0
+    assert report.steps_to(evals, 1.9) is None
+
+
+def test_cluster_metrics_reads_cells_and_split_runs_alike():
+    plain = {
+        "eval/add/loss": 2.0,
+        "eval/add/L1/loss": 1.0,
+        "eval/add/L2/loss": 3.0,
+        "eval/add/exact_match": 0.5,
+        "eval/add/L1/exact_match": 1.0,
+        "eval/add/L2/exact_match": 0.0,
+        "eval/loss": 2.0,
+    }
+    split = {
+        "eval/add/L1/loss": 1.0,
+        "eval/add/L2/loss": 3.0,
+        "eval/add/L1/exact_match": 1.0,
+        "eval/add/L2/exact_match": 0.0,
+    }
+    a, b = report.cluster_metrics(plain), report.cluster_metrics(split)
+    assert a["loss"] == b["loss"] == {"add": 2.0, "add/L1": 1.0, "add/L2": 3.0}
+    assert a["exact_match"]["add"] == b["exact_match"]["add"] == 0.5
+    assert report.base_cluster("lookup_max/L3") == "lookup_max" and report.base_cluster("add") == "add"
+
+
+def test_quarter_shares_count_samples_per_quarter():
+    samples = {s: {"noise": 2 if s <= 2 else 0, "add": 2} for s in range(1, 9)}
+    assert report.quarter_shares(samples, 8, "noise") == [0.5, 0.0, 0.0, 0.0]
+
+
+def _write_run(path, losses, em, noise_per_step, steps=8):
+    path.mkdir(parents=True)
+    rows = []
+    for s in range(1, steps + 1):
+        rows.append(
+            {
+                "step": s,
+                "loss": 1.0,
+                "tokens": 100 * s,
+                "tokens_per_s": 50.0,
+                "cluster/add/samples": 4 - noise_per_step[s - 1],
+                "cluster/noise/samples": noise_per_step[s - 1],
+            }
+        )
+        if s % 4 == 0:
+            loss = losses[s // 4 - 1]
+            rows.append(
+                {
+                    "step": s,
+                    "eval/loss": loss,
+                    "eval/exact_match": em,
+                    "eval/add/loss": loss,
+                    "eval/add/exact_match": em,
+                    "eval/add/L1/exact_match": em,
+                    "eval/add/L2/exact_match": em,
+                    "eval/add/L1/loss": loss,
+                    "eval/add/L2/loss": loss,
+                    "eval/noise/loss": 4.0,
+                    "eval/noise/exact_match": 0.0,
+                }
+            )
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_analyse_ratio_winner_and_targets(tmp_path):
+    runs = []
+    spec = {  # strategy -> per seed: (eval losses at steps 4, 8), EM, noise samples per step
+        "iid": [((3.0, 2.0), 0.20, [1] * 8), ((3.0, 2.2), 0.22, [1] * 8)],
+        "it2acl": [((2.0, 1.5), 0.40, [1, 1, 0, 0, 0, 0, 0, 0]), ((2.1, 1.6), 0.44, [1, 1, 0, 0, 0, 0, 0, 0])],
+    }
+    for name, seeds in spec.items():
+        for seed, (losses, em, noise) in enumerate(seeds):
+            d = tmp_path / name / str(seed)
+            _write_run(d, losses, em, noise)
+            runs.append({"strategy": name, "seed": seed, "dir": str(d), "wall_s": 1.0})
+    meta = {"data": "jsonl", "max_steps": 8, "quick": False}
+    a = report.analyse(runs, meta)
+    assert a["target_loss"] == pytest.approx(2.1)
+    it = a["summary"]["it2acl"]
+    # it2acl reaches 2.1 between step 0 (no eval there) ... its first eval (step 4, 2.0 and 2.1) is already below
+    assert it["reached"] == 2 and it["steps_ratio"][0] == pytest.approx(0.5)
+    iid = a["summary"]["iid"]
+    assert iid["reached"] == 1  # one IID seed ends at 2.0 <= 2.1, the other at 2.2 does not
+    assert it["exact_match"][0] == pytest.approx(0.42) and it["exact_match"][1] == pytest.approx(math.sqrt(0.0008))
+    line = report.winner_line(a)
+    assert line.startswith("**Winner: it2acl**") and "by 21.0 points" in line and "within the noise" not in line
+    # jsonl data: no planted structure, so only the steps target applies
+    t = report.targets(a)
+    assert len(t) == 1 and "**met** (0.50x, 2/2 seeds" in t[0]
+
+
+def test_bench_passes_the_users_overrides_but_not_the_per_run_keys():
+    given = [
+        "data=jsonl",
+        "data.path=x.jsonl",
+        "mode=bench",
+        "bench.seeds=2",
+        "curriculum=odm",
+        "curriculum.eta=1",
+        "+trainer.seed=3",
+        "trainer.output_dir=o",
+        "trainer.max_steps=50",
+        "bench_x=1",
+    ]
+    assert user_overrides(given) == ["data=jsonl", "data.path=x.jsonl", "trainer.max_steps=50", "bench_x=1"]
+    cfg = Config()
+    cfg.data.name = "jsonl"
+    cfg.model.path = "/some/model"
+    q = quick_overrides(cfg)
+    assert "trainer.max_steps=12" in q and not any(o.startswith(("data.skills", "model.")) for o in q)
+
+
+def test_an_unknown_strategy_is_a_config_error_naming_the_key():
+    from ct_train.errors import ConfigError
+
+    cfg = Config()
+    cfg.bench.strategies = ["iid", "curriculum_x"]
+    with pytest.raises(ConfigError, match=r"bench.strategies='curriculum_x' is not valid; expected one of: iid, "):
+        cfg.bench.validate()

@@ -1,0 +1,97 @@
+"""`ct-train-bench --quick` end to end: every registered strategy x 2 seeds through the trainer, the
+report, the CSV and the plots; the same command again re-uses the finished runs."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, cli_env
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _bench(args, timeout=600):
+    code = "from ct_train.cli import bench_main; bench_main()"
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO, env=cli_env(2)
+    )
+
+
+def test_quick_bench_runs_every_strategy_and_writes_the_report(tmp_path):
+    from ct_train.bench.strategies import registered
+
+    out = tmp_path / "bench"
+    args = ["--quick", f"trainer.output_dir={out}", "logger.progress_bar=false"]
+    proc = _bench(args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    names = list(registered())
+
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted((r["strategy"], r["seed"]) for r in rows) == sorted((n, s) for n in names for s in ("42", "43"))
+    for r in rows:  # the same budget for every run; numbers, not blanks
+        assert int(r["steps"]) == 12 and int(r["tokens"]) > 0 and float(r["loss"]) > 0
+        assert 0 <= float(r["exact_match"]) <= 1
+        shares = [float(r[f"noise_share_q{q}"]) for q in range(1, 5)]
+        assert all(0 <= x <= 1 for x in shares)
+        for c in ("copy", "expr", "lookup_max", "noise"):  # per cluster and per cluster x level
+            assert float(r[f"loss/{c}"]) > 0 and float(r[f"loss/{c}/L3"]) > 0
+    by = {(r["strategy"], r["seed"]): r for r in rows}
+    assert by[("iid", "42")]["loss"] != by[("iid", "43")]["loss"]  # the seeds differ
+    assert by[("iid", "42")]["loss"] != by[("phased", "42")]["loss"]  # so do the strategies
+    # every run is an ordinary training run of its strategy and seed, on the same data and budget
+    for n in names:
+        for seed in (42, 43):
+            cfg = yaml.safe_load((out / "runs" / n / f"seed{seed}" / "config.yaml").read_text())
+            assert cfg["curriculum"]["name"] == n and cfg["trainer"]["seed"] == seed
+            assert cfg["trainer"]["max_steps"] == 12 and cfg["trainer"]["global_batch_size"] == 8
+            assert cfg["data"]["skills"]["clusters"][-1] == "noise"
+    # beyond_iid trains on (cluster, level) categories from the interaction matrix measured first
+    bi = yaml.safe_load((out / "runs/beyond_iid/seed42/config.yaml").read_text())
+    assert bi["data"]["split_by_difficulty"] and (out / "prepare/beyond_iid/interaction.json").exists()
+
+    text = (out / "report.md").read_text()
+    for n in names:
+        assert f"| {n} | " in text
+    assert "**Winner: " in text and "## Targets" in text and "IT2ACL reaches IID's final held-out loss" in text
+    assert "copy -> reverse -> sort" in text
+    for png in ["loss_vs_tokens.png"] + [f"timeline_{n}.png" for n in names if n != "iid"]:
+        assert (out / png).stat().st_size > 10_000, png
+    assert "Winner" in proc.stdout
+
+    # The same command again: every run is found finished (none trains again), the report is rebuilt.
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/seed*/metrics.jsonl")}
+    assert len(stamps) == 2 * len(names)
+    (out / "report.md").unlink()
+    again = _bench(args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/seed*/metrics.jsonl")} == stamps
+    assert (out / "report.md").exists() and again.stdout.count("finished earlier with the same overrides, kept") == len(
+        stamps
+    )
+    with open(out / "results.csv") as f:
+        assert list(csv.DictReader(f)) == rows
+
+
+def test_bench_on_a_users_jsonl_reports_loss_and_a_strategy_the_data_cannot_serve(tmp_path, shared_data):
+    """Alpaca records without a difficulty field: IID runs, Phased IFT (difficulty=data) cannot and is
+    reported as not run instead of ending the grid; no exact match on free text, so loss only."""
+    records = [json.loads(x) for x in (shared_data / "alpaca52k-gpt4-scored-stage3.jsonl").open()][:120]
+    data = tmp_path / "alpaca.jsonl"  # the GPT-4 scores removed: no difficulty
+    data.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "score"}) + "\n" for r in records))
+    out = tmp_path / "bench"
+    args = ["--quick", "data=jsonl", f"data.path={data}", "data.max_seq_len=256", "data.eval_fraction=0.2"]
+    args += ["bench.strategies=[phased]", "bench.seeds=1", f"trainer.output_dir={out}", "logger.progress_bar=false"]
+    proc = _bench(args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["strategy"], r["seed"]) for r in rows] == [("iid", "42")]  # iid joins as the reference
+    assert float(rows[0]["loss"]) > 0 and rows[0]["exact_match"] == "nan"
+    text = (out / "report.md").read_text()
+    assert "Did not run" in text and "- phased: " in text and "difficulty" in text.split("- phased: ")[1]
+    assert "EM %" not in text and "Only iid ran." in text
