@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from ct_train import distributed as dist
@@ -73,6 +73,7 @@ class Context:
     cfg: Config
     root: str
     base: List[str]
+    prepare_s: Dict[str, float] = field(default_factory=dict)  # set-up seconds per strategy (when it ran)
 
     def compose(self, extra: List[str]) -> Tuple[Config, Dict[str, Any]]:
         from hydra import compose
@@ -183,15 +184,11 @@ def run(cfg: Config, resolved: Dict[str, Any], overrides: List[str]) -> Dict[str
     )
     t_all = time.perf_counter()
     runs: List[Dict[str, Any]] = []
-    prepare_s: Dict[str, float] = {}
     failed: Dict[str, str] = {}
     for name in names:
         strategy = strategies[name]
         try:
-            t0 = time.perf_counter()
             extra = list(strategy.prepare(ctx)) if strategy.prepare else []
-            if strategy.prepare:
-                prepare_s[name] = round(time.perf_counter() - t0, 1)
             for seed in seeds:
                 out = run_dir(root, name, seed)
                 dist.print0(f"bench: {name} seed {seed}")
@@ -216,8 +213,9 @@ def run(cfg: Config, resolved: Dict[str, Any], overrides: List[str]) -> Dict[str
         "global_batch_size": run_cfg.trainer.global_batch_size,
         "world_size": dist.world_size(),
         "seeds": seeds,
-        "prepare_s": prepare_s,
-        "wall_s": round(time.perf_counter() - t_all, 1),
+        "prepare_s": ctx.prepare_s,
+        "runs_s": round(sum(r["wall_s"] for r in runs), 1),  # the runs' own wall times, also of kept ones
+        "wall_s": round(time.perf_counter() - t_all, 1),  # this invocation
         "quick": bc.quick,
         "failed": failed,
     }

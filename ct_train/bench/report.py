@@ -144,6 +144,10 @@ def analyse(runs: List[Dict[str, Any]], meta: Dict[str, Any]) -> Dict[str, Any]:
         {c for v in loaded.values() for c in cluster_metrics(v["final"])["loss"] if "/L" not in c},
     )
     structure = suite_structure(clusters) if meta["data"] in ("skills", "bench") else {"chains": {}, "distractors": []}
+    if structure["chains"] or structure["distractors"]:  # the suite's order: each chain's members side by side
+        from ct_train.data.skills import BENCH_SUITE
+
+        clusters.sort(key=lambda c: BENCH_SUITE.index(c) if c in BENCH_SUITE else len(BENCH_SUITE))
     levels = sorted(
         {float(c.rsplit("/L", 1)[1]) for v in loaded.values() for c in cluster_metrics(v["final"])["loss"] if "/L" in c}
     )
@@ -304,7 +308,8 @@ def markdown(a: Dict[str, Any], meta: Dict[str, Any], plots: List[str]) -> str:
         f"- data: `{meta['data']}`, {len(a['clusters'])} clusters; model: `{meta['model']}`; "
         f"{meta['world_size']} rank(s) on {socket.gethostname()} ({os.cpu_count()} CPUs)",
         f"- budget, the same for every strategy: {meta['max_steps']} optimizer steps x {meta['global_batch_size']} "
-        f"samples; seeds {meta['seeds']}; whole grid {meta['wall_s'] / 60:.1f} min"
+        f"samples; seeds {meta['seeds']}; the runs took {meta['runs_s'] / 60:.1f} min (this invocation "
+        f"{meta['wall_s'] / 60:.1f} min: finished runs are kept)"
         + (
             "; set-up outside the budget: " + ", ".join(f"{k} {v:.0f} s" for k, v in meta["prepare_s"].items())
             if meta["prepare_s"]

@@ -79,6 +79,7 @@ def _prepare_beyond_iid(ctx) -> List[str]:
         cfg, resolved = ctx.compose(overrides)
         result = measure(cfg, resolved)
         ctx.mark_cached(path, overrides)
+    ctx.prepare_s["beyond_iid"] = result["seconds"]
     k = len(result["categories"])
     return (["data.split_by_difficulty=true"] if split else []) + [
         f"curriculum.interaction_file={path}",

@@ -114,6 +114,14 @@ def test_analyse_ratio_winner_and_targets(tmp_path):
     t = report.targets(a)
     assert len(t) == 1 and "**met** (0.50x, 2/2 seeds" in t[0]
 
+    meta.update(command="ct-train-bench x", model="tiny", global_batch_size=4, world_size=1, seeds=[0, 1])
+    meta.update(prepare_s={}, runs_s=4.0, wall_s=5.0, failed={"phased": "no difficulty"})
+    report.write(str(tmp_path), runs, meta)
+    text = (tmp_path / "report.md").read_text()
+    assert "| it2acl | 1.5500 ± 0.0707 | 42.0 ± 2.8 | 0.50 ± 0.00 (2/2) |" in text
+    assert "- phased: no difficulty" in text and (tmp_path / "timeline_it2acl.png").exists()
+    assert (tmp_path / "results.csv").read_text().count("\n") == 5  # a header and one row per run
+
 
 def test_bench_passes_the_users_overrides_but_not_the_per_run_keys():
     given = [
