@@ -66,7 +66,10 @@ def test_two_rank_it2acl_run_agrees_across_ranks_keeps_its_checkpoints_and_expor
     """(Killing such a run and resuming it exactly is tests/distributed/test_multinode.py, with the same
     curriculum over two simulated nodes.)"""
     ref = tmp_path / "ref"
+    shm = set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*"))
     _ok(run_cli(RESUME + [f"trainer.output_dir={ref}"], launcher="deepspeed", nproc=2))
+    # DeepSpeed's CPU all-reduce buffers (66 MB of RAM per rank in /dev/shm) are removed at the end
+    assert set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*")) <= shm
     for rank in (0, 1):
         assert [r["step"] for r in samples(ref, rank)] == list(range(1, 13))
     _check_ranks_agree(ref)
