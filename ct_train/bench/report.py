@@ -406,7 +406,9 @@ def plots(root: str, a: Dict[str, Any]) -> List[str]:
         share = np.stack([np.convolve(share[:, j], kernel, mode="same") for j in range(len(clusters))], axis=1)
         share /= np.maximum(share.sum(1, keepdims=True), 1e-12)
         fig, ax = plt.subplots(figsize=(9, 4.5))
-        ax.stackplot(steps, share.T, labels=clusters, colors=[cmap(i % 20) for i in range(len(clusters))])
+        ax.stackplot(
+            steps, share.T, labels=clusters, colors=[cmap((2 * i) % 20 + (2 * i) // 20) for i in range(len(clusters))]
+        )
         for d in a["structure"]["distractors"]:
             if d in clusters:
                 j = clusters.index(d)
