@@ -22,6 +22,12 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 # must be set before triton is first imported, which is why it is here.
 if shutil.which("nvidia-smi") is None:
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# The venv's bin first on PATH for this process and every one it starts: DeepSpeed JIT-builds its CPU
+# shm all-reduce op with whichever `ninja` is on PATH, and a different ninja (pip's in the venv vs
+# /usr/bin's) rebuilds it from scratch, ~50 s each time the two alternate.
+_BIN = str(Path(sys.executable).parent)
+if os.environ.get("PATH", "").split(os.pathsep)[0] != _BIN:
+    os.environ["PATH"] = _BIN + os.pathsep + os.environ.get("PATH", "")
 
 
 @pytest.fixture
