@@ -65,9 +65,13 @@ class ModelConfig:
     dtype: str = "auto"
     gradient_checkpointing: bool = False
     loss_backend: str = "auto"  # fused cross-entropy: auto (Triton on CUDA, else torch), triton, torch
+    # Its gradients: recompute the logits in backward, or finish them in forward for the objective's
+    # weights (known before the forward pass): no recompute, but dX and dW are held until backward.
+    loss_grad_mode: str = "recompute"
 
     def validate(self) -> None:
         check_choice("model.loss_backend", self.loss_backend, ("auto", "triton", "torch"))
+        check_choice("model.loss_grad_mode", self.loss_grad_mode, ("recompute", "forward"))
         check_choice(
             "model.attn_implementation", self.attn_implementation, ("auto", "flash_attention_2", "sdpa", "eager")
         )

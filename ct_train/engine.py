@@ -122,7 +122,11 @@ class Engine:
         # materialises only its partition) and loads checkpoints shard by shard.
         self._hf_ds_config = HfDeepSpeedConfig(self.ds_config) if self.zero3 else None
         torch.manual_seed(cfg.trainer.seed)  # identical initial weights on every rank
-        model = SampleLossModel(build_hf_model(cfg.model, tokenizer, self.dtype), loss_backend=cfg.model.loss_backend)
+        model = SampleLossModel(
+            build_hf_model(cfg.model, tokenizer, self.dtype),
+            loss_backend=cfg.model.loss_backend,
+            loss_grad_mode=cfg.model.loss_grad_mode,
+        )
         if self.zero3:
             # lm_head's forward never runs (we project in the loss): gather its weight for ours.
             deepspeed.zero.register_external_parameter(model, model.output_weight())
@@ -160,9 +164,12 @@ class Engine:
     def train(self, mode: bool = True) -> None:
         self.ds.train(mode)
 
-    def forward(self, batch: Any) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Per-sample losses (B,) and argmax-correct token counts (B,) for a MicroBatch."""
-        return self.ds(batch.input_ids, batch.attention_mask, batch.labels)
+    def forward(
+        self, batch: Any, objective_weights: Optional[torch.Tensor] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample losses (B,) and argmax-correct token counts (B,) for a MicroBatch. Training passes
+        the objective's weights (`losses.objective_weights`), which model.loss_grad_mode=forward uses."""
+        return self.ds(batch.input_ids, batch.attention_mask, batch.labels, objective_weights)
 
     def backward(self, loss: torch.Tensor) -> None:
         self.ds.backward(loss)

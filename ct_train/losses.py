@@ -22,7 +22,13 @@ IGNORE_INDEX = -100
 
 
 def per_sample_loss(
-    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk_tokens: int = 4096, backend: str = "auto"
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    chunk_tokens: int = 4096,
+    backend: str = "auto",
+    grad_mode: str = "recompute",
+    upstream_grad: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Mean response-token cross-entropy of every sample, and its number of argmax-correct tokens.
 
@@ -32,6 +38,8 @@ def per_sample_loss(
         labels: (B, T) token ids, -100 where no loss is taken; shifted here (position t predicts t+1).
         chunk_tokens: rows projected at once by the PyTorch backend (bounds its logits to chunk x V).
         backend: `ct_train.kernels` backend: auto (Triton on CUDA), triton, torch.
+        grad_mode, upstream_grad: "forward" finishes the gradients in forward for the upstream
+            gradient (B,) that backward will bring (the objective's weights); see ct_train.kernels.
 
     Returns:
         (loss, n_correct), both (B,) in fp32 (fp64 for fp64 inputs). A sample with no response
@@ -53,18 +61,27 @@ def per_sample_loss(
         backend=backend,
         chunk_tokens=chunk_tokens,
         return_correct=True,
+        grad_mode=grad_mode,
+        upstream_grad=upstream_grad,
     )
 
 
-def objective(
-    per_sample: torch.Tensor,
+def objective(per_sample: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The scalar to back-propagate for one micro-batch: sum(weights * per_sample), `weights` from
+    `objective_weights`. It is linear in the per-sample losses, so its gradient on them (the weights)
+    is known before the forward pass: model.loss_grad_mode=forward finishes the lm_head and hidden
+    gradients there."""
+    return (per_sample * weights.to(per_sample.dtype)).sum()
+
+
+def objective_weights(
     n_target: torch.Tensor,
     normalization: str,
     global_denominator: float,
     grad_scale: float,
     sample_weights: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """The scalar to back-propagate for one micro-batch.
+    """(B,) weight of each sample's loss in the micro-batch's objective.
 
     token: sum of token losses / response tokens in the global batch.
     sample: sum of per-sample mean losses / samples (with a response token) in the global batch.
@@ -74,10 +91,7 @@ def objective(
     `sample_weights` (B,) scale each sample's term (per-cluster loss weights); the denominator is then
     the weighted count of the global batch, so the objective is a weighted mean.
     """
+    w = n_target.to(torch.float32) if normalization == "token" else torch.ones(n_target.shape, device=n_target.device)
     if sample_weights is not None:
-        per_sample = per_sample * sample_weights.to(per_sample.dtype)
-    if normalization == "token":
-        total = (per_sample * n_target.to(per_sample.dtype)).sum()
-    else:
-        total = per_sample.sum()
-    return total * (grad_scale / max(global_denominator, 1.0))
+        w = w * sample_weights.to(w.dtype)
+    return w * (grad_scale / max(global_denominator, 1.0))

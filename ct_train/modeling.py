@@ -9,7 +9,7 @@ an external parameter of this wrapper so ZeRO gathers it for our forward and bac
 
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -87,18 +87,35 @@ def build_hf_model(cfg: ModelConfig, tokenizer: Any, dtype: torch.dtype) -> Any:
 class SampleLossModel(nn.Module):
     """Wraps a causal LM; forward returns per-sample mean response losses and argmax-correct counts."""
 
-    def __init__(self, lm: nn.Module, chunk_tokens: int = 4096, loss_backend: str = "auto") -> None:
+    def __init__(
+        self, lm: nn.Module, chunk_tokens: int = 4096, loss_backend: str = "auto", loss_grad_mode: str = "recompute"
+    ) -> None:
         super().__init__()
         self.lm = lm
         self.chunk_tokens = chunk_tokens
         self.loss_backend = loss_backend
+        self.loss_grad_mode = loss_grad_mode
 
     def output_weight(self) -> nn.Parameter:
         return self.lm.get_output_embeddings().weight
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        objective_weights: Optional[torch.Tensor] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """`objective_weights` (B,): d(objective)/d(per-sample loss), for loss_grad_mode="forward"."""
         body = self.lm.get_decoder()
         hidden = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-        return per_sample_loss(hidden, self.output_weight(), labels, self.chunk_tokens, self.loss_backend)
+        forward_mode = self.loss_grad_mode == "forward" and objective_weights is not None
+        return per_sample_loss(
+            hidden,
+            self.output_weight(),
+            labels,
+            self.chunk_tokens,
+            self.loss_backend,
+            grad_mode="forward" if forward_mode else "recompute",
+            upstream_grad=objective_weights if forward_mode else None,
+        )

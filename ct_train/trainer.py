@@ -28,7 +28,7 @@ from ct_train.engine import Engine
 from ct_train.errors import ConfigError, DataError, TrainingStopped
 from ct_train.evaluation import evaluate, sample_losses
 from ct_train.logging import RunLogger
-from ct_train.losses import objective
+from ct_train.losses import objective, objective_weights
 from ct_train.sampler import CurriculumSampler
 from ct_train.signals import ClusterLossAccumulator, cluster_loss_metrics, measure, prediction_gain, reduce_together
 
@@ -302,17 +302,17 @@ def train(cfg: Config, resolved: Dict[str, Any], report: bool = True) -> Dict[st
             micro_batches = sampler.rank_micro_batches(global_batch, rank, world, tr.micro_batch_size)
             for i, idx in enumerate(micro_batches):
                 batch = collate(train_split, idx, tokenizer.pad_token_id).to(engine.device)
-                per_sample, _ = engine.forward(batch)
-                if i == 0 and rank == 0 and nan_at == state.step + 1:  # fault drill (CT_TRAIN_NAN_AT)
-                    per_sample = per_sample * float("nan")
-                loss = objective(
-                    per_sample,
+                weights = objective_weights(
                     batch.n_target,
                     tr.loss_normalization,
                     denominator,
                     grad_scale=world * grad_accum_steps,
                     sample_weights=None if loss_weights is None else weights_t[batch.cluster_ids],
                 )
+                per_sample, _ = engine.forward(batch, weights)
+                if i == 0 and rank == 0 and nan_at == state.step + 1:  # fault drill (CT_TRAIN_NAN_AT)
+                    per_sample = per_sample * float("nan")
+                loss = objective(per_sample, weights)
                 engine.backward(loss)
                 if i < len(micro_batches) - 1:
                     engine.step()  # not the boundary yet: DeepSpeed only counts the micro-step

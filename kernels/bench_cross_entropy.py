@@ -8,8 +8,10 @@ the valid tokens (16 samples of N/16 rows), then the mean over samples, back-pro
     python -m ct_train.kernels.bench_cross_entropy                      # the issue's shapes, bf16, CUDA
     python -m ct_train.kernels.bench_cross_entropy --shapes 2048,256,8192 --dtype fp32 --device cpu
 
-Writes a markdown table to stdout (and to --out when given). Liger is included when `liger_kernel`
-imports; its fused linear CE has no per-sample reduction, so it gets reduction="mean" (less work).
+`ours` is grad_mode="recompute" (the default), `ours-fwd` grad_mode="forward" (gradients finished
+in forward for the known upstream gradient of the mean). Writes a markdown table to stdout (and to
+--out when given). Liger is included when `liger_kernel` imports; its fused linear CE has no
+per-sample reduction, so it gets reduction="mean" (less work).
 """
 
 from __future__ import annotations
@@ -39,6 +41,14 @@ def _eager(h, w, labels, sample_index):
 
 def _ours(h, w, labels, sample_index):
     return linear_cross_entropy(h, w, labels, sample_index, num_samples=SAMPLES, reduction="sample").mean()
+
+
+def _ours_forward(h, w, labels, sample_index):
+    # grad_mode="forward": the gradients of the mean over samples are finished in forward
+    up = torch.full((SAMPLES,), 1.0 / SAMPLES, device=h.device)
+    return linear_cross_entropy(
+        h, w, labels, sample_index, num_samples=SAMPLES, reduction="sample", grad_mode="forward", upstream_grad=up
+    ).mean()
 
 
 def _liger() -> Optional[Callable]:
@@ -91,8 +101,8 @@ def _time(fn, hidden, weight, labels, sample_index, iters, warmup) -> Tuple[floa
     return statistics.median(times), peak
 
 
-def run(shapes, dtype, device, iters, warmup, only=("ours", "eager", "compile", "liger")) -> str:
-    impls: Dict[str, Callable] = {"ours": _ours, "eager": _eager}
+def run(shapes, dtype, device, iters, warmup, only=("ours", "ours-fwd", "eager", "compile", "liger")) -> str:
+    impls: Dict[str, Callable] = {"ours": _ours, "ours-fwd": _ours_forward, "eager": _eager}
     if "compile" in only:
         impls["compile"] = torch.compile(_eager)
     liger = _liger()
@@ -134,7 +144,11 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--impls", default="ours,eager,compile,liger", help="which to run (comma-separated)")
+    parser.add_argument(
+        "--impls",
+        default="ours,ours-fwd,eager,compile,liger",
+        help="which to run, comma-separated (ours: grad_mode=recompute; ours-fwd: grad_mode=forward)",
+    )
     parser.add_argument("--out", help="also write the table here")
     args = parser.parse_args()
     shapes = [tuple(int(x) for x in s.split(",")) for s in args.shapes.split(";")]

@@ -5,9 +5,14 @@ accumulated over H in fp32 (`tl.dot`), soft-capped if asked, and folded into an 
 the target logit, the logit sum (label smoothing) and the running argmax are gathered on the way. Only
 lse, the loss and the argmax flag are written: O(rows) memory, never [rows x vocab].
 
-Backward (recompute): one program per (row block, vocabulary tile) rebuilds its logits tile, forms
-dlogits = g * (softmax - (1-eps) onehot - eps/V) * softcap' in fp32, rounds it once to the input dtype,
-and accumulates dh = dlogits @ W and dW = dlogits^T @ h into fp32 buffers with atomics.
+Backward (recompute) and grad_mode="forward" (`triton_forward_grads`) share one chunked path
+(`_chunked`): a chunk of rows' logits is materialised by one matmul (cuBLAS on GPU, input dtype, fp32
+accumulation), `_chunk_kernel` reads each row twice (online log-sum-exp, then dlogits = scale * (softmax
+- (1-eps) onehot - eps/V) * softcap', in fp32, rounded once) and writes dlogits over the logits in
+place, and two matmuls give the chunk's dX and its share of dW. Workspace: one chunk of logits
+(`forward_chunk_rows` sizes it to 256 MiB). dW accumulates in the weight's own dtype, one rounding per
+chunk, so no [V x H] fp32 buffer exists (it would be 1.96 GiB at V=128256, H=4096). Recompute costs
+8 N*H*V flops in all (the fused forward, then 6 in backward); forward mode 6 and no recompute.
 
 Program ids are cast to int64 before address arithmetic: rows x H exceeds 2^31 at the sizes this is
 for (16K rows x 4096), as Liger-Kernel's cross-entropy notes. Tile sizes are pinned (no autotune), so
@@ -110,58 +115,187 @@ def _fwd_kernel(
 
 
 @triton.jit
-def _bwd_kernel(
-    h_ptr,
-    w_ptr,
+def _capped_tile(z_row, offs, cmask, softcap, HAS_SOFTCAP: tl.constexpr):
+    """A tile of one row of materialised logits, in fp32, soft-capped if asked."""
+    z = tl.load(z_row + offs, mask=cmask, other=0.0).to(tl.float32)
+    if HAS_SOFTCAP:
+        z = softcap * _tanh(z / softcap)
+    return z
+
+
+@triton.jit
+def _chunk_kernel(
+    z_ptr,
     y_ptr,
-    lse_ptr,
-    g_ptr,
-    dh_ptr,
-    dw_ptr,
-    N,
+    scale_ptr,
+    loss_ptr,
+    correct_ptr,
     V,
-    H,
     eps,
     softcap,
     HAS_SOFTCAP: tl.constexpr,
-    BLOCK_N: tl.constexpr,
     BLOCK_V: tl.constexpr,
-    BLOCK_H: tl.constexpr,
-    PRECISION: tl.constexpr,
 ):
-    pid_n = tl.program_id(0).to(tl.int64)
-    pid_v = tl.program_id(1).to(tl.int64)
-    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
-    cols = pid_v * BLOCK_V + tl.arange(0, BLOCK_V).to(tl.int64)
-    rmask = rows < N
-    cmask = cols < V
-    y = tl.load(y_ptr + rows, mask=rmask, other=0)
-    lse = tl.load(lse_ptr + rows, mask=rmask, other=0.0)
-    g = tl.load(g_ptr + rows, mask=rmask, other=0.0)
-    z = _logits_tile(
-        h_ptr, w_ptr, rows, cols, rmask, cmask, H, softcap, HAS_SOFTCAP, BLOCK_N, BLOCK_V, BLOCK_H, PRECISION
+    """One row of a materialised logits chunk: loss and argmax, then dlogits * scale over z in place."""
+    row = tl.program_id(0).to(tl.int64)
+    z_row = z_ptr + row * V
+    y = tl.load(y_ptr + row)
+    m = tl.full((), float("-inf"), dtype=tl.float32)
+    s = tl.zeros((), dtype=tl.float32)
+    target = tl.zeros((), dtype=tl.float32)
+    zsum = tl.zeros((), dtype=tl.float32)
+    best = tl.full((), float("-inf"), dtype=tl.float32)
+    best_idx = tl.zeros((), dtype=tl.int64)
+    for v0 in range(0, V, BLOCK_V):
+        cols = v0 + tl.arange(0, BLOCK_V).to(tl.int64)
+        cmask = cols < V
+        z = tl.where(cmask, _capped_tile(z_row, cols, cmask, softcap, HAS_SOFTCAP), float("-inf"))
+        tile_max = tl.max(z, axis=0)
+        new_m = tl.maximum(m, tile_max)
+        s = s * tl.exp(m - new_m) + tl.sum(tl.exp(z - new_m), axis=0)
+        m = new_m
+        target += tl.sum(tl.where(cols == y, z, 0.0), axis=0)
+        zsum += tl.sum(tl.where(cmask, z, 0.0), axis=0)
+        tile_arg = tl.argmax(z, axis=0).to(tl.int64) + v0
+        better = tile_max > best  # first maximum wins, as torch.argmax
+        best_idx = tl.where(better, tile_arg, best_idx)
+        best = tl.where(better, tile_max, best)
+    lse = m + tl.log(s)
+    tl.store(loss_ptr + row, (1.0 - eps) * (lse - target) + eps * (lse - zsum / V))
+    tl.store(correct_ptr + row, (best_idx == y).to(tl.int8))
+    g = tl.load(scale_ptr + row)
+    _dlogits_in_place(z_row, y, lse, g, 0, V, V, eps, softcap, HAS_SOFTCAP, BLOCK_V)
+
+
+@triton.jit
+def _dlogits_in_place(
+    z_row, y, lse, g, v_start, width, V, eps, softcap, HAS_SOFTCAP: tl.constexpr, BLOCK_V: tl.constexpr
+):
+    """z_row[0:width] (vocabulary columns v_start..) becomes g * dl/dz, computed in fp32 and rounded once
+    to the logits' dtype after the upstream scale g."""
+    for c0 in range(0, width, BLOCK_V):
+        offs = c0 + tl.arange(0, BLOCK_V).to(tl.int64)
+        cmask = offs < width
+        z = _capped_tile(z_row, offs, cmask, softcap, HAS_SOFTCAP)
+        d = tl.exp(z - lse) - (1.0 - eps) * ((offs + v_start) == y).to(tl.float32) - eps / V
+        if HAS_SOFTCAP:
+            d = d * (1.0 - (z / softcap) * (z / softcap))
+        tl.store(z_row + offs, (d * g).to(z_row.dtype.element_ty), mask=cmask)
+
+
+@triton.jit
+def _slice_kernel(
+    z_ptr,
+    y_ptr,
+    lse_ptr,
+    g_ptr,
+    v_start,
+    width,
+    V,
+    eps,
+    softcap,
+    HAS_SOFTCAP: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+):
+    """One row of a vocabulary slice's logits (columns v_start..+width): dlogits * g in place, from the
+    row's log-sum-exp that the forward kernel already computed (one read, one write)."""
+    row = tl.program_id(0).to(tl.int64)
+    z_row = z_ptr + row * width
+    y = tl.load(y_ptr + row)
+    lse = tl.load(lse_ptr + row)
+    g = tl.load(g_ptr + row)
+    _dlogits_in_place(z_row, y, lse, g, v_start, width, V, eps, softcap, HAS_SOFTCAP, BLOCK_V)
+
+
+def _vocab_sliced_backward(h, weight, targets, lse, eps, softcap, grad, need_h, need_w):
+    """Recompute backward, a slice of the vocabulary at a time over ALL rows: each slice's dW rows come
+    from one matmul (rounded once, straight into dW); dX sums the slices in fp32."""
+    n, vocab = h.shape[0], weight.shape[0]
+    grad = grad.float().contiguous()
+    grad_w = torch.empty_like(weight) if need_w else None
+    grad_h = torch.zeros(h.shape, dtype=torch.float32, device=h.device) if need_h else None
+    width = slice_columns(n, h.dtype)
+    for v0 in range(0, vocab, width):
+        w_slice = weight[v0 : v0 + width]
+        z = h @ w_slice.t()  # (rows, slice) in the input dtype: becomes dlogits below, in place
+        _slice_kernel[(n,)](
+            z,
+            targets,
+            lse,
+            grad,
+            v0,
+            w_slice.shape[0],
+            vocab,
+            float(eps),
+            float(softcap or 1.0),
+            HAS_SOFTCAP=softcap is not None,
+            BLOCK_V=min(4096, triton.next_power_of_2(w_slice.shape[0])),
+        )
+        if grad_w is not None:
+            torch.mm(z.t(), h, out=grad_w[v0 : v0 + width])
+        if grad_h is not None:
+            grad_h += z @ w_slice
+    return None if grad_h is None else grad_h.to(h.dtype), grad_w
+
+
+SLICE_BYTES = 128 << 20  # recompute backward: one vocabulary slice's logits for all rows
+
+
+def slice_columns(rows: int, dtype: torch.dtype) -> int:
+    """Vocabulary columns per backward slice: rows x columns logits take SLICE_BYTES (a multiple of 16)."""
+    cols = SLICE_BYTES // (max(rows, 1) * torch.finfo(dtype).bits // 8)
+    return max(16, cols // 16 * 16)
+
+
+CHUNK_BYTES = 256 << 20  # grad_mode="forward": one chunk of rows' logits
+
+
+def forward_chunk_rows(vocab: int, dtype: torch.dtype) -> int:
+    """Rows per chunk so that chunk x vocab logits take CHUNK_BYTES (a multiple of 64, at least 64)."""
+    rows = CHUNK_BYTES // (vocab * torch.finfo(dtype).bits // 8)
+    return max(64, rows // 64 * 64)
+
+
+def triton_forward_grads(h, weight, targets, eps, softcap, chunk, scale, need_h, need_w):
+    """grad_mode="forward": token losses, correct flags and the gradients of sum(scale * loss)."""
+    if h.dtype == torch.float64:
+        raise TypeError("backend='triton' supports fp32/fp16/bf16 inputs; use backend='torch' for fp64")
+    return _chunked(
+        h.contiguous(), weight.contiguous(), targets.contiguous(), eps, softcap, chunk, scale, need_h, need_w
     )
-    d = tl.exp(z - lse[:, None]) - (1.0 - eps) * (cols[None, :] == y[:, None]).to(tl.float32) - eps / V
-    if HAS_SOFTCAP:
-        d = d * (1.0 - (z / softcap) * (z / softcap))
-    d = d * g[:, None]
-    d = tl.where(rmask[:, None] & cmask[None, :], d, 0.0)
-    d = d.to(h_ptr.dtype.element_ty)  # rounded once, after the upstream scale
-    for h0 in range(0, H, BLOCK_H):
-        hk = h0 + tl.arange(0, BLOCK_H)
-        hmask = hk < H
-        w = tl.load(w_ptr + cols[:, None] * H + hk[None, :], mask=cmask[:, None] & hmask[None, :], other=0.0)
-        tl.atomic_add(
-            dh_ptr + rows[:, None] * H + hk[None, :],
-            tl.dot(d, w, input_precision=PRECISION),
-            mask=rmask[:, None] & hmask[None, :],
+
+
+def _chunked(h, weight, targets, eps, softcap, chunk, scale, need_h, need_w):
+    """Rows chunk by chunk: logits by matmul, `_chunk_kernel` (loss, then dlogits * scale in place), dX, dW."""
+    n, vocab = h.shape[0], weight.shape[0]
+    scale = scale.float().contiguous()
+    loss = torch.empty(n, dtype=torch.float32, device=h.device)
+    correct = torch.empty(n, dtype=torch.int8, device=h.device)
+    grad_h = torch.empty_like(h) if need_h else None
+    # dW sums over every chunk: in fp32 (a [V x H] fp32 buffer for half-precision weights, the price
+    # of this mode), as one rounding per chunk into bf16 would pass 2x PyTorch's error at ~3 chunks.
+    grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+    block_v = min(4096, triton.next_power_of_2(vocab))
+    for s in range(0, n, chunk):
+        hc = h[s : s + chunk]
+        z = hc @ weight.t()  # (rows, V) in the input dtype: becomes dlogits below, in place
+        _chunk_kernel[(hc.shape[0],)](
+            z,
+            targets[s : s + chunk],
+            scale[s : s + chunk],
+            loss[s : s + chunk],
+            correct[s : s + chunk],
+            vocab,
+            float(eps),
+            float(softcap or 1.0),
+            HAS_SOFTCAP=softcap is not None,
+            BLOCK_V=block_v,
         )
-        a = tl.load(h_ptr + rows[:, None] * H + hk[None, :], mask=rmask[:, None] & hmask[None, :], other=0.0)
-        tl.atomic_add(
-            dw_ptr + cols[:, None] * H + hk[None, :],
-            tl.dot(tl.trans(d), a, input_precision=PRECISION),
-            mask=cmask[:, None] & hmask[None, :],
-        )
+        if grad_h is not None:
+            grad_h[s : s + chunk] = z @ weight
+        if grad_w is not None:
+            grad_w += z.t() @ hc
+    return loss, correct.bool(), grad_h, None if grad_w is None else grad_w.to(weight.dtype)
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -208,29 +342,7 @@ class TritonLinearCE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss, _grad_correct):
         h, weight, targets, lse = ctx.saved_tensors
-        n, hdim = h.shape
-        vocab = weight.shape[0]
-        dh = torch.zeros((n, hdim), dtype=torch.float32, device=h.device)
-        dw = torch.zeros((vocab, hdim), dtype=torch.float32, device=h.device)
-        if n:
-            grid = (triton.cdiv(n, BLOCK_N), triton.cdiv(vocab, BLOCK_V))
-            _bwd_kernel[grid](
-                h,
-                weight,
-                targets,
-                lse,
-                grad_loss.float().contiguous(),
-                dh,
-                dw,
-                n,
-                vocab,
-                hdim,
-                float(ctx.label_smoothing),
-                float(ctx.softcap or 1.0),
-                HAS_SOFTCAP=ctx.softcap is not None,
-                BLOCK_N=BLOCK_N,
-                BLOCK_V=BLOCK_V,
-                BLOCK_H=BLOCK_H,
-                PRECISION=_precision(h.dtype),
-            )
-        return dh.to(h.dtype), dw.to(weight.dtype), None, None, None
+        grad_h, grad_w = _vocab_sliced_backward(
+            h, weight, targets, lse, ctx.label_smoothing, ctx.softcap, grad_loss, *ctx.needs_input_grad[:2]
+        )
+        return grad_h, grad_w, None, None, None

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ct_train.losses import objective, per_sample_loss
+from ct_train.losses import objective, objective_weights, per_sample_loss
 
 
 def _reference(hidden, weight, labels):
@@ -84,7 +84,7 @@ def test_objective_gradient_is_split_invariant():
                     lo = rank * gas * mbs + m * mbs
                     sl = slice(lo, lo + mbs)
                     loss, _ = per_sample_loss(hidden[sl], weight, labels[sl])
-                    obj = objective(loss, n_target[sl], norm, denom, grad_scale=world * gas)
+                    obj = objective(loss, objective_weights(n_target[sl], norm, denom, grad_scale=world * gas))
                     (obj / (world * gas)).backward()  # what DeepSpeed does: /gas per micro-step, mean over ranks
             grads.append(weight.grad.clone())
         for g in grads[1:]:
@@ -106,7 +106,9 @@ def test_sample_weights_make_the_objective_a_weighted_mean_split_two_ways():
     weight.grad = None
     for sl in (slice(0, 4), slice(4, 8)):
         loss, _ = per_sample_loss(hidden[sl], weight, labels[sl])
-        (objective(loss, n_target[sl], "token", denom, grad_scale=2, sample_weights=w[sl]) / 2).backward()
+        (
+            objective(loss, objective_weights(n_target[sl], "token", denom, grad_scale=2, sample_weights=w[sl])) / 2
+        ).backward()
     split = weight.grad.clone()
     weight.grad = None
     loss, _ = per_sample_loss(hidden, weight, labels)

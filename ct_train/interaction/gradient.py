@@ -72,7 +72,7 @@ def category_gradients(cfg: Config, data: Any, tokenizer: Any, categories: List[
 
     from ct_train.data import collate
     from ct_train.engine import Engine
-    from ct_train.losses import objective
+    from ct_train.losses import objective, objective_weights
 
     ic, tr = cfg.interaction, cfg.trainer
     world, rank = dist.world_size(), dist.rank()
@@ -107,8 +107,9 @@ def category_gradients(cfg: Config, data: Any, tokenizer: Any, categories: List[
         micro = [mine[i : i + tr.micro_batch_size] for i in range(0, len(mine), tr.micro_batch_size)]
         for i, m in enumerate(micro):
             b = collate(split, m, tokenizer.pad_token_id).to(engine.device)
-            per_sample, _ = engine.forward(b)
-            loss = objective(per_sample, b.n_target, "token", denominator, grad_scale=world * len(micro))
+            weights = objective_weights(b.n_target, "token", denominator, grad_scale=world * len(micro))
+            per_sample, _ = engine.forward(b, weights)
+            loss = objective(per_sample, weights)
             engine.backward(loss)
             if i < len(micro) - 1:
                 engine.step()

@@ -18,7 +18,9 @@ def _ok(proc):
 
 def test_gradient_is_the_same_for_two_batch_splits(tmp_path):
     """One SGD step on the same global batch of 8: 2 ranks x 2 x 2 accumulation (torchrun) vs
-    1 rank x 1 x 8 accumulation (plain python): identical updated weights and gradient norm."""
+    1 rank x 1 x 8 accumulation (plain python): identical updated weights and gradient norm. The 2-rank
+    run finishes the fused loss's gradients in forward (model.loss_grad_mode=forward, under ZeRO-3 and
+    DeepSpeed's division by the accumulation steps), the 1-rank run recomputes them in backward."""
     common = FAST + [
         "trainer.max_steps=1",
         "trainer.global_batch_size=8",
@@ -31,7 +33,10 @@ def test_gradient_is_the_same_for_two_batch_splits(tmp_path):
         "trainer.save_every_steps=0",
     ]
     two = run_cli(
-        common + ["trainer.micro_batch_size=2", f"trainer.output_dir={tmp_path / 'two'}"], launcher="torchrun", nproc=2
+        common
+        + ["trainer.micro_batch_size=2", "model.loss_grad_mode=forward", f"trainer.output_dir={tmp_path / 'two'}"],
+        launcher="torchrun",
+        nproc=2,
     )
     _ok(two)
     one = run_cli(common + ["trainer.micro_batch_size=1", f"trainer.output_dir={tmp_path / 'one'}"])

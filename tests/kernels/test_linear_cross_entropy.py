@@ -72,9 +72,16 @@ OPTIONS = {
 }
 
 
-def _run(backend, hidden, weight, labels, samples, reduction, ignore_index, opts, upstream_seed=1):
+def _upstream(reduction, n, seed=1):
+    """A non-uniform upstream gradient of the output's shape, drawn in fp64 (the same for every dtype)."""
+    shape = {"sample": (5,), "token": (n,), "mean": (), "sum": ()}[reduction]
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def _run(backend, hidden, weight, labels, samples, reduction, ignore_index, opts, grad_mode="recompute"):
     h = hidden.clone().requires_grad_(True)
     w = weight.clone().requires_grad_(True)
+    up = _upstream(reduction, len(labels))
     out = linear_cross_entropy(
         h,
         w,
@@ -85,29 +92,30 @@ def _run(backend, hidden, weight, labels, samples, reduction, ignore_index, opts
         reduction=reduction,
         backend=backend,
         chunk_tokens=7,
+        grad_mode=grad_mode,
+        # "forward" finishes the gradients for the upstream announced here; "recompute" needs none
+        upstream_grad=up if grad_mode == "forward" else None,
         **opts,
     )
-    up = torch.randn(out.shape, generator=torch.Generator().manual_seed(upstream_seed), dtype=torch.float64)
-    up = up.to(out.dtype)  # drawn in fp64 so every dtype sees the same upstream gradient
-    (out * up).sum().backward()  # a non-uniform upstream gradient
+    (out * up.to(out.dtype)).sum().backward()
     return out, h.grad, w.grad
 
 
-def _reference_grads(hidden, weight, labels, samples, reduction, ignore_index, opts, upstream_seed=1):
+def _reference_grads(hidden, weight, labels, samples, reduction, ignore_index, opts):
     h = hidden.double().clone().requires_grad_(True)
     w = weight.double().clone().requires_grad_(True)
     out = reference(h, w, labels, samples, 5, ignore_index=ignore_index, reduction=reduction, **opts)
-    up = torch.randn(out.shape, generator=torch.Generator().manual_seed(upstream_seed), dtype=torch.float64)
-    (out * up).sum().backward()
+    (out * _upstream(reduction, len(labels))).sum().backward()
     return out, h.grad, w.grad
 
 
+@pytest.mark.parametrize("grad_mode", ["recompute", "forward"])
 @pytest.mark.parametrize("reduction", ["sample", "token", "mean", "sum"])
 @pytest.mark.parametrize("option", list(OPTIONS))
 @pytest.mark.parametrize("ignore_index", [-100, 7])
-def test_torch_backend_matches_fp64_reference(reduction, option, ignore_index):
+def test_torch_backend_matches_fp64_reference(reduction, option, ignore_index, grad_mode):
     hidden, weight, labels, samples, _ = make_case(ignore_index=ignore_index)
-    ours = _run("torch", hidden, weight, labels, samples, reduction, ignore_index, OPTIONS[option])
+    ours = _run("torch", hidden, weight, labels, samples, reduction, ignore_index, OPTIONS[option], grad_mode)
     ref = _reference_grads(hidden, weight, labels, samples, reduction, ignore_index, OPTIONS[option])
     for a, b in zip(ours, ref):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
@@ -126,6 +134,29 @@ def test_masked_sample_is_zero_and_cu_seqlens_equals_sample_index():
     torch.testing.assert_close(correct, expect)
 
 
+def test_forward_mode_takes_any_multiple_of_the_announced_upstream_and_refuses_another():
+    hidden, weight, labels, samples, _ = make_case()
+    up = torch.rand(5, generator=torch.Generator().manual_seed(3), dtype=torch.float64) + 0.5
+
+    def grads(mode, sent, announced=up):
+        h, w = hidden.clone().requires_grad_(True), weight.clone().requires_grad_(True)
+        out = linear_cross_entropy(h, w, labels, samples, backend="torch", grad_mode=mode, upstream_grad=announced)
+        (out * sent).sum().backward()  # e.g. DeepSpeed dividing the loss by the accumulation steps
+        return h.grad, w.grad
+
+    for a, b in zip(grads("forward", -2.5 * up), grads("recompute", -2.5 * up, None)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    with pytest.raises(RuntimeError, match="not a multiple of it"):
+        grads("forward", up.flip(0))
+    with pytest.raises(ValueError, match=r"upstream_grad must have the output's shape \[5\]"):
+        grads("forward", up, torch.ones(4, dtype=torch.float64))
+    with torch.no_grad():  # no gradient asked: forward mode only forwards
+        torch.testing.assert_close(
+            linear_cross_entropy(hidden, weight, labels, samples, backend="torch", grad_mode="forward"),
+            linear_cross_entropy(hidden, weight, labels, samples, backend="torch"),
+        )
+
+
 def test_bad_arguments_are_named():
     hidden, weight, labels, samples, _ = make_case()
     with pytest.raises(ValueError, match="reduction='avg'"):
@@ -140,15 +171,19 @@ def test_bad_arguments_are_named():
     os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available(),
     reason="Triton needs a GPU or TRITON_INTERPRET=1",
 )
+@pytest.mark.parametrize("grad_mode", ["recompute", "forward"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("option", ["plain", "all"])
 @pytest.mark.parametrize("reduction", ["sample", "token"])
-def test_triton_kernel_matches_reference(dtype, option, reduction):
-    pytest.importorskip("triton")
+def test_triton_kernel_matches_reference(dtype, option, reduction, grad_mode, monkeypatch):
+    """recompute: the fused forward kernel, then the backward over vocabulary slices (32 columns here:
+    4 slices of V=123); forward: the chunk kernel between matmuls (chunk_tokens=7: 3 chunks of rows)."""
+    tce = pytest.importorskip("ct_train.kernels.triton_cross_entropy")
+    monkeypatch.setattr(tce, "SLICE_BYTES", 37 * 32 * torch.finfo(dtype).bits // 8)
     hidden, weight, labels, samples, _ = make_case(n=37, h=31, v=123, seed=2)
     opts = {k: (v.to(torch.float32) if torch.is_tensor(v) else v) for k, v in OPTIONS[option].items()}
     hi, wi = hidden.to(dtype), weight.to(dtype)
-    ours = _run("triton", hi, wi, labels, samples, reduction, -100, opts)
+    ours = _run("triton", hi, wi, labels, samples, reduction, -100, opts, grad_mode)
     ref = _reference_grads(hidden, weight, labels, samples, reduction, -100, OPTIONS[option])
     if dtype == torch.float32:
         for a, b in zip(ours, ref):
@@ -170,8 +205,7 @@ def test_triton_kernel_matches_reference(dtype, option, reduction):
         sums = torch.zeros(5).index_add(0, samples, tok * valid)
         out = sums / torch.zeros(5).index_add(0, samples, valid).clamp(min=1)
         out = out * sw if sw is not None else out
-    up = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).float()
-    (out * up).sum().backward()
+    (out * _upstream(reduction, len(labels)).float()).sum().backward()
     torch_low = [out.detach(), h16.grad, w16.grad]
     for i, (a, t, b) in enumerate(zip(ours, torch_low, ref)):
         ours_err = (a.double() - b).abs().max().item()
@@ -201,7 +235,7 @@ def test_benchmark_script_runs_and_reports_every_case(tmp_path):
             "--warmup",
             "0",
             "--impls",
-            "ours,eager",
+            "ours,ours-fwd,eager",
             "--out",
             str(out),
         ],
@@ -211,5 +245,5 @@ def test_benchmark_script_runs_and_reports_every_case(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [line for line in out.read_text().splitlines() if line.startswith("| 64 |")]
-    assert len(rows) == 4  # 2 implementations x (all-valid, 50% response)
+    assert len(rows) == 6  # 3 implementations x (all-valid, 50% response)
     assert all(float(r.split("|")[6]) > 0 for r in rows)
