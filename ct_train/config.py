@@ -91,8 +91,14 @@ class SkillsConfig:
     train_per_level: int = 300
     eval_per_level: int = 16
     seed: int = 1234
+    # cluster -> training samples per level (unequal cluster sizes; `data=bench`); `Any` so it merges
+    sizes: Any = None
 
     def validate(self) -> None:
+        if self.sizes is not None and (
+            not isinstance(self.sizes, dict) or any(not isinstance(v, int) or v < 1 for v in self.sizes.values())
+        ):
+            raise ConfigError(f"data.skills.sizes must map cluster names to sample counts >= 1, got {self.sizes!r}")
         _positive("data.skills.levels", self.levels)
         _positive("data.skills.train_per_level", self.train_per_level)
         _positive("data.skills.eval_per_level", self.eval_per_level)
@@ -131,9 +137,8 @@ class DataConfig:
         from ct_train.data.formats import FORMATS
         from ct_train.data.templates import TEMPLATES
 
-        check_choice(
-            "data.name", self.name, ("skills", "bench", "jsonl")
-        )  # bench: the skill generator, benchmark suite
+        # bench, bench_v1: the curriculum benchmark's suites (skill generators, ct_train.data.bench_suite)
+        check_choice("data.name", self.name, ("skills", "bench", "bench_v1", "jsonl"))
         check_choice("data.format", self.format, ("auto",) + tuple(FORMATS))
         check_choice("data.template", self.template, ("auto", "chat") + tuple(TEMPLATES))
         check_choice("data.truncation", self.truncation, ("truncate", "drop"))
@@ -190,6 +195,10 @@ class CurriculumConfig:
     def sets_length(self) -> bool:
         """Whether the curriculum fixes the run's length itself (then trainer.max_steps may be -1)."""
         return False
+
+    def probe_samples(self) -> int:
+        """Held-out probe samples per cluster the curriculum's signal scores (0: no probe split)."""
+        return 0
 
     def data_parts(self) -> Dict[str, List[str]]:
         """Training files the curriculum adds to the run's data, by part name (a TAPIR round's own)."""

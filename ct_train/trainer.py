@@ -106,6 +106,17 @@ def curriculum_difficulty(cfg: Config, engine: Engine, split, pad_id: int, outpu
     return losses
 
 
+def probe_loss(engine: Engine, probe, n_clusters: int, micro_batch_size: int, pad_id: int) -> np.ndarray:
+    """(C,) mean loss of each cluster's held-out probe samples (NaN without any): the distributed
+    no-grad scoring pass (the same forward count on every rank), then a per-cluster mean."""
+    losses = sample_losses(engine, probe, micro_batch_size, pad_id)
+    has = (probe.n_target > 0).astype(np.float64)
+    total = np.bincount(probe.cluster_ids, weights=losses * has, minlength=n_clusters)
+    count = np.bincount(probe.cluster_ids, weights=has, minlength=n_clusters)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1.0), np.nan)
+
+
 def train(cfg: Config, resolved: Dict[str, Any], report: bool = True) -> Dict[str, Any]:
     """Run training as configured; returns the summary (final eval, paths). Call on every rank.
     `report`: print the end-of-run table (the interaction probes run many short trainings quietly)."""
@@ -116,7 +127,11 @@ def train(cfg: Config, resolved: Dict[str, Any], report: bool = True) -> Dict[st
     output_dir = prepare_output_dir(cfg, resolved)
 
     tokenizer = load_tokenizer(cfg.model.tokenizer, cfg.model.path)
-    data = dist.main_first(lambda: prepare_data(cfg.data, tokenizer, parts=cfg.curriculum.data_parts()))
+    data = dist.main_first(
+        lambda: prepare_data(
+            cfg.data, tokenizer, parts=cfg.curriculum.data_parts(), probe_per_cluster=cfg.curriculum.probe_samples()
+        )
+    )
     train_split = data.train
     resume_from = checkpoint.resolve_resume(tr.resume, output_dir)
     own_checkpoints = os.path.abspath(checkpoint.checkpoints_dir(output_dir))
@@ -144,6 +159,7 @@ def train(cfg: Config, resolved: Dict[str, Any], report: bool = True) -> Dict[st
     engine.set_lr_schedule(max_steps, [s.start for s in stages if s.rewarm])
     stage_ends = {s.end: k for k, s in enumerate(stages)}
     signal_kind = getattr(curriculum, "signal", "loss")
+    probe_every = getattr(curriculum, "probe_every_steps", 0) if data.probe is not None else 0
 
     state = TrainState()
     saved = None
@@ -298,6 +314,9 @@ def train(cfg: Config, resolved: Dict[str, Any], report: bool = True) -> Dict[st
             if loss_weights is not None:  # a weighted mean: the weights shift emphasis, not the scale
                 per = per * loss_weights[train_split.cluster_ids[global_batch]]
             denominator = float(per.sum())
+            share = np.bincount(train_split.cluster_ids[global_batch], weights=per, minlength=len(data.clusters)) / max(
+                denominator, 1e-12
+            )
             trained_ids, step_losses = [], []
             micro_batches = sampler.rank_micro_batches(global_batch, rank, world, tr.micro_batch_size)
             for i, idx in enumerate(micro_batches):
@@ -354,6 +373,11 @@ def train(cfg: Config, resolved: Dict[str, Any], report: bool = True) -> Dict[st
                     acc["after"],
                 )
                 stats.gain = prediction_gain(probe_before[0] if probe_before else stats, acc["after"].reduce())
+            stats.share = share
+            if probe_every and (state.step + 1) % probe_every == 0:  # held-out learning progress (lp)
+                stats.probe_loss = probe_loss(
+                    engine, data.probe, len(data.clusters), tr.micro_batch_size, tokenizer.pad_token_id
+                )
             t1 = time.perf_counter()
             curriculum_metrics = curriculum.observe(state.step, stats)
             curriculum_s += time.perf_counter() - t1

@@ -131,7 +131,10 @@ def test_wrong_type_fails_at_compose():
             "trainer.global_batch_size=30 is not divisible by trainer.micro_batch_size=8",
         ),
         ("model.attn_implementation=fast", "model.attn_implementation='fast'"),
-        ("curriculum=it2acl curriculum.signal=psg", "curriculum.signal='psg' is not valid; expected one of: pg, spg"),
+        (
+            "curriculum=it2acl curriculum.signal=psg",
+            "curriculum.signal='psg' is not valid; expected one of: lp, pg, spg, loss",
+        ),
         ("curriculum=it2acl curriculum.phase2=sometimes", "curriculum.phase2='sometimes'"),
         ("curriculum=it2acl curriculum.reward_quantiles=[80,20]", "curriculum.reward_quantiles=[80.0, 20.0]"),
         ("curriculum=odm curriculum.alpha=1.5", "curriculum.alpha=1.5 must be in [0, 1)"),

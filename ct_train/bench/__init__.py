@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ct_train import distributed as dist
 from ct_train.config import Config
+from ct_train.data.skills import GENERATED
 
 RESULT_FILE = "bench_result.json"
 
@@ -32,7 +33,7 @@ _PER_RUN = ("mode", "bench", "curriculum", "trainer.output_dir", "trainer.seed",
 
 # --quick: a smaller model, data and budget (the pipeline end to end, not the winner).
 QUICK_STEPS = 12
-QUICK_DATA = ["data.skills.train_per_level=24", "data.skills.eval_per_level=4"]
+QUICK_DATA = ["data.skills.train_per_level=24", "data.skills.eval_per_level=4", "data.skills.sizes=null"]
 QUICK_MODEL = [
     "model.architecture.num_hidden_layers=2",
     "model.architecture.hidden_size=64",
@@ -59,7 +60,7 @@ def user_overrides(overrides: List[str]) -> List[str]:
 
 def quick_overrides(cfg: Config) -> List[str]:
     out = list(QUICK_TRAINER)
-    if cfg.data.name in ("skills", "bench"):
+    if cfg.data.name in GENERATED:
         out += QUICK_DATA
     if cfg.model.path is None:
         out += QUICK_MODEL
@@ -177,7 +178,8 @@ def run(cfg: Config, resolved: Dict[str, Any], overrides: List[str]) -> Dict[str
     names = list(bc.strategies) or list(strategies)
     if "iid" not in names:
         names = ["iid"] + names  # the reference every ratio is taken against
-    seeds = [run_cfg.trainer.seed + s for s in range(min(bc.seeds, QUICK_SEEDS) if bc.quick else bc.seeds)]
+    # The bench command's own trainer.seed (dropped from the runs' shared overrides, which set their own).
+    seeds = [cfg.trainer.seed + s for s in range(min(bc.seeds, QUICK_SEEDS) if bc.quick else bc.seeds)]
     dist.print0(
         f"bench: {len(names)} strategies x {len(seeds)} seeds, {run_cfg.trainer.max_steps} steps x "
         f"{run_cfg.trainer.global_batch_size} samples each -> {root}"
@@ -197,6 +199,9 @@ def run(cfg: Config, resolved: Dict[str, Any], overrides: List[str]) -> Dict[str
                 per_run += ["trainer.save_every_steps=0", "trainer.save_final=false", "trainer.export_final=false"]
                 result = _train_once(ctx, per_run, out)
                 runs.append({"strategy": name, "seed": seed, "dir": out, "wall_s": result["wall_s"]})
+            if name == "iid":  # the suite's pilot gate, before the other strategies spend their runs
+                for line in report.gate_report(runs, run_cfg.data.name, run_cfg.trainer.max_steps):
+                    dist.print0(f"bench: {line}")
         except UserError as e:
             if name == "iid":
                 raise  # the reference itself cannot run: nothing to compare against

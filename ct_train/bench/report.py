@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from ct_train.bench.targets import LEARNABLE_KEY, add_learnable_loss, gate_lines, pilot_gate, targets
 from ct_train.logging import METRICS_FILE, read_jsonl
 
 _CELL = re.compile(r"^eval/(.+)/L([0-9.]+)/(loss|exact_match)$")
@@ -85,11 +86,11 @@ def cluster_metrics(final: Dict[str, float]) -> Dict[str, Dict[str, float]]:
     return out
 
 
-def steps_to(evals: List[Tuple[int, int, Dict[str, float]]], target: float) -> Optional[float]:
-    """The first (interpolated) step where the held-out loss is at or below `target`; None if never."""
+def steps_to(evals: List[Tuple[int, int, Dict[str, float]]], target: float, key: str = "eval/loss") -> Optional[float]:
+    """The first (interpolated) step where the held-out loss `key` is at or below `target`; None if never."""
     prev = None
     for step, _, m in evals:
-        loss = m["eval/loss"]
+        loss = m[key]
         if loss <= target:
             if prev is None or prev[1] == loss:
                 return float(step)
@@ -123,31 +124,52 @@ def _fmt(mean: float, std: float, digits: int = 3, scale: float = 1.0) -> str:
     return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
 
 
-def suite_structure(clusters: List[str]) -> Dict[str, Any]:
-    """The planted structure of the skill suite that is present in these clusters (chains, distractors)."""
-    from ct_train.data import skills
+def suite_structure(clusters: List[str], data: str = "bench_v1") -> Dict[str, Any]:
+    """The planted structure of a benchmark suite present in these clusters (chains, distractors,
+    the suite's cluster order); none for user data (`data` is data.name)."""
+    from ct_train.data.bench_suite import SUITES
 
-    chains = {n: [c for c in chain if c in clusters] for n, chain in skills.CHAINS.items()}
+    suite = SUITES.get("bench_v1" if data == "skills" else data)
+    if suite is None:
+        return {"chains": {}, "distractors": [], "order": [], "learnable": list(clusters), "saturating": []}
+    chains = {n: [c for c in chain if c in clusters] for n, chain in suite.chains.items()}
     return {
         "chains": {n: c for n, c in chains.items() if len(c) > 1},
-        "distractors": [c for c in skills.DISTRACTORS if c in clusters],
+        "distractors": [c for c in suite.distractors if c in clusters],
+        "order": list(suite.clusters),
+        "learnable": [c for c in clusters if c not in suite.distractors],
+        "saturating": [c for c in suite.saturating if c in clusters],
     }
+
+
+def gate_report(runs: List[Dict[str, Any]], data: str, max_steps: int) -> List[str]:
+    """The pilot gate's lines from the IID runs done so far (none for a suite without a chain)."""
+    iid = [load_run(r["dir"]) for r in sorted(runs, key=lambda r: r["seed"]) if r["strategy"] == "iid"]
+    if not iid:
+        return []
+    clusters = sorted(c for c in cluster_metrics(iid[0]["final"])["loss"] if "/L" not in c)
+    return gate_lines(pilot_gate(iid, suite_structure(clusters, data), max_steps))
 
 
 def analyse(runs: List[Dict[str, Any]], meta: Dict[str, Any]) -> Dict[str, Any]:
     """Every number of the report: per run (`rows`) and per strategy (`summary`)."""
     loaded = {(r["strategy"], r["seed"]): load_run(r["dir"]) for r in runs}
-    iid_final = [loaded[k]["final"]["eval/loss"] for k in loaded if k[0] == "iid"]
-    target = float(np.mean(iid_final))
     has_em = all("eval/exact_match" in v["final"] for v in loaded.values())
     clusters = sorted(
         {c for v in loaded.values() for c in cluster_metrics(v["final"])["loss"] if "/L" not in c},
     )
-    structure = suite_structure(clusters) if meta["data"] in ("skills", "bench") else {"chains": {}, "distractors": []}
+    structure = suite_structure(clusters, meta["data"])
+    for v in loaded.values():  # the learnable-cluster loss of every evaluation (targets.py)
+        for _, _, m in v["evals"]:
+            m.update({f"eval/{c}/{k}": x for k, per in cluster_metrics(m).items() for c, x in per.items()})
+            add_learnable_loss(m, structure["learnable"])
+    iid_final = [loaded[k]["final"][LEARNABLE_KEY] for k in loaded if k[0] == "iid"]
+    target = float(np.mean(iid_final))
+    iid_runs = [loaded[k] for k in sorted(k for k in loaded if k[0] == "iid")]
+    gate = pilot_gate(iid_runs, structure, meta["max_steps"])
+    order = structure["order"]
     if structure["chains"] or structure["distractors"]:  # the suite's order: each chain's members side by side
-        from ct_train.data.skills import BENCH_SUITE
-
-        clusters.sort(key=lambda c: BENCH_SUITE.index(c) if c in BENCH_SUITE else len(BENCH_SUITE))
+        clusters.sort(key=lambda c: order.index(c) if c in order else len(order))
     levels = sorted(
         {float(c.rsplit("/L", 1)[1]) for v in loaded.values() for c in cluster_metrics(v["final"])["loss"] if "/L" in c}
     )
@@ -158,7 +180,7 @@ def analyse(runs: List[Dict[str, Any]], meta: Dict[str, Any]) -> Dict[str, Any]:
     for r in runs:
         v = loaded[(r["strategy"], r["seed"])]
         cm = cluster_metrics(v["final"])
-        reach = steps_to(v["evals"], target)
+        reach = steps_to(v["evals"], target, LEARNABLE_KEY)
         row = {
             "strategy": r["strategy"],
             "seed": r["seed"],
@@ -167,6 +189,7 @@ def analyse(runs: List[Dict[str, Any]], meta: Dict[str, Any]) -> Dict[str, Any]:
             "tokens_per_s": round(v["tokens_per_s"], 1),
             "wall_s": r["wall_s"],
             "loss": v["final"]["eval/loss"],
+            "learnable_loss": v["final"][LEARNABLE_KEY],
             "exact_match": v["final"].get("eval/exact_match", float("nan")),
             "steps_to_iid_loss": reach if reach is not None else float("nan"),
             "steps_ratio": reach / meta["max_steps"] if reach is not None else float("nan"),
@@ -190,8 +213,10 @@ def analyse(runs: List[Dict[str, Any]], meta: Dict[str, Any]) -> Dict[str, Any]:
         summary[name] = {
             "n": len(mine),
             "loss": _ms([r["loss"] for r in mine]),
+            "learnable_loss": _ms([r["learnable_loss"] for r in mine]),
             "exact_match": _ms([r["exact_match"] for r in mine]),
             "steps_ratio": _ms(reached),
+            "worst_ratio": max((r["steps_ratio"] if not math.isnan(r["steps_ratio"]) else math.inf) for r in mine),
             "reached": len(reached),
             "chained_hardest_em": _ms([r.get("chained_hardest_em", float("nan")) for r in mine]),
             "tokens": float(np.mean([r["tokens"] for r in mine])),
@@ -215,6 +240,7 @@ def analyse(runs: List[Dict[str, Any]], meta: Dict[str, Any]) -> Dict[str, Any]:
         "hardest": hardest,
         "chained": chained,
         "loaded": loaded,
+        "gate": gate,
     }
 
 
@@ -248,45 +274,6 @@ def winner_line(a: Dict[str, Any]) -> str:
     return line
 
 
-def targets(a: Dict[str, Any]) -> List[str]:
-    """The engine's stated targets, each with the measured number and whether it is met."""
-    s, out = a["summary"], []
-    if "it2acl" in s:
-        ratio, _ = s["it2acl"]["steps_ratio"]
-        n = s["it2acl"]["reached"]
-        if n == 0:
-            out.append(
-                "- IT2ACL reaches IID's final held-out loss in <= 0.7x the steps: **missed** (never reached it)."
-            )
-        else:
-            verdict = "met" if ratio <= 0.7 and n == s["it2acl"]["n"] else "missed"
-            out.append(
-                f"- IT2ACL reaches IID's final held-out loss in <= 0.7x the steps: **{verdict}** "
-                f"({ratio:.2f}x, {n}/{s['it2acl']['n']} seeds reached it)."
-            )
-    if a["chained"] and a["has_em"]:
-        iid = s["iid"]["chained_hardest_em"][0]
-        for name in ("it2acl", "phased"):
-            if name in s:
-                gain = (s[name]["chained_hardest_em"][0] - iid) * 100
-                out.append(
-                    f"- {name} beats IID's exact match on the hardest level ({a['hardest']}) of the chained clusters "
-                    f"({', '.join(a['chained'])}) by >= 10 points: **{'met' if gain >= 10 else 'missed'}** "
-                    f"({gain:+.1f} points: {s[name]['chained_hardest_em'][0] * 100:.1f} vs {iid * 100:.1f})."
-                )
-    for d in a["structure"]["distractors"]:
-        if "it2acl" in s:
-            uniform = 1.0 / len(a["clusters"])
-            q = s["it2acl"]["distractor"][d]
-            met = all(x < uniform for x in q[1:])
-            out.append(
-                f"- The IT2ACL bandit's share of `{d}` (the unlearnable distractor) is below its uniform share "
-                f"({uniform:.3f}) after the first quarter: **{'met' if met else 'missed'}** "
-                f"(quarters 1-4: {', '.join(f'{x:.3f}' for x in q)})."
-            )
-    return out
-
-
 def write_csv(path: str, rows: List[Dict[str, Any]]) -> None:
     keys = list(dict.fromkeys(k for r in rows for k in r))
     with open(path + ".tmp", "w", newline="") as f:
@@ -315,15 +302,16 @@ def markdown(a: Dict[str, Any], meta: Dict[str, Any], plots: List[str]) -> str:
             if meta["prepare_s"]
             else ""
         ),
-        f"- IID's final held-out loss (the data-efficiency target): {a['target_loss']:.4f}",
+        f"- IID's final held-out loss over the learnable clusters (the data-efficiency target): {a['target_loss']:.4f}",
         "",
+        *(gate_lines(a["gate"]) + [""] if a["gate"] else []),
         winner_line(a),
         "",
         "## Strategies (mean ± std over seeds)",
         "",
     ]
-    head = ["strategy", "held-out loss"] + (["EM %"] if has_em else [])
-    head += ["steps to IID loss (ratio)"]
+    head = ["strategy", "learnable loss", "held-out loss"] + (["EM %"] if has_em else [])
+    head += ["steps to IID learnable loss (ratio)"]
     if a["chained"] and has_em:
         head += [f"chained {a['hardest']} EM %"]
     head += [f"{d} share Q1/Q2/Q3/Q4" for d in a["structure"]["distractors"]]
@@ -331,7 +319,8 @@ def markdown(a: Dict[str, Any], meta: Dict[str, Any], plots: List[str]) -> str:
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, v in s.items():
         ratio = "not reached" if v["reached"] == 0 else f"{_fmt(*v['steps_ratio'], digits=2)} ({v['reached']}/{v['n']})"
-        cells = [name, _fmt(*v["loss"], digits=4)] + ([em(v["exact_match"])] if has_em else []) + [ratio]
+        cells = [name, _fmt(*v["learnable_loss"], digits=4), _fmt(*v["loss"], digits=4)]
+        cells += ([em(v["exact_match"])] if has_em else []) + [ratio]
         if a["chained"] and has_em:
             cells.append(em(v["chained_hardest_em"]))
         cells += ["/".join(f"{x:.3f}" for x in q) for q in v["distractor"].values()]
@@ -340,7 +329,7 @@ def markdown(a: Dict[str, Any], meta: Dict[str, Any], plots: List[str]) -> str:
     if meta.get("failed"):
         lines += ["", "Did not run (a configuration or data error; fix the key and re-run the same command):", ""]
         lines += [f"- {name}: {error}" for name, error in meta["failed"].items()]
-    lines += ["", "## Targets", ""] + (targets(a) or ["- (no target applies to this grid)"])
+    lines += ["", "## Targets", ""] + (targets(a, meta["data"]) or ["- (no target applies to this grid)"])
     for metric in (["exact_match"] if has_em else []) + ["loss"]:
         lines += ["", f"## Held-out {'exact match (%)' if metric == 'exact_match' else 'loss'} per cluster", ""]
         lines += ["| strategy | " + " | ".join(a["clusters"]) + " |", "|" + "---|" * (len(a["clusters"]) + 1)]
@@ -378,13 +367,13 @@ def plots(root: str, a: Dict[str, Any]) -> List[str]:
     for name, vs in by.items():
         n = min(len(v["evals"]) for v in vs)
         tokens = np.mean([[e[1] for e in v["evals"][:n]] for v in vs], axis=0)
-        loss = np.array([[e[2]["eval/loss"] for e in v["evals"][:n]] for v in vs])
+        loss = np.array([[e[2][LEARNABLE_KEY] for e in v["evals"][:n]] for v in vs])
         mean, std = loss.mean(0), loss.std(0)
         (line,) = ax.plot(tokens, mean, "o-", ms=3, label=name, lw=2 if name == "iid" else 1.3)
         ax.fill_between(tokens, mean - std, mean + std, color=line.get_color(), alpha=0.12)
-    ax.axhline(a["target_loss"], color="gray", ls=":", lw=1, label="IID final")
+    ax.axhline(a["target_loss"], color="gray", ls=":", lw=1, label="IID final (learnable)")
     ax.set_xlabel("tokens trained")
-    ax.set_ylabel("held-out loss (mean over seeds, band = ±1 std)")
+    ax.set_ylabel("learnable-cluster held-out loss (mean over seeds, ±1 std)")
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend()

@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
+from ct_train.data.skills import GENERATED
+
 # prepare(context) -> extra Hydra overrides; context: see ct_train.bench.Context
 Prepare = Callable[["object"], List[str]]
 
@@ -61,7 +63,7 @@ def _prepare_beyond_iid(ctx) -> List[str]:
     The LP keeps every category between half and twice its uniform share, so it cannot drop one."""
     from ct_train.interaction import FILE, measure
 
-    split = ctx.cfg.data.name in ("skills", "bench")
+    split = ctx.cfg.data.name in GENERATED and ctx.cfg.data.skills.levels > 1  # (task, level) categories
     out = os.path.join(ctx.root, "prepare", "beyond_iid")
     overrides = (
         [
@@ -88,3 +90,7 @@ def _prepare_beyond_iid(ctx) -> List[str]:
 
 
 register_strategy("beyond_iid", prepare=_prepare_beyond_iid)
+
+# The static baseline users would pick: clusters drawn by size^(1/2) (temperature sampling, as in
+# multilingual and multi-task mixes). At temperature 1 it is IID in expectation and says nothing.
+register_strategy("mixture", overrides=["curriculum=mixture", "curriculum.temperature=2"])

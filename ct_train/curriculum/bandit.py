@@ -8,7 +8,11 @@ Exp3.S (Auer et al. 2002, in the form Graves et al. 2017 use for curricula):
                                                         m = 1 this is Graves' (r * [i = k] + beta) / pi(i))
   weights  w_i <- log((1 - a_t) e^{w_i + eta r~_i} + a_t / (N - 1) * sum_{j != i} e^{w_j + eta r~_j}),
            a_t = 1 / t
-computed in log space, and shifted so max(w) = 0 after each update: the update is shift-equivariant,
+With every arm's reward observed (all clusters in the step's batch, or a held-out probe of every
+cluster) `update_full` is the full-information form (Hedge with the same fixed share): r~_i = r_i,
+no importance weight, so no variance from dividing by a small pi(i).
+
+Computed in log space, and shifted so max(w) = 0 after each update: the update is shift-equivariant,
 so the policy is unchanged and the weights cannot overflow in long runs. O(N) per update: the sum
 over j != i is the total minus arm i, except for the largest arm, whose "others" sum is taken
 directly (subtracting it from the total would cancel catastrophically when it dominates).
@@ -47,12 +51,20 @@ class Exp3S:
         if m == 0:
             return
         credited = np.where(draws > 0, np.nan_to_num(np.asarray(rewards, dtype=np.float64)), 0.0)
-        r_tilde = (credited * draws / m + self.beta) / probs
+        self._mix(self.eta * (credited * draws / m + self.beta) / probs)
+
+    def update_full(self, rewards: np.ndarray, eta: Optional[float] = None) -> None:
+        """One full-information step: every arm's reward in [-1, 1] is known (no importance weight).
+        `eta` overrides the step size (an update that stands for several steps' worth of signal)."""
+        self._mix((self.eta if eta is None else eta) * np.nan_to_num(np.asarray(rewards, dtype=np.float64)))
+
+    def _mix(self, delta: np.ndarray) -> None:
+        """w <- fixed-share mix of w + delta (the common tail of both updates)."""
         self.t += 1
         if self.n == 1:
             return
         alpha = 1.0 / self.t
-        v = self.w + self.eta * r_tilde
+        v = self.w + delta
         top = int(np.argmax(v))
         e = np.exp(v - v[top])  # e[top] = 1, every other entry <= 1
         others = e.sum() - e  # sum_{j != i} e_j: no cancellation for i != top (the sum keeps e[top] = 1)

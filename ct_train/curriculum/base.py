@@ -44,12 +44,17 @@ class ClusterStats:
 
     `gain` is the prediction gain per cluster (mean loss before the update minus after it) when the
     run measures one (`curriculum.signal=pg|spg`); NaN for a cluster without samples this step.
+    `share` is each cluster's share of the step's loss denominator (tokens with token-normalised loss),
+    known on every rank from the global batch. `probe_loss` is the mean held-out probe loss per
+    cluster after this step's update, on the steps a probe ran (`curriculum.signal=lp`).
     """
 
     clusters: List[str]
     loss_sum: np.ndarray  # (C,) float64: sum over samples of their mean response-token loss
     count: np.ndarray  # (C,) float64: samples with at least one response token
     gain: Optional[np.ndarray] = None  # (C,) float64
+    share: Optional[np.ndarray] = None  # (C,) float64, sums to 1
+    probe_loss: Optional[np.ndarray] = None  # (C,) float64, NaN for a cluster without probe samples
 
     def mean_loss(self) -> Dict[str, float]:
         """Mean per-sample loss of each cluster that had samples this step."""

@@ -4,6 +4,8 @@ python -m ct_train.curriculum.bench sampler   # 10M samples in 100 clusters: bui
                                               # memory, plan + sample + observe time per step
 python -m ct_train.curriculum.bench eta       # IT2ACL's Exp3.S step size on a planted,
                                               # switching best cluster (how the default was chosen)
+python -m ct_train.curriculum.bench share     # IT2ACL's bandit when a cluster's gain grows with its
+                                              # share of the batch (the rich-get-richer confound)
 """
 
 from __future__ import annotations
@@ -87,6 +89,67 @@ def bench_eta(etas, arms: int, seeds: int, noise: float, draws: int) -> None:
         )
 
 
+def simulate(
+    cfg: IT2ACLConfig,
+    learnability,
+    steps: int,
+    seed: int,
+    share_power: float = 1.0,
+    noise: float = 0.3,
+    batch: int = 32,
+) -> np.ndarray:
+    """The IT2ACL curriculum driven by a planted world; returns its final sampling policy.
+
+    Arm i's learnability l_i >= 0 is how fast training on it lowers its loss; l_i < 0 marks an
+    unlearnable arm whose held-out loss rises while the model fits its noise. With `signal=pg|spg|loss`
+    a drawn arm's gain after a step is l_i x share_i ** share_power + noise (the self-gain of an
+    update grows with the arm's share of the batch: power 1 for a first-order loss drop; the confound
+    the per-share reward removes). With `signal=lp` each arm has a held-out loss that moves by
+    -0.02 l_i x share_i x (L_i - 0.5) per step plus probe noise, and the probe reports it every
+    `probe_every_steps`.
+    """
+    learn = np.asarray(learnability, dtype=np.float64)
+    arms = len(learn)
+    names = [f"c{i}" for i in range(arms)]
+    index = DataIndex(names, np.repeat(np.arange(arms), 100), np.zeros(arms * 100))
+    cur = build_curriculum(cfg, index, seed=seed, total_steps=steps)
+    rng = np.random.default_rng(seed + 1000)
+    held_out = np.full(arms, 3.0)
+    for step in range(steps):
+        plan = cur.plan(step)
+        share = np.zeros(arms)
+        for pool, w in plan.weights.items():
+            share[names.index(pool.split("@")[0])] += w
+        share /= share.sum()
+        counts = np.round(share * batch)
+        drawn = share > 0
+        gain = np.where(drawn, learn * share**share_power + noise * rng.normal(size=arms), np.nan)
+        if cfg.signal == "loss":  # the pool's training loss: the gain shows as a falling loss
+            held_out -= np.where(learn > 0, learn * share * 0.1, -0.02 * share)
+            loss = held_out + noise * 0.1 * rng.normal(size=arms)
+        else:
+            held_out -= np.where(learn > 0, 0.02 * learn * share * (held_out - 0.5), -0.02 * share)
+            loss = held_out
+        stats = ClusterStats(names, np.where(drawn, loss, 0.0) * counts, counts, gain=gain, share=share)
+        if cfg.signal == "lp" and (step + 1) % cfg.probe_every_steps == 0:
+            stats.probe_loss = held_out + noise * 0.1 * rng.normal(size=arms)
+        cur.observe(step, stats)
+    return cur.policy()
+
+
+def bench_share(arms: int, seeds: int, steps: int) -> None:
+    """Identical arms whose gain grows with their share: how far the policy drifts from uniform."""
+    legacy = dict(eta=0.1, uniform_mix=0.0, reward_per_share=False)
+    print(f"{arms} identical arms, 8 draws per step, {steps} steps, {seeds} seeds: max policy / uniform (median)")
+    for power in (0.5, 1.0):
+        for name, kw in (("legacy (eta 0.1, no mix, raw gain)", legacy), ("defaults", {})):
+            top = [
+                arms * simulate(IT2ACLConfig(phase2="none", **kw), np.ones(arms), steps, s, share_power=power).max()
+                for s in range(seeds)
+            ]
+            print(f"gain ~ share^{power}: {name:<36} {np.median(top):.2f}x uniform (max {max(top):.2f}x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m ct_train.curriculum.bench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -101,9 +164,15 @@ def main() -> None:
     e.add_argument("--seeds", type=int, default=10)
     e.add_argument("--noise", type=float, default=0.5)
     e.add_argument("--draws", type=int, default=1, help="clusters_per_batch")
+    sh = sub.add_parser("share")
+    sh.add_argument("--arms", type=int, default=14)
+    sh.add_argument("--seeds", type=int, default=10)
+    sh.add_argument("--steps", type=int, default=300)
     args = parser.parse_args()
     if args.what == "sampler":
         bench_sampler(args.samples, args.clusters, args.steps, args.batch)
+    elif args.what == "share":
+        bench_share(args.arms, args.seeds, args.steps)
     else:
         bench_eta(args.eta, args.arms, args.seeds, args.noise, args.draws)
 

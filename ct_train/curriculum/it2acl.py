@@ -9,28 +9,42 @@ its tradition.
 What we inferred, and the key that changes each choice:
 
 - Phase 1, task level: a non-stationary bandit, Exp3.S, over task clusters (Graves' choice), with
-  Graves' defaults `eps`=0.05 and `beta`=0. The bandit is in `bandit.py`.
-  `eta`=0.1 (Graves used 1e-3 for runs of ~10^5-10^6 steps). An arm's weight moves by about
-  eta * r / pi per pull; with ten clusters (pi ~ 0.1) one pull with the top reward moves it by ~1,
-  i.e. the arm's odds grow by e. Instruction tuning runs for hundreds to a few thousand steps, so the
-  curriculum must react within a handful of pulls per cluster. On a planted best cluster that
-  switches at step 150 (`python -m ct_train.curriculum.bench eta --draws 8`), eta=0.1 put p >= 0.87
-  on the best cluster by step 150 and >= 0.92 after the switch in all 10 seeds; 0.03 was half as
-  fast, and 0.3 / 1.0 locked onto a wrong cluster in some seeds (docs/benchmarks.md).
-- Rewards: raw gains rescaled to [-1, 1] by the 20th/80th percentiles (`reward_quantiles`) of the last
-  `reward_history` raw gains of all arms (Graves keeps the whole history; a window follows a
-  non-stationary signal).
-- The signal (`signal`): `pg` = prediction gain, the mean per-sample loss of the step's batch before
-  the update minus after it (one extra no-grad forward per step); `spg` = the same on a fresh batch of
-  the same clusters and bands, not trained on (two extra forwards); `loss` = no extra forward: the
-  drop of a pool's training loss since the last time it was drawn (a cheap, noisier learning-progress
-  estimate). Per-cluster sums and counts are all-reduced, so every rank updates an identical bandit.
+  Graves' `eps`=0.05 and `beta`=0. The bandit is in `bandit.py`. The batch is drawn from the policy
+  mixed with a uniform share `uniform_mix`=0.3 (every cluster keeps at least 0.3/N of the draws, so
+  the signal of every cluster stays measured and a wrong early lead cannot starve the others).
+- Step size: `eta`=null takes eta x (bandit updates in the run) = 4 (`ETA_HORIZON`): the expected
+  log-odds drift of an arm is eta x its mean reward per update whatever its probability, so over
+  the run an arm with mean reward +1 can gain e^4 over one with 0 and never becomes an argmax after
+  a few dozen steps (eta=0.1 over 300 steps did: docs/results.md, 2026-11-22). An explicit eta wins.
+- Rewards: each cluster's raw gain is divided by its share of the step's loss denominator
+  (`reward_per_share`): a cluster's loss drop after an update grows with the share of the batch it
+  held, and Exp3.S's importance weight n_i/(m pi(i)) already multiplies by that share, so without
+  this the reward rewards the action itself and one cluster takes the batch (rich get richer;
+  `python -m ct_train.curriculum.bench share`). With token-normalised loss the share is the token
+  share, so long answers are not favoured for their length. `reward_normalization=relative` also
+  divides by the cluster's loss (the fraction of its loss removed), so a high-loss cluster is not
+  rewarded on absolute scale. Then raw gains -> [-1, 1] by the 20th/80th percentiles
+  (`reward_quantiles`) of the last `reward_history` raw gains of all arms (Graves keeps the whole
+  history; a window follows a non-stationary signal). When every cluster has a reward (all were in
+  the batch, or the held-out probe) the update is full-information (no importance weight).
+- The signal (`signal`): `lp` = held-out learning progress (Teacher-Student Curriculum Learning's
+  validation slope, Matiisen et al. 2017; ALP-GMM): a probe split of `probe_per_cluster` samples per
+  cluster, disjoint from training and evaluation, scored every `probe_every_steps` steps by the
+  distributed no-grad pass; progress = minus the least-squares slope of the probe loss over the last
+  `lp_window` probes, per unit share of the training the cluster got in that window. It is signed:
+  the held-out loss of an unlearnable cluster rises while the model fits its noise, so an absolute
+  value would reward it. `pg` = prediction gain, the paper's signal: the mean per-sample loss of the
+  step's batch before the update minus after it (one extra no-grad forward per step); `spg` = the
+  same on a fresh batch of the same clusters and bands, not trained on (two extra forwards); `loss` =
+  no extra forward: the drop of a pool's training loss since the last time it was drawn, per unit
+  share trained since. Per-cluster sums and counts are all-reduced, so every rank updates an
+  identical bandit.
 - Batches: each step draws `clusters_per_batch` arms (with replacement) and the global batch is split
-  between them; each drawn cluster's gain is credited to its arm with the importance weight
-  n_i / (m pi(i)). Default 8, not Graves' one task per batch: on `make train` (10 clusters, 400
-  steps) one cluster per step ended at held-out loss 2.456 and exact match 0.102 (the clusters not
-  drawn for a while are forgotten), 8 per step at 1.366 and 0.173 (IID: 1.294 and 0.129;
-  docs/benchmarks.md).
+  between them; each drawn cluster's reward is credited to its arm with the importance weight
+  n_i / (m pi(i)), pi the sampling policy (after the uniform mix). Default 8, not Graves' one task
+  per batch: on `make train` (10 clusters, 400 steps, the 2026-11 reward) one cluster per step ended
+  at held-out loss 2.456 and exact match 0.102 (the clusters not drawn for a while are forgotten),
+  8 per step at 1.366 and 0.173 (IID: 1.294 and 0.129; docs/benchmarks.md).
 - Phase 2, instruction level: inside a drawn cluster the samples are split into `phase2_bands`
   difficulty bands (the data's difficulty; with `phase2_difficulty=initial_loss`, or `auto` when some
   sample has none, the initial model's loss on each sample, computed once and cached in the output
@@ -39,7 +53,8 @@ What we inferred, and the key that changes each choice:
   drawn more only once its gain beats the easier ones'; `phase2=pacing`: a competence
   function unlocks bands in order (`pacing`=sqrt|linear from `pacing_start` to 1 over `pacing_steps`,
   0 = the whole run; Platanios et al. 2019) and samples uniformly among unlocked samples;
-  `phase2=none`: uniform inside the cluster. "2-phase" may also mean two stages in time: with
+  `phase2=none`: uniform inside the cluster. With `signal=lp` the band bandit is credited each step
+  with its cluster's latest held-out reward. "2-phase" may also mean two stages in time: with
   `phase2_start_step`=S the instruction-level syllabus starts at step S (uniform inside clusters
   before).
 """
@@ -67,18 +82,26 @@ from ct_train.curriculum.base import (
 from ct_train.errors import ConfigError
 
 _SALT = 0x17AC1  # separates this strategy's per-step generator from the sampler's
+ETA_HORIZON = 4.0  # eta x bandit updates in the run, when curriculum.eta is null
+LEGACY_ETA = 0.1  # eta when the run's length is unknown (total_steps <= 0)
 
 
 @dataclass
 class IT2ACLConfig(CurriculumConfig):
     name: str = "it2acl"
-    signal: str = "pg"  # pg | spg | loss
-    eta: float = 0.1
+    signal: str = "pg"  # lp | pg | spg | loss
+    eta: Optional[float] = None  # None: ETA_HORIZON / bandit updates in the run
     eps: float = 0.05
     beta: float = 0.0
+    uniform_mix: float = 0.3  # share of every batch's draws spread uniformly over the clusters
+    reward_per_share: bool = True  # divide each gain by the cluster's share of the loss denominator
+    reward_normalization: str = "pooled"  # pooled | relative (also divide by the cluster's loss)
     reward_history: int = 1000
     reward_quantiles: List[float] = field(default_factory=lambda: [20.0, 80.0])
     clusters_per_batch: int = 8
+    probe_per_cluster: int = 16  # signal=lp: held-out probe samples per cluster
+    probe_every_steps: int = 10  # signal=lp: steps between probe passes (one bandit update each)
+    lp_window: int = 4  # signal=lp: probes the slope is fitted over
     phase2: str = "bandit"  # bandit | pacing | none
     phase2_bands: int = 3
     phase2_difficulty: str = "auto"  # auto | data | initial_loss
@@ -92,22 +115,26 @@ class IT2ACLConfig(CurriculumConfig):
     def validate(self) -> None:
         super().validate()
         for key, value, options in (
-            ("signal", self.signal, ("pg", "spg", "loss")),
+            ("signal", self.signal, ("lp", "pg", "spg", "loss")),
+            ("reward_normalization", self.reward_normalization, ("pooled", "relative")),
             ("phase2", self.phase2, ("bandit", "pacing", "none")),
             ("phase2_difficulty", self.phase2_difficulty, ("auto", "data", "initial_loss")),
             ("pacing", self.pacing, ("sqrt", "linear")),
         ):
             check_choice(f"curriculum.{key}", value, options)
-        if not 0.0 <= self.eps <= 1.0:
-            raise ConfigError(f"curriculum.eps={self.eps!r} must be in [0, 1]")
-        if self.eta <= 0 or (self.phase2_eta is not None and self.phase2_eta <= 0):
-            raise ConfigError("curriculum.eta and curriculum.phase2_eta must be > 0")
+        for key in ("eps", "uniform_mix"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ConfigError(f"curriculum.{key}={getattr(self, key)!r} must be in [0, 1]")
+        if (self.eta is not None and self.eta <= 0) or (self.phase2_eta is not None and self.phase2_eta <= 0):
+            raise ConfigError("curriculum.eta and curriculum.phase2_eta must be > 0 (or null: from the run length)")
         lo_hi = list(self.reward_quantiles)
         if len(lo_hi) != 2 or not 0 <= lo_hi[0] < lo_hi[1] <= 100:
             raise ConfigError(f"curriculum.reward_quantiles={lo_hi!r} must be two percentiles low < high in [0, 100]")
-        for key in ("reward_history", "clusters_per_batch", "phase2_bands"):
+        for key in ("reward_history", "clusters_per_batch", "phase2_bands", "probe_per_cluster", "probe_every_steps"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"curriculum.{key}={getattr(self, key)!r} must be >= 1")
+        if self.lp_window < 2:
+            raise ConfigError(f"curriculum.lp_window={self.lp_window!r} must be >= 2 (a slope needs two probes)")
         for key in ("phase2_start_step", "pacing_steps"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"curriculum.{key}={getattr(self, key)!r} must be >= 0")
@@ -116,6 +143,15 @@ class IT2ACLConfig(CurriculumConfig):
 
     def difficulty_source(self) -> str:
         return "none" if self.phase2 == "none" else self.phase2_difficulty
+
+    def probe_samples(self) -> int:
+        return self.probe_per_cluster if self.signal == "lp" else 0
+
+
+def lp_slope(steps: np.ndarray, losses: np.ndarray) -> np.ndarray:
+    """Least-squares slope of each column of `losses` (P, A) over `steps` (P,): loss per step."""
+    x = steps - steps.mean()
+    return (x[:, None] * (losses - losses.mean(axis=0))).sum(axis=0) / max(float((x**2).sum()), 1e-12)
 
 
 def competence(step: int, total: int, start: float, kind: str) -> float:
@@ -132,9 +168,15 @@ class IT2ACLCurriculum:
     ) -> None:
         self.cfg, self.index, self.seed = cfg, index, seed
         self.signal = cfg.signal  # read by the trainer: which extra forwards the step needs
+        self.probe_every_steps = cfg.probe_every_steps if cfg.signal == "lp" else 0  # read by the trainer
         self.arms = index.present_clusters()
         self.col = np.array([index.clusters.index(c) for c in self.arms])
-        self.bandit = Exp3S(len(self.arms), cfg.eta, cfg.eps, cfg.beta)
+        updates = total_steps / (cfg.probe_every_steps if cfg.signal == "lp" else 1)
+        self.eta = cfg.eta if cfg.eta is not None else (ETA_HORIZON / updates if total_steps > 0 else LEGACY_ETA)
+        band_eta = cfg.phase2_eta or (cfg.eta if cfg.eta is not None else self._per_step_eta(total_steps))
+        self.bandit = Exp3S(len(self.arms), self.eta, cfg.eps, cfg.beta)
+        # A share below this (a cluster barely drawn) does not blow its per-share reward up further.
+        self.share_floor = 0.25 / len(self.arms)
         self.scaler = QuantileRewardScaler(cfg.reward_history, *cfg.reward_quantiles)
         self.pacing_steps = cfg.pacing_steps or total_steps
         # Phase-2 bands: per cluster, the sample indices of each band, easiest first.
@@ -157,11 +199,25 @@ class IT2ACLCurriculum:
             self.bands[c] = np.split(idx[order], np.cumsum(np.bincount(band))[:-1])
         prior = cfg.phase2_easy_prior
         self.band_bandits = {
-            c: Exp3S(len(b), cfg.phase2_eta or cfg.eta, cfg.eps, cfg.beta, bias=-prior * np.arange(len(b)))
+            c: Exp3S(len(b), band_eta, cfg.eps, cfg.beta, bias=-prior * np.arange(len(b)))
             for c, b in self.bands.items()
         }
         self.last_loss: Dict[str, float] = {}  # signal=loss: a pool's loss when it was last drawn
+        self.share_since: Dict[str, float] = {}  # signal=loss: the pool's training share since then
+        # signal=lp: the last lp_window probes as (step, probe loss per arm, cumulative share per arm)
+        self.probes: List[tuple] = []
+        self.cum_share = np.zeros(len(self.arms))
+        self.last_reward: Dict[str, float] = {}  # signal=lp: each cluster's latest held-out reward
         self._decision: Optional[tuple] = None
+
+    @staticmethod
+    def _per_step_eta(total_steps: int) -> float:
+        return ETA_HORIZON / total_steps if total_steps > 0 else LEGACY_ETA
+
+    def policy(self) -> np.ndarray:
+        """The sampling policy: the bandit's, mixed with `uniform_mix` of uniform."""
+        u = self.cfg.uniform_mix
+        return (1.0 - u) * self.bandit.probs() + u / len(self.arms)
 
     # -- pools ------------------------------------------------------------------------------------
     @staticmethod
@@ -189,7 +245,7 @@ class IT2ACLCurriculum:
         if self._decision is not None and self._decision[0] == step:
             return self._decision
         rng = step_rng(self.seed, step, _SALT)
-        probs = self.bandit.probs()
+        probs = self.policy()
         draws = draw_arms(rng, probs, self.cfg.clusters_per_batch)
         bands = {self.arms[i]: self._band_weights(self.arms[i], step, rng) for i in np.flatnonzero(draws)}
         band_probs = {c: self.band_bandits[c].probs() for c in bands}
@@ -209,40 +265,90 @@ class IT2ACLCurriculum:
         return Plan(weights, info=info, exact=True)
 
     # -- learning ---------------------------------------------------------------------------------
-    def _raw_gains(self, stats: ClusterStats, bands: Dict[str, Dict[int, float]]) -> Dict[str, float]:
-        """Each drawn cluster's progress signal this step (absent when it had no sample)."""
+    def _shares(self, stats: ClusterStats) -> np.ndarray:
+        """(A,) each arm's share of the step's loss denominator (its sample share without one)."""
+        share = stats.share if stats.share is not None else stats.count / max(float(stats.count.sum()), 1.0)
+        return np.nan_to_num(np.asarray(share, dtype=np.float64)[self.col])
+
+    def _normalise(self, gain: float, share: float, loss: float) -> float:
+        if self.cfg.reward_per_share:
+            gain /= max(share, self.share_floor)
+        if self.cfg.reward_normalization == "relative" and np.isfinite(loss) and loss > 0:
+            gain /= loss
+        return gain
+
+    def _raw_gains(
+        self, stats: ClusterStats, bands: Dict[str, Dict[int, float]], share: np.ndarray
+    ) -> Dict[str, float]:
+        """Each drawn cluster's progress signal this step, per unit share (absent without a sample)."""
+        loss = stats.mean_loss_array()[self.col]
         if self.signal in ("pg", "spg"):
             if stats.gain is None:
                 raise ValueError(f"curriculum.signal={self.signal} needs the trainer's prediction gain")
             g = stats.gain[self.col]
-            return {c: float(g[i]) for i, c in enumerate(self.arms) if c in bands and np.isfinite(g[i])}
-        loss = stats.mean_loss_array()[self.col]
+            return {
+                c: self._normalise(float(g[i]), share[i], loss[i])
+                for i, c in enumerate(self.arms)
+                if c in bands and np.isfinite(g[i])
+            }
         out = {}
         for i, c in enumerate(self.arms):
             if c not in bands or not np.isfinite(loss[i]):
                 continue
             key = self.pool_name(c, max(bands[c])) if len(bands[c]) == 1 else c
-            if key in self.last_loss:
-                out[c] = self.last_loss[key] - float(loss[i])
+            if key in self.last_loss:  # the drop over the updates since, per unit share trained since
+                out[c] = self._normalise(self.last_loss[key] - float(loss[i]), self.share_since[key], loss[i])
             self.last_loss[key] = float(loss[i])
+            self.share_since[key] = 0.0
+        for key in self.share_since:  # this step's update counts for the next drop
+            self.share_since[key] += float(share[self.arms.index(key.split("@")[0])])
         return out
+
+    def _learning_progress(self, step: int, stats: ClusterStats, share: np.ndarray) -> Dict[str, float]:
+        """signal=lp: on a probe step, minus the probe loss slope over the window, per unit share."""
+        self.cum_share += share
+        if stats.probe_loss is None:
+            return {}
+        self.probes.append((step + 1, np.asarray(stats.probe_loss, dtype=np.float64)[self.col], self.cum_share.copy()))
+        self.probes = self.probes[-self.cfg.lp_window :]
+        if len(self.probes) < 2:
+            return {}
+        steps = np.array([p[0] for p in self.probes], dtype=np.float64)
+        losses = np.stack([p[1] for p in self.probes])
+        mean_share = (self.probes[-1][2] - self.probes[0][2]) / max(steps[-1] - steps[0], 1.0)
+        progress = -lp_slope(steps, losses)
+        mean_loss = losses.mean(axis=0)
+        return {
+            c: self._normalise(float(progress[i]), mean_share[i], mean_loss[i])
+            for i, c in enumerate(self.arms)
+            if np.isfinite(progress[i])
+        }
 
     def observe(self, step: int, stats: ClusterStats) -> Dict[str, float]:
         _, probs, draws, bands, band_probs = self._decide(step)
-        gains = self._raw_gains(stats, bands)
+        share = self._shares(stats)
+        lp = self.signal == "lp"
+        gains = self._learning_progress(step, stats, share) if lp else self._raw_gains(stats, bands, share)
         self.scaler.add(gains.values())
         rewards = dict(zip(gains, self.scaler.scale_many(list(gains.values()))))
         r = np.array([rewards.get(c, 0.0) for c in self.arms])
-        credited = np.where([c in rewards for c in self.arms], draws, 0)
-        self.bandit.update(r, credited, probs)
+        if rewards and len(rewards) == len(self.arms):  # every arm measured: full information
+            self.bandit.update_full(r)
+        elif rewards:
+            self.bandit.update(r, np.where([c in rewards for c in self.arms], draws, 0), probs)
+        if lp:
+            self.last_reward.update(rewards)
         if self.cfg.phase2 == "bandit" and step >= self.cfg.phase2_start_step:
             for c, chosen in bands.items():
-                if c in rewards and len(chosen) == 1:
+                reward = self.last_reward.get(c) if lp else rewards.get(c)
+                if reward is not None and len(chosen) == 1:
                     one_hot = np.zeros(len(self.bands[c]))
                     one_hot[next(iter(chosen))] = 1
-                    self.band_bandits[c].update(np.full(len(one_hot), rewards[c]), one_hot, band_probs[c])
+                    self.band_bandits[c].update(np.full(len(one_hot), reward), one_hot, band_probs[c])
         metrics = {f"gain/{c}": g for c, g in gains.items()}
         metrics.update({f"reward/{c}": v for c, v in rewards.items()})
+        if stats.probe_loss is not None:
+            metrics.update({f"probe/{c}": float(stats.probe_loss[j]) for c, j in zip(self.arms, self.col)})
         return metrics
 
     # -- state ------------------------------------------------------------------------------------
@@ -255,6 +361,10 @@ class IT2ACLCurriculum:
             "band_bandits": {c: b.state_dict() for c, b in self.band_bandits.items()},
             "scaler": self.scaler.state_dict(),
             "last_loss": dict(self.last_loss),
+            "share_since": dict(self.share_since),
+            "probes": [[int(st), loss.tolist(), cum.tolist()] for st, loss, cum in self.probes],
+            "cum_share": self.cum_share.tolist(),
+            "last_reward": dict(self.last_reward),
         }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
@@ -265,4 +375,8 @@ class IT2ACLCurriculum:
             b.load_state_dict(state["band_bandits"][c])
         self.scaler.load_state_dict(state["scaler"])
         self.last_loss = dict(state["last_loss"])
+        self.share_since = dict(state.get("share_since", {}))
+        self.probes = [(st, np.asarray(loss), np.asarray(cum)) for st, loss, cum in state.get("probes", [])]
+        self.cum_share = np.asarray(state.get("cum_share", np.zeros(len(self.arms))), dtype=np.float64)
+        self.last_reward = dict(state.get("last_reward", {}))
         self._decision = None

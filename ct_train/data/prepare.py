@@ -56,13 +56,21 @@ class PreparedData:
     clusters: List[str]
     template: str
     stats: Dict[str, int] = field(default_factory=dict)
+    probe: Optional[TokenizedSplit] = None  # held out of train and eval for a curriculum's signal (lp)
 
 
 def _specs(cfg: DataConfig) -> Dict[str, List[FileSpec]]:
-    if cfg.name in ("skills", "bench"):
+    if cfg.name in skill_suite.GENERATED:
         names = list(cfg.skills.clusters) or list(skill_suite.DEFAULT_SUITE)
+        sizes = dict(cfg.skills.sizes) if cfg.skills.sizes else None
         paths = skill_suite.materialize(
-            names, cfg.skills.levels, cfg.skills.train_per_level, cfg.skills.eval_per_level, cfg.skills.seed
+            names,
+            cfg.skills.levels,
+            cfg.skills.train_per_level,
+            cfg.skills.eval_per_level,
+            cfg.skills.seed,
+            sizes,
+            suite=cfg.name,
         )
         return {"train": [FileSpec(paths["train"])], "eval": [FileSpec(paths["eval"])]}
     if cfg.sources:
@@ -94,6 +102,23 @@ def _split_eval(examples: Any, fraction: float, max_per_cluster: int) -> Dict[st
         "train": examples.select(np.flatnonzero(~held)),
         "eval": examples.select(np.flatnonzero(held)) if held.any() else None,
     }
+
+
+def _split_probe(examples: Any, per_cluster: int) -> Dict[str, Any]:
+    """Hold `per_cluster` training records of each cluster out as the curriculum's probe split.
+
+    Chosen by id hash from the top (the eval split of `_split_eval` takes the bottom), so it is fixed
+    when files are added and disjoint from the eval split; a cluster keeps at least half its records.
+    """
+    keys = np.array([zlib.crc32(f"probe:{i}".encode()) for i in examples["id"]], dtype=np.int64)
+    clusters = np.array(examples["cluster"])
+    held = np.zeros(len(keys), dtype=bool)
+    for c in np.unique(clusters):
+        idx = np.flatnonzero(clusters == c)
+        k = min(per_cluster, len(idx) // 2)
+        if k > 0:
+            held[idx[np.argsort(-keys[idx], kind="stable")[:k]]] = True
+    return {"train": examples.select(np.flatnonzero(~held)), "probe": examples.select(np.flatnonzero(held))}
 
 
 def _tokenize(
@@ -132,6 +157,7 @@ def prepare_data(
     parts: Optional[Dict[str, List[str]]] = None,
     response_only: bool = False,
     keep_text: bool = False,
+    probe_per_cluster: int = 0,
 ) -> PreparedData:
     """Load, normalise, split and tokenise; raises DataError/ConfigError on bad input.
 
@@ -139,6 +165,8 @@ def prepare_data(
     with the part (TokenizedSplit.part_ids) and never held out: the eval split comes from the main
     data only. `response_only`: tokenise the responses without their prompts (IFD scoring).
     `keep_text`: keep the records' text columns beside the tokens (scoring writes them back out).
+    `probe_per_cluster`: hold that many training records per cluster out as `PreparedData.probe`
+    (never trained on, not in the eval split): the held-out probe of `curriculum.signal=lp`.
     """
     import datasets
 
@@ -167,6 +195,10 @@ def prepare_data(
             cfg.eval_fraction,
             cfg.eval_max_per_cluster,
         )
+    probe_examples = None
+    if probe_per_cluster > 0:
+        held = _split_probe(split["train"], probe_per_cluster)
+        split["train"], probe_examples = held["train"], held["probe"]
     for part, paths in (parts or {}).items():
         key = f"{part} data (curriculum.rounds)"  # a TAPIR round's own file
         files = [FileSpec(f.path, part=part) for f in expand(key, as_path_list(key, paths))]
@@ -191,15 +223,19 @@ def prepare_data(
         if split["eval"] is not None
         else None
     )
+    probe = _tokenize(probe_examples, template, tokenizer, cfg, stats, "probe") if probe_examples else None
     clusters = sorted(set(train["cluster"]) | (set(evals["cluster"]) if evals is not None else set()))
     stats["train_samples"] = len(train)
     stats["eval_samples"] = len(evals) if evals is not None else 0
+    if probe is not None:
+        stats["probe_samples"] = len(probe)
     return PreparedData(
         train=_split(train, clusters),
         eval=_split(evals, clusters) if evals is not None else None,
         clusters=clusters,
         template=template,
         stats=stats,
+        probe=_split(probe, clusters) if probe is not None else None,
     )
 
 

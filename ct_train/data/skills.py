@@ -7,8 +7,9 @@ excluded from training, and both are written as JSON lines into a cache director
 the same `datasets` path as user data. Exact match (the response string, whole) is the task metric.
 
 Level 1 of every skill is within reach of a ~1M-parameter model in a few minutes of CPU training.
-`DEFAULT_SUITE` is `data=skills`; `BENCH_SUITE` (`data=bench`, the curriculum benchmark) adds
-prerequisite chains (`CHAINS`) and an unlearnable distractor (`noise`).
+`DEFAULT_SUITE` is `data=skills`; `BENCH_SUITE` (`data=bench_v1`, the first curriculum benchmark) adds
+prerequisite chains (`CHAINS`) and an unlearnable distractor (`noise`). `data=bench` (suite v2) has its
+own generators: `ct_train.data.bench_suite`.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ import random
 import string
 import zlib
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
-GENERATOR_VERSION = 1
+GENERATED = ("skills", "bench", "bench_v1")  # the data.name values this module generates
+GENERATOR_VERSION = 1  # part of the cache key: bump when a generator changes its output
 
 Instance = Tuple[str, str]  # (prompt, response)
 
@@ -241,7 +243,7 @@ SKILLS: Dict[str, Callable[[random.Random, int], Instance]] = {
 # `data=skills` (data.skills.clusters empty): the original ten.
 DEFAULT_SUITE = ["copy", "reverse", "sort", "count", "add", "multiply", "compare", "brackets", "lookup", "cjk_reverse"]
 
-# `data=bench`: three planted prerequisite chains, four unrelated clusters and one distractor.
+# `data=bench_v1`: three planted prerequisite chains, four unrelated clusters and one distractor.
 CHAINS: Dict[str, List[str]] = {
     "strings": ["copy", "reverse", "sort"],
     "arithmetic": ["add", "add3", "expr"],
@@ -256,13 +258,30 @@ def _rng(seed: int, skill: str, level: int, split: str) -> random.Random:
     return random.Random(f"{seed}:{zlib.crc32(skill.encode())}:{level}:{split}")
 
 
+def registry(suite: str) -> Dict[str, Callable[[random.Random, int], Instance]]:
+    """The generators of a suite by `data.name`: `bench` (v2) has its own, the others share SKILLS."""
+    from ct_train.data.bench_suite import SKILLS_V2
+
+    return SKILLS_V2 if suite == "bench" else SKILLS
+
+
 def generate(
-    skills: List[str], levels: int, train_per_level: int, eval_per_level: int, seed: int
+    skills: List[str],
+    levels: int,
+    train_per_level: int,
+    eval_per_level: int,
+    seed: int,
+    sizes: Optional[Dict[str, int]] = None,
+    suite: str = "skills",
 ) -> Dict[str, List[dict]]:
-    """Both splits as lists of prompt/response records with `cluster`, `difficulty` and `id`."""
+    """Both splits as lists of prompt/response records with `cluster`, `difficulty` and `id`.
+
+    `sizes`: training samples per level of the listed skills (the others get `train_per_level`)."""
     out: Dict[str, List[dict]] = {"train": [], "eval": []}
+    known = registry(suite)
     for skill in skills:
-        make = SKILLS[skill]
+        make = known[skill]
+        n_train = (sizes or {}).get(skill, train_per_level)
         for level in range(1, levels + 1):
             rng = _rng(seed, skill, level, "eval")
             held_out = set()
@@ -282,7 +301,7 @@ def generate(
                     )
                 )
             rng = _rng(seed, skill, level, "train")
-            for i in range(train_per_level):
+            for i in range(n_train):
                 for _ in range(1000):
                     prompt, response = make(rng, level)
                     if (prompt, response) not in held_out:
@@ -304,7 +323,15 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def materialize(skills: List[str], levels: int, train_per_level: int, eval_per_level: int, seed: int) -> Dict[str, str]:
+def materialize(
+    skills: List[str],
+    levels: int,
+    train_per_level: int,
+    eval_per_level: int,
+    seed: int,
+    sizes: Optional[Dict[str, int]] = None,
+    suite: str = "skills",
+) -> Dict[str, str]:
     """Write the suite as train.jsonl / eval.jsonl (once per setting) and return their paths.
 
     Written to a temporary name and renamed, so concurrent ranks or an interrupted run never leave a
@@ -312,16 +339,24 @@ def materialize(skills: List[str], levels: int, train_per_level: int, eval_per_l
     """
     from ct_train.errors import ConfigError
 
-    unknown = sorted(set(skills) - set(SKILLS))
+    known = registry(suite)
+    unknown = sorted(set(skills) - set(known))
     if unknown:
-        raise ConfigError(f"data.skills.clusters: unknown skills {unknown}; known: {sorted(SKILLS)}")
-    key = json.dumps([GENERATOR_VERSION, skills, levels, train_per_level, eval_per_level, seed])
+        raise ConfigError(f"data.skills.clusters: unknown skills {unknown} for data={suite}; known: {sorted(known)}")
+    bad = sorted(set(sizes or {}) - set(known))
+    if bad:
+        raise ConfigError(f"data.skills.sizes names unknown skills {bad} for data={suite}; known: {sorted(known)}")
+    sizes = {k: v for k, v in (sizes or {}).items() if k in skills}  # (a suite's sizes for clusters left out)
+    key = [GENERATOR_VERSION, skills, levels, train_per_level, eval_per_level, seed]
+    if sizes or suite == "bench":  # (the key of every earlier setting stays the same: caches stay valid)
+        key += [dict(sorted((sizes or {}).items())), suite]
+    key = json.dumps(key)
     folder = cache_dir() / "skills" / hashlib.sha1(key.encode()).hexdigest()[:16]
     paths = {split: str(folder / f"{split}.jsonl") for split in ("train", "eval")}
     if all(os.path.exists(p) for p in paths.values()):
         return paths
     folder.mkdir(parents=True, exist_ok=True)
-    data = generate(skills, levels, train_per_level, eval_per_level, seed)
+    data = generate(skills, levels, train_per_level, eval_per_level, seed, sizes, suite)
     for split, path in paths.items():
         tmp = f"{path}.{os.getpid()}.tmp"
         with open(tmp, "w", encoding="utf-8") as f:

@@ -58,7 +58,16 @@ def _alpaca(ex: Dict[str, Any], eos: str, preamble: bool) -> List[Segment]:
 TEMPLATES = {
     "alpaca": lambda ex, eos: _alpaca(ex, eos, preamble=True),
     "simple": lambda ex, eos: _alpaca(ex, eos, preamble=False),
+    # The prompt, a newline, the response: no instruction markers (short synthetic suites, cheap steps).
+    "bare": lambda ex, eos: _bare(ex, eos),
 }
+
+
+def _bare(ex: Dict[str, Any], eos: str) -> List[Segment]:
+    if ex["messages"]:
+        raise ConfigError("data.template=bare takes prompt/response records, not chat messages; use simple or chat")
+    prompt = ex["prompt"] + (f"\n{ex['input']}" if ex["input"] else "")
+    return [(prompt + "\n", False), (ex["response"] + eos, True)]
 
 
 def _chat(ex: Dict[str, Any], tokenizer: Any) -> List[Segment]:

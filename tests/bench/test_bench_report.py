@@ -8,6 +8,7 @@ import pytest
 
 from ct_train.bench import quick_overrides, report, user_overrides
 from ct_train.bench.strategies import registered
+from ct_train.bench.targets import pilot_gate, targets
 from ct_train.config import Config
 from ct_train.curriculum import CURRICULA
 
@@ -101,9 +102,11 @@ def test_analyse_ratio_winner_and_targets(tmp_path):
             runs.append({"strategy": name, "seed": seed, "dir": str(d), "wall_s": 1.0})
     meta = {"data": "jsonl", "max_steps": 8, "quick": False}
     a = report.analyse(runs, meta)
-    assert a["target_loss"] == pytest.approx(2.1)
+    # The target is IID's final loss over the learnable clusters (user data: every cluster, alike):
+    # (2.0 + 4.0) / 2 and (2.2 + 4.0) / 2 -> 3.05.
+    assert a["target_loss"] == pytest.approx(3.05) and a["gate"] is None  # no planted chain: no gate
     it = a["summary"]["it2acl"]
-    # it2acl reaches 2.1 between step 0 (no eval there) ... its first eval (step 4, 2.0 and 2.1) is already below
+    # it2acl's first eval (step 4: 3.0 and 3.05) is already at the target
     assert it["reached"] == 2 and it["steps_ratio"][0] == pytest.approx(0.5)
     iid = a["summary"]["iid"]
     assert iid["reached"] == 1  # one IID seed ends at 2.0 <= 2.1, the other at 2.2 does not
@@ -111,14 +114,14 @@ def test_analyse_ratio_winner_and_targets(tmp_path):
     line = report.winner_line(a)
     assert line.startswith("**Winner: it2acl**") and "by 21.0 points" in line and "within the noise" not in line
     # jsonl data: no planted structure, so only the steps target applies
-    t = report.targets(a)
-    assert len(t) == 1 and "**met** (0.50x, 2/2 seeds" in t[0]
+    t = targets(a, "jsonl")
+    assert len(t) == 1 and "**met** (mean 0.50x, worst 0.50x, 2/2 seeds" in t[0]
 
     meta.update(command="ct-train-bench x", model="tiny", global_batch_size=4, world_size=1, seeds=[0, 1])
     meta.update(prepare_s={}, runs_s=4.0, wall_s=5.0, failed={"phased": "no difficulty"})
     report.write(str(tmp_path), runs, meta)
     text = (tmp_path / "report.md").read_text()
-    assert "| it2acl | 1.5500 ± 0.0707 | 42.0 ± 2.8 | 0.50 ± 0.00 (2/2) |" in text
+    assert "| it2acl | 2.7750 ± 0.0354 | 1.5500 ± 0.0707 | 42.0 ± 2.8 | 0.50 ± 0.00 (2/2) |" in text
     assert "- phased: no difficulty" in text and (tmp_path / "timeline_it2acl.png").exists()
     assert (tmp_path / "results.csv").read_text().count("\n") == 5  # a header and one row per run
 
@@ -151,3 +154,60 @@ def test_an_unknown_strategy_is_a_config_error_naming_the_key():
     cfg.bench.strategies = ["iid", "curriculum_x"]
     with pytest.raises(ConfigError, match=r"bench.strategies='curriculum_x' is not valid; expected one of: iid, "):
         cfg.bench.validate()
+
+
+def _suite_run(em_by_step, loss=1.0):
+    """A load_run-shaped dict: evals at the given steps with per-cluster exact match."""
+    evals = [(s, 0, {**{f"eval/{c}/exact_match": v for c, v in em.items()}, "eval/loss": loss}) for s, em in em_by_step]
+    return {"evals": evals, "final": evals[-1][2]}
+
+
+def test_pilot_gate_checks_the_chain_and_saturation_on_the_first_two_iid_seeds():
+    structure = report.suite_structure(
+        ["hop1", "hop2", "hop3", "succ", "max", "last", "first", "noise", "noise_hop"], "bench"
+    )
+    assert structure["chains"] == {"hops": ["hop1", "hop2", "hop3"]} and structure["saturating"] == ["first"]
+    assert "noise" not in structure["learnable"] and "first" in structure["learnable"]
+    good = {"hop1": 0.9, "hop2": 0.5, "hop3": 0.3, "succ": 0.6, "first": 1.0}
+    runs = [_suite_run([(50, {"hop1": 0.85}), (100, good)]) for _ in range(2)]
+    gate = pilot_gate(runs, structure, max_steps=100)
+    assert gate["passed"] and gate["seeds"] == 2  # `first` may saturate: it is the designated one
+    late = [_suite_run([(50, {"hop1": 0.3}), (60, {"hop1": 0.95}), (100, good)]) for _ in range(2)]
+    assert not pilot_gate(late, structure, max_steps=100)["checks"][0][2]  # 60 > mid-run: too late
+    saturated = [_suite_run([(50, {"hop1": 0.85}), (100, {**good, "succ": 0.95})]) for _ in range(2)]
+    assert [ok for _, _, ok in pilot_gate(saturated, structure, 100)["checks"]] == [True, True, False]
+    assert pilot_gate(runs, report.suite_structure(["a", "b"], "jsonl"), 100) is None
+
+
+def test_targets_compare_it2acl_with_mixture_and_the_distractor_share():
+    def summary(loss, sd, shares):
+        return {
+            "learnable_loss": (loss, sd),
+            "steps_ratio": (0.6, 0.05),
+            "worst_ratio": 0.65,
+            "reached": 3,
+            "n": 3,
+            "distractor": {"noise": shares},
+        }
+
+    a = {
+        "summary": {
+            "iid": summary(2.0, 0.01, [0.2] * 4),
+            "mixture": summary(1.9, 0.02, [0.1] * 4),
+            "it2acl": summary(1.8, 0.03, [0.1, 0.05, 0.04, 0.03]),
+        },
+        "structure": {"distractors": ["noise"]},
+        "clusters": ["a", "b", "c", "noise"],
+        "chained": [],
+        "has_em": True,
+        "hardest": None,
+    }
+    t = targets(a, "bench")
+    assert "**met** (mean 0.60x, worst 0.65x, 3/3" in t[0]
+    assert "**met** (1.8000 vs 1.9000: +0.1000, spread 0.0300)" in t[1]
+    assert "below their uniform share (0.250) after the first quarter: **met**" in t[2] and len(t) == 3
+    a["summary"]["it2acl"]["learnable_loss"] = (1.88, 0.03)  # within the spread of mixture
+    a["summary"]["it2acl"]["worst_ratio"] = 0.8
+    t = targets(a, "bench_v1")
+    assert "**missed** (mean 0.60x, worst 0.80x" in t[0] and "**missed**" in t[1]
+    assert "no worse than IID beyond the seed spread: **met**" in t[3]

@@ -176,3 +176,19 @@ def test_tapir_rounds_with_their_own_data_draw_only_from_it():
     assert sorted(np.concatenate(list(cur.pools().values())).tolist()) == list(range(20, 30))
     with pytest.raises(ConfigError, match="round 2 has no training sample"):
         _tapir(d, rounds=[TapirRound(), TapirRound(data="r2.jsonl")])  # no sample tagged round2
+
+
+def test_phased_replay_mixes_earlier_phases_by_size_and_is_off_by_default():
+    d = np.repeat([1.0, 2.0, 3.0], [40, 20, 20])
+    index = _index(d)
+    plain = build_curriculum(PhasedConfig(thresholds=[1.5, 2.5]), index, seed=0, total_steps=30)
+    assert plain.plan(29).weights == {"phase3": 1.0}
+    cur = build_curriculum(PhasedConfig(thresholds=[1.5, 2.5], replay=0.3), index, seed=0, total_steps=30)
+    assert cur.plan(0).weights == {"phase1": 1.0}  # nothing earlier to replay
+    assert cur.plan(cur.stages[1].start).weights == pytest.approx({"phase1": 0.3, "phase2": 0.7})
+    # phase 3 replays phases 1 and 2 by their sizes (40 : 20): every earlier sample alike.
+    assert cur.plan(29).weights == pytest.approx({"phase1": 0.2, "phase2": 0.1, "phase3": 0.7})
+    counts = CurriculumSampler(cur.pools(), 1000, seed=0).counts(29, cur.plan(29))
+    assert counts["phase3"] == pytest.approx(700, abs=60) and counts["phase1"] > counts["phase2"]
+    with pytest.raises(ConfigError, match=r"curriculum.replay=1.0 must be in \[0, 1\)"):
+        PhasedConfig(replay=1.0).validate()

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from ct_train.data.loading import FileSpec, expand, load_examples
@@ -168,3 +169,25 @@ def test_no_response_token_within_max_seq_len_is_an_error_not_a_silent_zero_loss
         prepare_data(DataConfig(name="jsonl", path=str(f), eval_fraction=0.0), byte_tokenizer()).train.n_target.min()
         > 0
     )
+
+
+def test_probe_split_is_held_out_of_train_and_eval_per_cluster_and_fixed_by_id(tmp_path):
+    from ct_train.config import DataConfig
+    from ct_train.data import byte_tokenizer, prepare_data
+
+    recs = [{"id": f"r{i}", "prompt": f"q{i}", "response": "a", "cluster": f"c{i % 3}"} for i in range(90)]
+    f = _write_jsonl(tmp_path / "a.jsonl", recs)
+    cfg = DataConfig(name="jsonl", path=str(f), eval_fraction=0.1, cluster_field="cluster")
+    data = prepare_data(cfg, byte_tokenizer(), probe_per_cluster=4)
+    ids = {
+        name: set(split.dataset["id"])
+        for name, split in (("train", data.train), ("eval", data.eval), ("probe", data.probe))
+    }
+    assert len(ids["probe"]) == 12 and np.bincount(data.probe.cluster_ids).tolist() == [4, 4, 4]
+    assert not ids["probe"] & ids["train"] and not ids["probe"] & ids["eval"] and len(ids["train"]) == 90 - 9 - 12
+    # Fixed by the record ids: more records in the file keep the same probe samples of each cluster
+    # (a new one enters only if its hash ranks higher).
+    plain = prepare_data(cfg, byte_tokenizer())
+    assert plain.probe is None and set(plain.eval.dataset["id"]) == ids["eval"]
+    again = prepare_data(cfg, byte_tokenizer(), probe_per_cluster=4)
+    assert set(again.probe.dataset["id"]) == ids["probe"]

@@ -3,6 +3,8 @@
 import json
 import re
 
+import pytest
+
 from ct_train.data import skills
 
 
@@ -86,3 +88,42 @@ def test_benchmark_suite_chains_answers_and_distractor():
         answers.setdefault(r["prompt"], []).append(r["response"])
     repeated = [v for v in answers.values() if len(v) > 1]
     assert len(repeated) > 50 and all(len(set(v)) == len(v) for v in repeated)
+
+
+def test_suite_v2_sizes_answers_and_planted_structure():
+    from ct_train.data.bench_suite import BENCH_V2, SKILLS_V2
+
+    data = skills.generate(BENCH_V2.clusters, 1, 600, 8, seed=3, sizes=BENCH_V2.sizes, suite="bench")
+    by = {}
+    for r in data["train"]:
+        by.setdefault(r["cluster"], []).append(r)
+    assert {c: len(v) for c, v in by.items()} == BENCH_V2.sizes  # unequal sizes: mixture != IID
+    assert len(by["first"]) > 3 * len(by["hop1"]) and BENCH_V2.learnable() == [
+        c for c in BENCH_V2.clusters if c not in ("noise", "noise_hop")
+    ]
+    for hops in (1, 2, 3):  # following the chain from the query reaches the answer in `hops` steps
+        for r in by[f"hop{hops}"][:50]:
+            *pairs, query = r["prompt"].split()
+            table = dict(p.split("=") for p in pairs)
+            value, steps = query[1:], 0
+            while not value.isdigit():
+                value, steps = table[value], steps + 1
+            assert (value, steps) == (r["response"], hops)
+    # noise_hop looks like hop1 but its answer is not the looked-up digit (about 1 in 10 is, by chance)
+    agree = sum(
+        dict(p.split("=") for p in r["prompt"].split()[:-1])[r["prompt"][-1]] == r["response"] for r in by["noise_hop"]
+    )
+    assert agree / len(by["noise_hop"]) < 0.2
+    assert set(SKILLS_V2) == set(BENCH_V2.clusters)
+
+
+def test_suite_v2_sizes_are_checked_and_keep_old_cache_keys(tmp_path, monkeypatch):
+    monkeypatch.setenv("CT_TRAIN_CACHE", str(tmp_path))
+    from ct_train.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="data.skills.sizes names unknown skills"):
+        skills.materialize(["hop1"], 1, 5, 2, seed=1, sizes={"hopp1": 3}, suite="bench")
+    v2 = skills.materialize(["hop1", "first"], 1, 5, 2, seed=1, sizes={"first": 9, "noise": 4}, suite="bench")
+    assert sum(1 for _ in open(v2["train"])) == 14  # noise is not in the suite: its size is ignored
+    with pytest.raises(ConfigError, match="unknown skills"):
+        skills.materialize(["hop1"], 1, 5, 2, seed=1)  # hop1 is a v2 skill only

@@ -41,6 +41,13 @@ def test_only_response_and_eos_are_labels(tok, template):
     assert out["n_target"] == 2  # "4" and </s>, both after the shift
 
 
+def test_bare_template_is_prompt_newline_response(tok):
+    out = tokenize_example(_ex(prompt="a=3 ?a", response="3"), "bare", tok, max_seq_len=64)
+    assert tok.decode(out["input_ids"]) == "<s>a=3 ?a\n3</s>" and _targets(tok, out) == "3</s>"
+    with pytest.raises(ConfigError, match="data.template=bare takes prompt/response records"):
+        tokenize_example(_ex(messages=[{"role": "user", "content": "hi"}]), "bare", tok, max_seq_len=64)
+
+
 def test_multi_turn_alpaca_trains_every_assistant_turn(tok):
     msgs = [
         {"role": "system", "content": "S"},

@@ -13,11 +13,16 @@ from tests.helpers import samples, train_rows
 
 pytestmark = pytest.mark.distributed
 
-# IT2ACL with the prediction-gain signal (an extra no-grad forward under ZeRO-3 on every rank): the
-# resumed run must also restore the bandit's state to train the same samples.
+# IT2ACL with the held-out learning-progress signal (a distributed no-grad probe pass under ZeRO-3
+# every 3 steps, on every rank): the resumed run must restore the bandit and the probe history (the
+# step-3 probe, before the step-4 checkpoint, is half of the slope at step 6) to train the same samples.
+# (The prediction-gain signal's extra forward runs on 2 ranks in test_zero3_runs.)
 ARGS = FAST + [
     "curriculum=it2acl",
-    "curriculum.signal=pg",
+    "curriculum.signal=lp",
+    "curriculum.probe_per_cluster=2",
+    "curriculum.probe_every_steps=3",
+    "curriculum.lp_window=2",
     "curriculum.clusters_per_batch=2",
     "trainer.warmup_steps=2",
     "trainer.max_steps=8",
@@ -69,6 +74,11 @@ def test_two_nodes_match_one_node_survive_a_lost_node_and_resume(tmp_path, recor
     assert sorted(a) == sorted(b) == list(range(1, 9))
     for step in a:
         assert b[step]["loss"] == pytest.approx(a[step]["loss"], rel=1e-5, abs=1e-6), step
+    # The probes ran at steps 3 and 6; the bandit's first held-out update (step 6) is the same after
+    # the resume, so the step-3 probe came back from the checkpoint.
+    assert {s for s in a if any(k.startswith("curriculum/probe/") for k in a[s])} == {3, 6}
+    rewards = {k: v for k, v in a[6].items() if k.startswith("curriculum/reward/")}
+    assert rewards and all(b[6][k] == pytest.approx(v, abs=1e-6) for k, v in rewards.items())
 
 
 def test_hung_node_ends_the_job_after_the_collective_timeout(tmp_path):

@@ -1,0 +1,153 @@
+"""IT2ACL's reward and bandit dynamics in a planted world (ct_train.curriculum.bench.simulate): gains
+that grow with a cluster's share of the batch, planted learnability, the held-out probe signal."""
+
+import json
+
+import numpy as np
+import pytest
+
+from ct_train.curriculum import ClusterStats, DataIndex, build_curriculum
+from ct_train.curriculum.bandit import Exp3S
+from ct_train.curriculum.bench import simulate
+from ct_train.curriculum.it2acl import ETA_HORIZON, LEGACY_ETA, IT2ACLConfig, lp_slope
+
+N = 14
+LEGACY = dict(eta=0.1, uniform_mix=0.0, reward_per_share=False)  # the 2026-11 defaults
+
+
+@pytest.mark.parametrize("power", [0.5, 1.0])
+def test_identical_arms_stay_near_uniform_although_the_gain_grows_with_the_share(power):
+    for seed in range(3):
+        p = simulate(IT2ACLConfig(phase2="none"), np.ones(N), 300, seed, share_power=power)
+        assert p.max() <= 1.5 / N and p.min() >= 1 / (1.5 * N), (seed, p * N)
+    # The same world under the old reward: one arm takes the batch (the confound is real here).
+    p = simulate(IT2ACLConfig(phase2="none", **LEGACY), np.ones(N), 300, 0, share_power=power)
+    assert p.max() > 5 / N
+
+
+@pytest.mark.parametrize("signal", ["pg", "loss"])
+def test_a_planted_best_arm_gets_twice_uniform_and_arms_without_progress_end_below_it(signal):
+    learn = np.ones(N)
+    learn[0], learn[1], learn[2] = 3.0, 0.0, -1.0  # best; nothing to learn; held-out loss rises
+    for seed in range(3):
+        p = simulate(IT2ACLConfig(phase2="none", signal=signal), learn, 300, seed)
+        assert p[0] >= 2 / N and p[1] < 1 / N and p[2] < 1 / N, (seed, p * N)
+
+
+def test_held_out_progress_favours_the_arm_still_learning_and_drops_the_unlearnable_ones():
+    learn = np.ones(N)
+    learn[0], learn[1], learn[2] = 3.0, 0.0, -1.0
+    for seed in range(3):
+        p = simulate(IT2ACLConfig(phase2="none", signal="lp"), learn, 300, seed)
+        assert p[0] > p[3:].max() and p[1] < 1 / N and p[2] < 1 / N, (seed, p * N)
+    for seed in range(2):
+        p = simulate(IT2ACLConfig(phase2="none", signal="lp"), np.ones(N), 300, seed)
+        assert p.max() <= 1.5 / N and p.min() >= 1 / (1.5 * N)
+
+
+def _index(n=4, per=30):
+    return DataIndex([f"c{i}" for i in range(n)], np.repeat(np.arange(n), per), np.ones(n * per))
+
+
+def test_the_gain_is_divided_by_the_clusters_share_of_the_loss_denominator():
+    index = _index(2)
+    cur = build_curriculum(IT2ACLConfig(phase2="none", clusters_per_batch=64), index, seed=0, total_steps=100)
+    cur.plan(0)
+    share = np.array([0.25, 0.75])
+    stats = ClusterStats(index.clusters, np.array([8.0, 24.0]), np.array([8.0, 24.0]), np.array([0.1, 0.3]), share)
+    m = cur.observe(0, stats)
+    assert m["gain/c0"] == pytest.approx(0.4) and m["gain/c1"] == pytest.approx(0.4)  # equal per unit share
+    raw = build_curriculum(
+        IT2ACLConfig(phase2="none", clusters_per_batch=64, reward_per_share=False), index, seed=0, total_steps=100
+    )
+    raw.plan(0)
+    assert raw.observe(0, stats)["gain/c1"] == pytest.approx(0.3)
+    rel = build_curriculum(
+        IT2ACLConfig(phase2="none", clusters_per_batch=64, reward_normalization="relative"), index, 0, 100
+    )
+    rel.plan(0)
+    loss = np.array([2.0, 4.0])  # mean training loss per cluster: gain / share / loss
+    m = rel.observe(0, ClusterStats(index.clusters, loss * [8, 24], np.array([8.0, 24.0]), np.array([0.1, 0.3]), share))
+    assert (m["gain/c0"], m["gain/c1"]) == (pytest.approx(0.2), pytest.approx(0.1))
+
+
+def test_every_cluster_in_the_batch_gives_a_full_information_update():
+    index = _index(3)
+    cur = build_curriculum(IT2ACLConfig(phase2="none", clusters_per_batch=300), index, seed=0, total_steps=200)
+    ref = Exp3S(3, cur.eta, 0.05)
+    for step in range(5):
+        draws = cur.plan(step)
+        assert len(draws.weights) == 3  # 300 draws: every arm is in the batch
+        gain = np.array([0.3, 0.1, -0.2]) + 0.01 * step
+        m = cur.observe(step, ClusterStats(index.clusters, np.full(3, 8.0), np.full(3, 8.0), gain, np.full(3, 1 / 3)))
+        ref.update_full(np.array([m[f"reward/c{i}"] for i in range(3)]))  # no importance weight
+    np.testing.assert_allclose(cur.bandit.w, ref.w, atol=1e-12)
+
+
+def test_update_full_is_hedge_with_the_fixed_share():
+    b = Exp3S(3, eta=0.5, eps=0.1)
+    b.update_full(np.array([1.0, 0.0, -1.0]))  # t=1: alpha=1, each weight becomes the mean of the others
+    v = np.array([0.5, 0.0, -0.5])
+    e = np.exp(v)
+    w = np.log([(e[1] + e[2]) / 2, (e[0] + e[2]) / 2, (e[0] + e[1]) / 2])
+    np.testing.assert_allclose(b.w, w - w.max(), atol=1e-12)
+    assert b.t == 1
+
+
+def test_eta_defaults_from_the_run_length_and_an_explicit_value_wins():
+    index = _index()
+    assert build_curriculum(IT2ACLConfig(), index, 0, total_steps=400).eta == pytest.approx(ETA_HORIZON / 400)
+    lp = IT2ACLConfig(signal="lp", probe_every_steps=10)
+    assert build_curriculum(lp, index, 0, total_steps=400).eta == pytest.approx(ETA_HORIZON / 40)  # per probe
+    assert build_curriculum(IT2ACLConfig(eta=0.3), index, 0, total_steps=400).eta == 0.3
+    assert build_curriculum(IT2ACLConfig(), index, 0, total_steps=0).eta == LEGACY_ETA
+
+
+def test_the_uniform_mix_keeps_a_floor_under_every_cluster():
+    index = _index(5)
+    cur = build_curriculum(IT2ACLConfig(phase2="none", uniform_mix=0.3, eps=0.0), index, 0, 100)
+    cur.bandit.w = np.array([0.0, -50.0, -50.0, -50.0, -50.0])
+    p = cur.policy()
+    assert p.min() == pytest.approx(0.3 / 5) and p.sum() == pytest.approx(1.0)
+    assert cur.plan(0).info["prob/c1"] == pytest.approx(0.3 / 5)
+
+
+def test_lp_is_minus_the_probe_loss_slope_per_unit_share_and_signed():
+    assert lp_slope(np.array([0.0, 10, 20]), np.array([[3.0, 1.0], [2.0, 1.5], [1.0, 2.0]])).tolist() == [-0.1, 0.05]
+    index = _index(2)
+    cur = build_curriculum(IT2ACLConfig(signal="lp", phase2="none", probe_every_steps=2, lp_window=3), index, 0, 100)
+    share = np.array([0.5, 0.5])
+    metrics = []
+    for step in range(6):
+        cur.plan(step)
+        stats = ClusterStats(index.clusters, np.full(2, 16.0), np.full(2, 8.0), share=share)
+        if (step + 1) % 2 == 0:
+            stats.probe_loss = np.array([3.0 - 0.1 * step, 2.0 + 0.05 * step])  # c0 learns, c1 gets worse
+        metrics.append(cur.observe(step, stats))
+    assert "gain/c0" not in metrics[1]  # one probe: no slope yet
+    assert metrics[5]["gain/c0"] == pytest.approx(0.1 / 0.5) and metrics[5]["gain/c1"] == pytest.approx(-0.05 / 0.5)
+    assert metrics[5]["reward/c0"] > metrics[5]["reward/c1"]
+    assert metrics[5]["probe/c0"] == pytest.approx(2.5)
+
+
+def test_lp_state_round_trip_continues_the_identical_stream():
+    index = _index(4)
+    cfg = IT2ACLConfig(signal="lp", phase2="bandit", probe_every_steps=3)
+
+    def drive(cur, start, steps):
+        out = []
+        for step in range(start, start + steps):
+            plan = cur.plan(step)
+            stats = ClusterStats(index.clusters, np.full(4, 16.0), np.full(4, 8.0), share=np.full(4, 0.25))
+            if (step + 1) % 3 == 0:
+                stats.probe_loss = 3.0 - np.array([0.01, 0.02, 0.0, -0.01]) * step + 0.01 * np.sin(step)
+            cur.observe(step, stats)
+            out.append(plan.weights)
+        return out
+
+    a = build_curriculum(cfg, index, seed=5, total_steps=60)
+    drive(a, 0, 20)
+    b = build_curriculum(cfg, index, seed=5, total_steps=60)
+    b.load_state_dict(json.loads(json.dumps(a.state_dict())))  # through trainer_state.json
+    assert drive(a, 20, 25) == drive(b, 20, 25)
+    np.testing.assert_array_equal(a.policy(), b.policy())
