@@ -54,7 +54,7 @@ clean:
 # The curriculum benchmark (ct_train/bench): every registered strategy x 3 seeds at the same budget,
 # through the deepspeed launcher (2 ranks). Re-running resumes: finished runs are kept.
 BENCH_DIR ?= outputs/bench
-BENCH_ARGS ?= trainer.max_steps=300 trainer.eval_every_steps=30
+BENCH_ARGS ?= trainer.max_steps=600 trainer.eval_every_steps=50
 bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" MODULE=ct_train.bench NPROC=$(NPROC) bash launchers/local_cpu.sh \
 		trainer.output_dir=$(BENCH_DIR) logger.progress_bar=false $(BENCH_ARGS) $(ARGS)
@@ -76,14 +76,17 @@ bench-throughput: $(STAMP)
 	$(BIN)/python -m ct_train.plot --throughput outputs/bench-2ranks outputs/bench-1rank
 
 # The curriculum's cost on the `make train` setting (2 ranks, 100 steps each, same machine, one after
-# the other): iid, it2acl with the free loss signal, it2acl with prediction gain (one extra forward);
+# the other): iid, it2acl with the free loss signal, with prediction gain (one extra forward), with
+# held-out learning progress (a probe pass every curriculum.probe_every_steps);
 # then the sampler at scale (10M samples, 100 clusters). Figures in docs/benchmarks.md.
 BENCH_STEPS ?= 100
 bench-curriculum: $(STAMP)
 	for c in "iid curriculum=iid" "it2acl-loss curriculum=it2acl curriculum.signal=loss" \
-	         "it2acl-pg curriculum=it2acl curriculum.signal=pg"; do set -- $$c; rm -rf outputs/bench-$$1; \
+	         "it2acl-pg curriculum=it2acl curriculum.signal=pg" "it2acl-lp curriculum=it2acl curriculum.signal=lp"; do \
+		set -- $$c; rm -rf outputs/bench-$$1; \
 		PATH="$(CURDIR)/$(BIN):$$PATH" NPROC=2 bash launchers/local_cpu.sh $$2 $$3 trainer.max_steps=$(BENCH_STEPS) \
 		trainer.eval_every_steps=0 trainer.save_every_steps=0 trainer.export_final=false logger.progress_bar=false \
 		trainer.output_dir=outputs/bench-$$1 $(ARGS) > /dev/null || exit 1; done
-	$(BIN)/python -m ct_train.plot --throughput outputs/bench-iid outputs/bench-it2acl-loss outputs/bench-it2acl-pg
+	$(BIN)/python -m ct_train.plot --throughput outputs/bench-iid outputs/bench-it2acl-loss outputs/bench-it2acl-pg \
+		outputs/bench-it2acl-lp
 	$(BIN)/python -m ct_train.curriculum.bench sampler

@@ -131,17 +131,26 @@ def _curriculum_timeline(plt, series, clusters: List[str], path: str) -> str:
 
 
 def throughput(output_dir: str, skip_steps: int = 5) -> Dict[str, float]:
-    """Median and mean tokens/s over the training steps after the first `skip_steps` (warm-up)."""
+    """Median and mean tokens/s over the training steps after the first `skip_steps` (warm-up), and
+    the overall rate (their tokens over their summed step times), which also counts the occasional
+    slow step a median hides (a held-out probe every k steps: curriculum.signal=lp)."""
     import statistics
 
     rows = [r for r in read_jsonl(os.path.join(output_dir, METRICS_FILE)) if "tokens_per_s" in r]
     if not rows:
         raise FileNotFoundError(f"{os.path.join(output_dir, METRICS_FILE)}: no training steps logged")
-    rates = [r["tokens_per_s"] for r in rows[skip_steps:]] or [r["tokens_per_s"] for r in rows]
+    kept = rows[skip_steps:] or rows
+    rates = [r["tokens_per_s"] for r in kept]
+    timed = [r for r in kept if "step_time_s" in r]
     return {
         "steps": len(rates),
         "median_tokens_per_s": statistics.median(rates),
         "mean_tokens_per_s": statistics.fmean(rates),
+        "overall_tokens_per_s": (
+            sum(r["tokens_per_s"] * r["step_time_s"] for r in timed) / sum(r["step_time_s"] for r in timed)
+            if timed
+            else float("nan")
+        ),
         "tokens_per_step": rows[-1]["tokens"] / rows[-1]["step"],
         "median_step_s": statistics.median(r.get("step_time_s", float("nan")) for r in rows[skip_steps:] or rows),
         "median_curriculum_ms": statistics.median(
@@ -160,7 +169,8 @@ def main() -> None:
             if args.throughput:
                 t = throughput(out)
                 print(
-                    f"{out}: median {t['median_tokens_per_s']:,.0f} tokens/s (mean {t['mean_tokens_per_s']:,.0f}) "
+                    f"{out}: median {t['median_tokens_per_s']:,.0f} tokens/s (mean {t['mean_tokens_per_s']:,.0f}, "
+                    f"overall {t['overall_tokens_per_s']:,.0f}) "
                     f"over {t['steps']} steps, {t['tokens_per_step']:,.0f} tokens/step; median step "
                     f"{t['median_step_s']:.3f} s, of which curriculum {t['median_curriculum_ms']:.2f} ms"
                 )

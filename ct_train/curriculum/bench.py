@@ -112,7 +112,7 @@ def simulate(
     arms = len(learn)
     names = [f"c{i}" for i in range(arms)]
     index = DataIndex(names, np.repeat(np.arange(arms), 100), np.zeros(arms * 100))
-    cur = build_curriculum(cfg, index, seed=seed, total_steps=steps)
+    cur = build_curriculum(cfg, index, seed=seed, total_steps=steps, global_batch_size=batch)
     rng = np.random.default_rng(seed + 1000)
     held_out = np.full(arms, 3.0)
     for step in range(steps):
@@ -139,15 +139,15 @@ def simulate(
 
 def bench_share(arms: int, seeds: int, steps: int) -> None:
     """Identical arms whose gain grows with their share: how far the policy drifts from uniform."""
-    legacy = dict(eta=0.1, uniform_mix=0.0, reward_per_share=False)
-    print(f"{arms} identical arms, 8 draws per step, {steps} steps, {seeds} seeds: max policy / uniform (median)")
+    legacy = dict(eta=0.1, uniform_mix=0.0, reward_per_share=False, clusters_per_batch=8)
+    print(f"{arms} identical arms, {steps} steps, {seeds} seeds: max policy / uniform (median)")
     for power in (0.5, 1.0):
-        for name, kw in (("legacy (eta 0.1, no mix, raw gain)", legacy), ("defaults", {})):
+        for name, kw in (("2026-11 (eta 0.1, no mix, raw gain, 8 draws)", legacy), ("defaults", {})):
             top = [
                 arms * simulate(IT2ACLConfig(phase2="none", **kw), np.ones(arms), steps, s, share_power=power).max()
                 for s in range(seeds)
             ]
-            print(f"gain ~ share^{power}: {name:<36} {np.median(top):.2f}x uniform (max {max(top):.2f}x)")
+            print(f"gain ~ share^{power}: {name:<44} {np.median(top):.2f}x uniform (max {max(top):.2f}x)")
 
 
 def main() -> None:

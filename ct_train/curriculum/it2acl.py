@@ -39,12 +39,14 @@ What we inferred, and the key that changes each choice:
   no extra forward: the drop of a pool's training loss since the last time it was drawn, per unit
   share trained since. Per-cluster sums and counts are all-reduced, so every rank updates an
   identical bandit.
-- Batches: each step draws `clusters_per_batch` arms (with replacement) and the global batch is split
-  between them; each drawn cluster's reward is credited to its arm with the importance weight
-  n_i / (m pi(i)), pi the sampling policy (after the uniform mix). Default 8, not Graves' one task
-  per batch: on `make train` (10 clusters, 400 steps, the 2026-11 reward) one cluster per step ended
-  at held-out loss 2.456 and exact match 0.102 (the clusters not drawn for a while are forgotten),
-  8 per step at 1.366 and 0.173 (IID: 1.294 and 0.129; docs/benchmarks.md).
+- Batches: each step draws `clusters_per_batch` arms (with replacement; default one per sample of
+  the global batch) and the global batch is split between them; each drawn cluster's reward is
+  credited to its arm with the importance weight n_i / (m pi(i)), pi the sampling policy (after the
+  uniform mix). One draw per sample, not Graves' one task per batch nor our earlier 8: batches that
+  hold fewer clusters cost held-out loss on the first benchmark suite (tiny model, 300 steps, tuning
+  seed 1, uniform-looking policies: learnable loss 1.551 with 8 draws, 1.467 with 32; IID 1.374),
+  and on `make train` one cluster per step ended at held-out loss 2.456, 8 per step at 1.366
+  (the clusters not drawn for a while are forgotten; docs/benchmarks.md).
 - Phase 2, instruction level: inside a drawn cluster the samples are split into `phase2_bands`
   difficulty bands (the data's difficulty; with `phase2_difficulty=initial_loss`, or `auto` when some
   sample has none, the initial model's loss on each sample, computed once and cached in the output
@@ -89,7 +91,7 @@ LEGACY_ETA = 0.1  # eta when the run's length is unknown (total_steps <= 0)
 @dataclass
 class IT2ACLConfig(CurriculumConfig):
     name: str = "it2acl"
-    signal: str = "pg"  # lp | pg | spg | loss
+    signal: str = "lp"  # lp | pg | spg | loss
     eta: Optional[float] = None  # None: ETA_HORIZON / bandit updates in the run
     eps: float = 0.05
     beta: float = 0.0
@@ -98,11 +100,11 @@ class IT2ACLConfig(CurriculumConfig):
     reward_normalization: str = "pooled"  # pooled | relative (also divide by the cluster's loss)
     reward_history: int = 1000
     reward_quantiles: List[float] = field(default_factory=lambda: [20.0, 80.0])
-    clusters_per_batch: int = 8
+    clusters_per_batch: Optional[int] = None  # arms drawn per step; None: one per sample of the global batch
     probe_per_cluster: int = 16  # signal=lp: held-out probe samples per cluster
     probe_every_steps: int = 10  # signal=lp: steps between probe passes (one bandit update each)
     lp_window: int = 4  # signal=lp: probes the slope is fitted over
-    phase2: str = "bandit"  # bandit | pacing | none
+    phase2: str = "none"  # none | bandit | pacing
     phase2_bands: int = 3
     phase2_difficulty: str = "auto"  # auto | data | initial_loss
     phase2_eta: Optional[float] = None  # the band bandit's eta; None = eta
@@ -131,7 +133,7 @@ class IT2ACLConfig(CurriculumConfig):
         if len(lo_hi) != 2 or not 0 <= lo_hi[0] < lo_hi[1] <= 100:
             raise ConfigError(f"curriculum.reward_quantiles={lo_hi!r} must be two percentiles low < high in [0, 100]")
         for key in ("reward_history", "clusters_per_batch", "phase2_bands", "probe_per_cluster", "probe_every_steps"):
-            if getattr(self, key) < 1:
+            if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ConfigError(f"curriculum.{key}={getattr(self, key)!r} must be >= 1")
         if self.lp_window < 2:
             raise ConfigError(f"curriculum.lp_window={self.lp_window!r} must be >= 2 (a slope needs two probes)")
@@ -167,6 +169,7 @@ class IT2ACLCurriculum:
         self, cfg: IT2ACLConfig, index: DataIndex, seed: int = 0, total_steps: int = 0, global_batch_size: int = 0
     ) -> None:
         self.cfg, self.index, self.seed = cfg, index, seed
+        self.draws_per_step = cfg.clusters_per_batch or max(global_batch_size, 1)
         self.signal = cfg.signal  # read by the trainer: which extra forwards the step needs
         self.probe_every_steps = cfg.probe_every_steps if cfg.signal == "lp" else 0  # read by the trainer
         self.arms = index.present_clusters()
@@ -246,7 +249,7 @@ class IT2ACLCurriculum:
             return self._decision
         rng = step_rng(self.seed, step, _SALT)
         probs = self.policy()
-        draws = draw_arms(rng, probs, self.cfg.clusters_per_batch)
+        draws = draw_arms(rng, probs, self.draws_per_step)
         bands = {self.arms[i]: self._band_weights(self.arms[i], step, rng) for i in np.flatnonzero(draws)}
         band_probs = {c: self.band_bandits[c].probs() for c in bands}
         self._decision = (step, probs, draws, bands, band_probs)

@@ -3,13 +3,14 @@
 `data=bench` is suite v2, shaped like a real instruction mix where the budget matters: clusters of
 unequal size and value, so spending the same steps differently gives a different model.
 
-- a prerequisite chain, multi-hop variable lookup (Skill-It's LEGO-style case): `hop1` answers
-  `?q` from `q=5`, `hop2` follows one pointer first (`q=m m=5`), `hop3` two. Each hop reuses the
+- a prerequisite chain, variable lookup (Skill-It's LEGO-style case): `hop1` answers `?q` from
+  `q=5` alone (the answer is the digit of the binding), `hop2` picks the queried one of three
+  bindings (`a=1 q=5 r=3 ?q`), `hop3` follows a pointer first (`m=q q=5 a=1 r=3 ?m`). Each reuses the
   one below it, so the hard member is learnable only once the easy one is;
-- large unlearnable distractors: `noise` (random letters) and `noise_hop` (a hop1-shaped prompt with
+- large unlearnable distractors: `noise` (random letters) and `noise_hop` (a hop2-shaped prompt with
   a random digit: it looks learnable and contradicts itself);
-- a large cluster that saturates within a few dozen steps (`first`: the first letter of a word);
-- unrelated learnable clusters (`succ` letter arithmetic, `max` of digits, `last` letter of a word).
+- a large cluster that saturates within a few dozen steps (`kind`: is a character a letter or a digit);
+- unrelated learnable clusters (`max` of five digits, `count` of `a` in a word).
 
 Answers are one to three characters and prompts about 10-40 bytes (with `data.template=bare`), so a
 step of the tiny model is cheap. `bench_v1` is the first suite (docs/results.md's 2026-11-22 grid),
@@ -29,7 +30,8 @@ _VARS = string.ascii_lowercase
 
 
 def _bindings(rng: random.Random, hops: int, distractors: int) -> Tuple[List[str], str, int]:
-    """A chain of `hops` variables ending at a digit (`v1=v2 ... vk=d`), plus digit-valued distractors."""
+    """A chain of `hops` variables ending at a digit (`v1=v2 ... vk=d`: hops - 1 pointers), plus
+    `distractors` digit-valued bindings, in random order; returns (bindings, the query, its digit)."""
     names = rng.sample(_VARS, hops + distractors)
     chain, others = names[:hops], names[hops:]
     value = rng.randint(0, 9)
@@ -39,19 +41,19 @@ def _bindings(rng: random.Random, hops: int, distractors: int) -> Tuple[List[str
     return pairs, chain[0], value
 
 
-def hop(hops: int) -> Callable[[random.Random, int], Instance]:
+def hop(hops: int, distractors: int) -> Callable[[random.Random, int], Instance]:
+    """A lookup task: follow `hops` - 1 pointers to the digit, among `distractors` other bindings."""
+
     def make(rng: random.Random, level: int) -> Instance:
-        pairs, query, value = _bindings(rng, hops, 3)
+        pairs, query, value = _bindings(rng, hops, distractors)
         return f"{' '.join(pairs)} ?{query}", str(value)
 
-    make.__name__ = f"hop{hops}"
-    make.__doc__ = f"Multi-hop lookup: follow {hops - 1} pointer(s), then read the digit."
     return make
 
 
 def noise_hop(rng: random.Random, level: int) -> Instance:
-    """A hop1-shaped prompt whose answer is a random digit: looks learnable, is not."""
-    pairs, query, _ = _bindings(rng, 1, 3)
+    """A hop2-shaped prompt whose answer is a random digit: looks learnable, is not."""
+    pairs, query, _ = _bindings(rng, 1, 2)
     return f"{' '.join(pairs)} ?{query}", str(rng.randint(0, 9))
 
 
@@ -62,9 +64,21 @@ def noise(rng: random.Random, level: int) -> Instance:
 
 
 def first(rng: random.Random, level: int) -> Instance:
-    """The first letter of a word: saturates within a few dozen steps."""
+    """The first letter of a word."""
     word = "".join(rng.choice(_VARS) for _ in range(5))
     return f"first {word}", word[0]
+
+
+def kind(rng: random.Random, level: int) -> Instance:
+    """Is the character a letter or a digit: saturates within a few dozen steps."""
+    c = rng.choice(_VARS + string.digits)
+    return f"kind {c}", "digit" if c.isdigit() else "letter"
+
+
+def count(rng: random.Random, level: int) -> Instance:
+    """How many `a` in a word of a/b/c."""
+    word = "".join(rng.choice("abc") for _ in range(6))
+    return f"count {word}", str(word.count("a"))
 
 
 def succ(rng: random.Random, level: int) -> Instance:
@@ -87,13 +101,15 @@ def last(rng: random.Random, level: int) -> Instance:
 
 
 SKILLS_V2: Dict[str, Callable[[random.Random, int], Instance]] = {
-    "hop1": hop(1),
-    "hop2": hop(2),
-    "hop3": hop(3),
+    "hop1": hop(1, 0),
+    "hop2": hop(1, 2),
+    "hop3": hop(2, 2),
     "succ": succ,
     "max": max_digit,
     "last": last,
     "first": first,
+    "kind": kind,
+    "count": count,
     "noise": noise,
     "noise_hop": noise_hop,
 }
@@ -108,6 +124,9 @@ class Suite:
     distractors: List[str]  # unlearnable
     saturating: List[str] = field(default_factory=list)  # learnable within a few dozen steps
     sizes: Dict[str, int] = field(default_factory=dict)  # training samples per level; {} = data.skills
+    # A record's difficulty by skill (the suite's own scale, as a judge would score it) instead of its
+    # level: a one-level suite still gives Phased IFT its phases. {} = the level.
+    difficulty: Dict[str, float] = field(default_factory=dict)
 
     def learnable(self) -> List[str]:
         """The clusters whose held-out loss the benchmark's targets average (all but the distractors)."""
@@ -115,21 +134,23 @@ class Suite:
 
 
 BENCH_V2 = Suite(
-    clusters=["hop1", "hop2", "hop3", "succ", "max", "last", "first", "noise", "noise_hop"],
+    clusters=["hop1", "hop2", "hop3", "max", "count", "kind", "noise", "noise_hop"],
     chains={"hops": ["hop1", "hop2", "hop3"]},
     distractors=["noise", "noise_hop"],
-    saturating=["first"],
+    saturating=["kind"],
     sizes={
-        "hop1": 600,
+        "hop1": 2400,
         "hop2": 600,
         "hop3": 600,
-        "succ": 600,
-        "max": 600,
-        "last": 600,
-        "first": 2400,
+        "max": 200,
+        "count": 600,
+        "kind": 2400,
         "noise": 1800,
         "noise_hop": 1800,
     },
+    # 1 = one step (find the digit, tell a letter from a digit), 2 = compare or count over the prompt,
+    # 3 = look up through a pointer; random answers are as hard as it gets.
+    difficulty={"hop1": 1, "kind": 1, "hop2": 2, "max": 2, "count": 2, "hop3": 3, "noise": 3, "noise_hop": 3},
 )
 
 BENCH_V1 = Suite(

@@ -277,8 +277,11 @@ def generate(
     """Both splits as lists of prompt/response records with `cluster`, `difficulty` and `id`.
 
     `sizes`: training samples per level of the listed skills (the others get `train_per_level`)."""
+    from ct_train.data.bench_suite import SUITES
+
     out: Dict[str, List[dict]] = {"train": [], "eval": []}
     known = registry(suite)
+    scale = SUITES[suite].difficulty if suite in SUITES else {}
     for skill in skills:
         make = known[skill]
         n_train = (sizes or {}).get(skill, train_per_level)
@@ -297,7 +300,7 @@ def generate(
                         prompt=prompt,
                         response=response,
                         cluster=skill,
-                        difficulty=float(level),
+                        difficulty=float(scale.get(skill, level)),
                     )
                 )
             rng = _rng(seed, skill, level, "train")
@@ -312,7 +315,7 @@ def generate(
                         prompt=prompt,
                         response=response,
                         cluster=skill,
-                        difficulty=float(level),
+                        difficulty=float(scale.get(skill, level)),
                     )
                 )
     return out
@@ -349,7 +352,7 @@ def materialize(
     sizes = {k: v for k, v in (sizes or {}).items() if k in skills}  # (a suite's sizes for clusters left out)
     key = [GENERATOR_VERSION, skills, levels, train_per_level, eval_per_level, seed]
     if sizes or suite == "bench":  # (the key of every earlier setting stays the same: caches stay valid)
-        key += [dict(sorted((sizes or {}).items())), suite]
+        key += [dict(sorted((sizes or {}).items())), suite, "difficulty-by-skill"]
     key = json.dumps(key)
     folder = cache_dir() / "skills" / hashlib.sha1(key.encode()).hexdigest()[:16]
     paths = {split: str(folder / f"{split}.jsonl") for split in ("train", "eval")}

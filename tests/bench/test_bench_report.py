@@ -163,18 +163,16 @@ def _suite_run(em_by_step, loss=1.0):
 
 
 def test_pilot_gate_checks_the_chain_and_saturation_on_the_first_two_iid_seeds():
-    structure = report.suite_structure(
-        ["hop1", "hop2", "hop3", "succ", "max", "last", "first", "noise", "noise_hop"], "bench"
-    )
-    assert structure["chains"] == {"hops": ["hop1", "hop2", "hop3"]} and structure["saturating"] == ["first"]
-    assert "noise" not in structure["learnable"] and "first" in structure["learnable"]
-    good = {"hop1": 0.9, "hop2": 0.5, "hop3": 0.3, "succ": 0.6, "first": 1.0}
+    structure = report.suite_structure(["hop1", "hop2", "hop3", "max", "count", "kind", "noise", "noise_hop"], "bench")
+    assert structure["chains"] == {"hops": ["hop1", "hop2", "hop3"]} and structure["saturating"] == ["kind"]
+    assert "noise" not in structure["learnable"] and "kind" in structure["learnable"]
+    good = {"hop1": 0.9, "hop2": 0.5, "hop3": 0.3, "max": 0.6, "kind": 1.0}
     runs = [_suite_run([(50, {"hop1": 0.85}), (100, good)]) for _ in range(2)]
     gate = pilot_gate(runs, structure, max_steps=100)
-    assert gate["passed"] and gate["seeds"] == 2  # `first` may saturate: it is the designated one
+    assert gate["passed"] and gate["seeds"] == 2  # `kind` may saturate: it is the designated one
     late = [_suite_run([(50, {"hop1": 0.3}), (60, {"hop1": 0.95}), (100, good)]) for _ in range(2)]
     assert not pilot_gate(late, structure, max_steps=100)["checks"][0][2]  # 60 > mid-run: too late
-    saturated = [_suite_run([(50, {"hop1": 0.85}), (100, {**good, "succ": 0.95})]) for _ in range(2)]
+    saturated = [_suite_run([(50, {"hop1": 0.85}), (100, {**good, "max": 0.95})]) for _ in range(2)]
     assert [ok for _, _, ok in pilot_gate(saturated, structure, 100)["checks"]] == [True, True, False]
     assert pilot_gate(runs, report.suite_structure(["a", "b"], "jsonl"), 100) is None
 

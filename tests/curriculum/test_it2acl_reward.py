@@ -12,16 +12,16 @@ from ct_train.curriculum.bench import simulate
 from ct_train.curriculum.it2acl import ETA_HORIZON, LEGACY_ETA, IT2ACLConfig, lp_slope
 
 N = 14
-LEGACY = dict(eta=0.1, uniform_mix=0.0, reward_per_share=False)  # the 2026-11 defaults
+LEGACY = dict(eta=0.1, uniform_mix=0.0, reward_per_share=False, clusters_per_batch=8)  # the 2026-11 defaults
 
 
 @pytest.mark.parametrize("power", [0.5, 1.0])
 def test_identical_arms_stay_near_uniform_although_the_gain_grows_with_the_share(power):
     for seed in range(3):
-        p = simulate(IT2ACLConfig(phase2="none"), np.ones(N), 300, seed, share_power=power)
+        p = simulate(IT2ACLConfig(signal="pg", phase2="none"), np.ones(N), 300, seed, share_power=power)
         assert p.max() <= 1.5 / N and p.min() >= 1 / (1.5 * N), (seed, p * N)
     # The same world under the old reward: one arm takes the batch (the confound is real here).
-    p = simulate(IT2ACLConfig(phase2="none", **LEGACY), np.ones(N), 300, 0, share_power=power)
+    p = simulate(IT2ACLConfig(signal="pg", phase2="none", **LEGACY), np.ones(N), 300, 0, share_power=power)
     assert p.max() > 5 / N
 
 
@@ -29,8 +29,9 @@ def test_identical_arms_stay_near_uniform_although_the_gain_grows_with_the_share
 def test_a_planted_best_arm_gets_twice_uniform_and_arms_without_progress_end_below_it(signal):
     learn = np.ones(N)
     learn[0], learn[1], learn[2] = 3.0, 0.0, -1.0  # best; nothing to learn; held-out loss rises
+    # Gain noise sd 0.1 per cluster and step (the planted gain at a uniform share is 0.07 x learnability).
     for seed in range(3):
-        p = simulate(IT2ACLConfig(phase2="none", signal=signal), learn, 300, seed)
+        p = simulate(IT2ACLConfig(phase2="none", signal=signal), learn, 300, seed, noise=0.1)
         assert p[0] >= 2 / N and p[1] < 1 / N and p[2] < 1 / N, (seed, p * N)
 
 
@@ -51,19 +52,24 @@ def _index(n=4, per=30):
 
 def test_the_gain_is_divided_by_the_clusters_share_of_the_loss_denominator():
     index = _index(2)
-    cur = build_curriculum(IT2ACLConfig(phase2="none", clusters_per_batch=64), index, seed=0, total_steps=100)
+    cur = build_curriculum(
+        IT2ACLConfig(signal="pg", phase2="none", clusters_per_batch=64), index, seed=0, total_steps=100
+    )
     cur.plan(0)
     share = np.array([0.25, 0.75])
     stats = ClusterStats(index.clusters, np.array([8.0, 24.0]), np.array([8.0, 24.0]), np.array([0.1, 0.3]), share)
     m = cur.observe(0, stats)
     assert m["gain/c0"] == pytest.approx(0.4) and m["gain/c1"] == pytest.approx(0.4)  # equal per unit share
     raw = build_curriculum(
-        IT2ACLConfig(phase2="none", clusters_per_batch=64, reward_per_share=False), index, seed=0, total_steps=100
+        IT2ACLConfig(signal="pg", phase2="none", clusters_per_batch=64, reward_per_share=False),
+        index,
+        seed=0,
+        total_steps=100,
     )
     raw.plan(0)
     assert raw.observe(0, stats)["gain/c1"] == pytest.approx(0.3)
     rel = build_curriculum(
-        IT2ACLConfig(phase2="none", clusters_per_batch=64, reward_normalization="relative"), index, 0, 100
+        IT2ACLConfig(signal="pg", phase2="none", clusters_per_batch=64, reward_normalization="relative"), index, 0, 100
     )
     rel.plan(0)
     loss = np.array([2.0, 4.0])  # mean training loss per cluster: gain / share / loss
@@ -73,7 +79,9 @@ def test_the_gain_is_divided_by_the_clusters_share_of_the_loss_denominator():
 
 def test_every_cluster_in_the_batch_gives_a_full_information_update():
     index = _index(3)
-    cur = build_curriculum(IT2ACLConfig(phase2="none", clusters_per_batch=300), index, seed=0, total_steps=200)
+    cur = build_curriculum(
+        IT2ACLConfig(signal="pg", phase2="none", clusters_per_batch=300), index, seed=0, total_steps=200
+    )
     ref = Exp3S(3, cur.eta, 0.05)
     for step in range(5):
         draws = cur.plan(step)
@@ -96,11 +104,13 @@ def test_update_full_is_hedge_with_the_fixed_share():
 
 def test_eta_defaults_from_the_run_length_and_an_explicit_value_wins():
     index = _index()
-    assert build_curriculum(IT2ACLConfig(), index, 0, total_steps=400).eta == pytest.approx(ETA_HORIZON / 400)
+    assert build_curriculum(IT2ACLConfig(signal="pg"), index, 0, total_steps=400).eta == pytest.approx(
+        ETA_HORIZON / 400
+    )
     lp = IT2ACLConfig(signal="lp", probe_every_steps=10)
     assert build_curriculum(lp, index, 0, total_steps=400).eta == pytest.approx(ETA_HORIZON / 40)  # per probe
     assert build_curriculum(IT2ACLConfig(eta=0.3), index, 0, total_steps=400).eta == 0.3
-    assert build_curriculum(IT2ACLConfig(), index, 0, total_steps=0).eta == LEGACY_ETA
+    assert build_curriculum(IT2ACLConfig(signal="pg"), index, 0, total_steps=0).eta == LEGACY_ETA
 
 
 def test_the_uniform_mix_keeps_a_floor_under_every_cluster():

@@ -50,7 +50,7 @@ def _run_it2acl(cur, index, steps, gain_of, start=0, rng=None):
 
 def test_it2acl_concentrates_on_the_arm_with_higher_gain_and_leaves_it_when_the_gain_stops():
     index = _index(n_clusters=6)
-    cur = build_curriculum(IT2ACLConfig(phase2="none", clusters_per_batch=1), index, seed=0, total_steps=0)
+    cur = build_curriculum(IT2ACLConfig(signal="pg", phase2="none", clusters_per_batch=1), index, seed=0, total_steps=0)
     good = {"c2"}
     _run_it2acl(cur, index, 150, lambda s, c, b: 1.0 if c in good else 0.0)
     p = dict(zip(cur.arms, cur.bandit.probs()))
@@ -66,7 +66,7 @@ def test_it2acl_concentrates_on_the_arm_with_higher_gain_and_leaves_it_when_the_
 
 def test_it2acl_with_equal_gains_stays_spread_out():
     index = _index(n_clusters=5)
-    cur = build_curriculum(IT2ACLConfig(phase2="none", clusters_per_batch=1), index, seed=1, total_steps=0)
+    cur = build_curriculum(IT2ACLConfig(signal="pg", phase2="none", clusters_per_batch=1), index, seed=1, total_steps=0)
     _run_it2acl(cur, index, 300, lambda s, c, b: 0.5)
     assert cur.bandit.probs().max() < 0.5
 
@@ -74,7 +74,7 @@ def test_it2acl_with_equal_gains_stays_spread_out():
 def test_phase2_bandit_starts_easy_and_moves_to_a_harder_band_that_pays_more():
     index = _index(n_clusters=1, per_cluster=60, levels=3)
     cur = build_curriculum(
-        IT2ACLConfig(phase2="bandit", phase2_bands=3, clusters_per_batch=1), index, seed=0, total_steps=0
+        IT2ACLConfig(signal="pg", phase2="bandit", phase2_bands=3, clusters_per_batch=1), index, seed=0, total_steps=0
     )
     assert [len(b) for b in cur.bands["c0"]] == [20, 20, 20]
     assert set(index.difficulty[cur.bands["c0"][0]]) == {1.0} and set(index.difficulty[cur.bands["c0"][2]]) == {3.0}
@@ -92,7 +92,7 @@ def test_phase2_bandit_starts_easy_and_moves_to_a_harder_band_that_pays_more():
 
 def test_phase2_pacing_unlocks_bands_in_order():
     index = _index(n_clusters=2, per_cluster=90, levels=3)
-    cfg = IT2ACLConfig(phase2="pacing", pacing_start=0.2, pacing="linear", clusters_per_batch=1)
+    cfg = IT2ACLConfig(signal="pg", phase2="pacing", pacing_start=0.2, pacing="linear", clusters_per_batch=1)
     cur = build_curriculum(cfg, index, seed=0, total_steps=100)
     hardest = []
     for step in range(120):
@@ -108,7 +108,7 @@ def test_phase2_pacing_unlocks_bands_in_order():
 
 def test_bands_come_from_quantiles_when_difficulty_is_continuous():
     index = DataIndex(["a"], np.zeros(100, dtype=int), np.linspace(0.0, 10.0, 100))
-    cur = build_curriculum(IT2ACLConfig(phase2_bands=4), index, seed=0, total_steps=0)
+    cur = build_curriculum(IT2ACLConfig(signal="pg", phase2="bandit", phase2_bands=4), index, seed=0, total_steps=0)
     sizes = [len(b) for b in cur.bands["a"]]
     assert sizes == [25, 25, 25, 25]
     maxima = [index.difficulty[b].max() for b in cur.bands["a"]]
@@ -118,9 +118,9 @@ def test_bands_come_from_quantiles_when_difficulty_is_continuous():
 def test_missing_difficulty_is_a_clear_error_for_phase2():
     index = DataIndex(["a"], np.zeros(10, dtype=int), np.full(10, np.nan))
     with pytest.raises(ConfigError, match="cluster 'a' has 10 without"):
-        build_curriculum(IT2ACLConfig(phase2="bandit"), index, seed=0, total_steps=0)
+        build_curriculum(IT2ACLConfig(signal="pg", phase2="bandit"), index, seed=0, total_steps=0)
     build_curriculum(
-        IT2ACLConfig(phase2="none", clusters_per_batch=1), index, seed=0, total_steps=0
+        IT2ACLConfig(signal="pg", phase2="none", clusters_per_batch=1), index, seed=0, total_steps=0
     )  # fine without bands
 
 
@@ -146,7 +146,7 @@ def test_loss_signal_rewards_the_drop_since_the_pool_was_last_drawn():
 
 def test_several_clusters_per_batch_split_the_batch_exactly_and_each_gain_goes_to_its_arm():
     index = _index(n_clusters=4, per_cluster=40)
-    cur = build_curriculum(IT2ACLConfig(phase2="none", clusters_per_batch=4), index, seed=3, total_steps=0)
+    cur = build_curriculum(IT2ACLConfig(signal="pg", phase2="none", clusters_per_batch=4), index, seed=3, total_steps=0)
     pools = cur.pools()
     sampler = CurriculumSampler(pools, 16, seed=0)
     plan = cur.plan(0)
@@ -166,7 +166,7 @@ def test_several_clusters_per_batch_split_the_batch_exactly_and_each_gain_goes_t
 
 def test_it2acl_state_round_trip_continues_the_identical_decision_stream():
     index = _index(n_clusters=5, levels=3)
-    cfg = IT2ACLConfig(phase2="bandit", clusters_per_batch=3)
+    cfg = IT2ACLConfig(signal="pg", phase2="bandit", clusters_per_batch=3)
     gain = lambda s, c, b: 0.1 * int(c[1:]) + 0.2 * b  # noqa: E731
     a = build_curriculum(cfg, index, seed=9, total_steps=0)
     _run_it2acl(a, index, 40, gain)
@@ -184,7 +184,7 @@ def test_it2acl_state_round_trip_continues_the_identical_decision_stream():
 def test_empty_cluster_is_excluded_with_a_warning():
     index = DataIndex(["a", "b", "empty"], np.array([0] * 5 + [1] * 5), np.ones(10))
     with pytest.warns(UserWarning, match="empty"):
-        cur = build_curriculum(IT2ACLConfig(), index, seed=0, total_steps=0)
+        cur = build_curriculum(IT2ACLConfig(signal="pg"), index, seed=0, total_steps=0)
     assert cur.arms == ["a", "b"] and all(not n.startswith("empty") for n in cur.pools())
 
 

@@ -56,6 +56,7 @@ def test_gradient_is_the_same_for_two_batch_splits(tmp_path):
 RESUME = FAST + [
     "curriculum=it2acl",
     "curriculum.signal=pg",
+    "curriculum.phase2=bandit",
     "curriculum.clusters_per_batch=2",
     "trainer.max_steps=12",
     "trainer.global_batch_size=8",
