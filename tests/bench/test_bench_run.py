@@ -38,10 +38,14 @@ def test_quick_bench_runs_the_strategies_and_writes_the_report(tmp_path):
     for r in rows:  # the same budget for every run; numbers, not blanks
         assert int(r["steps"]) == 12 and int(r["tokens"]) > 0 and float(r["loss"]) > 0
         assert 0 <= float(r["exact_match"]) <= 1
-        shares = [float(r[f"noise_share_q{q}"]) for q in range(1, 5)]
-        assert all(0 <= x <= 1 for x in shares)
-        for c in ("copy", "expr", "lookup_max", "noise"):  # per cluster and per cluster x level
-            assert float(r[f"loss/{c}"]) > 0 and float(r[f"loss/{c}/L3"]) > 0
+        for d in ("noise", "noise_hop"):  # the suite's two distractors
+            shares = [float(r[f"{d}_share_q{q}"]) for q in range(1, 5)]
+            assert all(0 <= x <= 1 for x in shares)
+        for c in ("hop1", "hop3", "kind", "noise"):  # per cluster
+            assert float(r[f"loss/{c}"]) > 0
+        # the yardstick: the mean over the learnable clusters (all but the distractors), each alike
+        learnable = ["hop1", "hop2", "hop3", "max", "count", "kind"]
+        assert float(r["learnable_loss"]) == pytest.approx(sum(float(r[f"loss/{c}"]) for c in learnable) / 6)
     by = {(r["strategy"], r["seed"]): r for r in rows}
     assert by[("iid", "42")]["loss"] != by[("iid", "43")]["loss"]  # the seeds differ
     assert by[("iid", "42")]["loss"] != by[("it2acl", "42")]["loss"]  # so do the strategies
@@ -51,16 +55,19 @@ def test_quick_bench_runs_the_strategies_and_writes_the_report(tmp_path):
             cfg = yaml.safe_load((out / "runs" / n / f"seed{seed}" / "config.yaml").read_text())
             assert cfg["curriculum"]["name"] == n and cfg["trainer"]["seed"] == seed
             assert cfg["trainer"]["max_steps"] == 12 and cfg["trainer"]["global_batch_size"] == 8
-            assert cfg["data"]["skills"]["clusters"][-1] == "noise"
-    # beyond_iid trains on (cluster, level) categories from the interaction matrix measured first
+            assert cfg["data"]["name"] == "bench" and cfg["data"]["skills"]["clusters"][-1] == "noise_hop"
+    # beyond_iid trains on the mix from the interaction matrix measured first (one level per cluster
+    # in this suite: its categories are the clusters, no split by difficulty)
     bi = yaml.safe_load((out / "runs/beyond_iid/seed42/config.yaml").read_text())
-    assert bi["data"]["split_by_difficulty"] and (out / "prepare/beyond_iid/interaction.json").exists()
+    assert not bi["data"]["split_by_difficulty"] and (out / "prepare/beyond_iid/interaction.json").exists()
+    assert bi["curriculum"]["interaction_file"].endswith("prepare/beyond_iid/interaction.json")
 
     text = (out / "report.md").read_text()
     for n in names:
         assert f"| {n} | " in text
-    assert "**Winner: " in text and "## Targets" in text and "IT2ACL reaches IID's final held-out loss" in text
-    assert "copy -> reverse -> sort" in text
+    assert "**Winner: " in text and "## Targets" in text and "IT2ACL reaches IID's final learnable-cluster" in text
+    assert "hop1 -> hop2 -> hop3" in text and "Pilot gate (IID, 2 seeds, exact match)" in text
+    assert "bench: Pilot gate" in proc.stdout  # printed after IID's runs, before the others
     for png in ["loss_vs_tokens.png"] + [f"timeline_{n}.png" for n in names if n != "iid"]:
         assert (out / png).stat().st_size > 10_000, png
     assert "Winner" in proc.stdout
