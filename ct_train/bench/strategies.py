@@ -94,3 +94,19 @@ register_strategy("beyond_iid", prepare=_prepare_beyond_iid)
 # The static baseline users would pick: clusters drawn by size^(1/2) (temperature sampling, as in
 # multilingual and multi-task mixes). At temperature 1 it is IID in expectation and says nothing.
 register_strategy("mixture", overrides=["curriculum=mixture", "curriculum.temperature=2"])
+
+
+def _prepare_phased(ctx) -> List[str]:
+    """A suite that scores its skills on a few difficulty values (suite v2: 1, 2, 3) gets one phase per
+    value, cut at the midpoints; equal-count quantile cuts would leave a phase empty on such ties."""
+    from ct_train.data.bench_suite import SUITES
+
+    suite = SUITES.get(ctx.cfg.data.name)
+    values = sorted(set(suite.difficulty.values())) if suite is not None and suite.difficulty else []
+    if len(values) < 2:
+        return []
+    cuts = [(a + b) / 2 for a, b in zip(values, values[1:])]
+    return [f"curriculum.phases={len(values)}", f"curriculum.thresholds=[{','.join(f'{c:g}' for c in cuts)}]"]
+
+
+register_strategy("phased", prepare=_prepare_phased)

@@ -4,6 +4,7 @@ shares, the winner line, the targets, and which overrides a bench passes to its 
 import json
 import math
 
+import numpy as np
 import pytest
 
 from ct_train.bench import quick_overrides, report, user_overrides
@@ -209,3 +210,24 @@ def test_targets_compare_it2acl_with_mixture_and_the_distractor_share():
     t = targets(a, "bench_v1")
     assert "**missed** (mean 0.60x, worst 0.80x" in t[0] and "**missed**" in t[1]
     assert "no worse than IID beyond the seed spread: **met**" in t[3]
+
+
+def test_phased_gets_one_phase_per_difficulty_value_of_a_suite_that_scores_its_skills():
+    from types import SimpleNamespace
+
+    from ct_train.bench.strategies import _prepare_phased
+    from ct_train.curriculum import DataIndex, build_curriculum
+    from ct_train.curriculum.phased import PhasedConfig
+    from ct_train.data.bench_suite import BENCH_V2
+    from ct_train.errors import ConfigError
+
+    ctx = lambda name: SimpleNamespace(cfg=SimpleNamespace(data=SimpleNamespace(name=name)))  # noqa: E731
+    extra = _prepare_phased(ctx("bench"))
+    assert extra == ["curriculum.phases=3", "curriculum.thresholds=[1.5,2.5]"] and _prepare_phased(ctx("jsonl")) == []
+    # On the suite's own difficulty mix the default quantile cuts leave a phase empty; these do not.
+    d = np.concatenate([np.full(n, BENCH_V2.difficulty[c], dtype=float) for c, n in BENCH_V2.sizes.items()])
+    index = DataIndex(["x"], np.zeros(len(d), dtype=int), d)
+    cur = build_curriculum(PhasedConfig(thresholds=[1.5, 2.5]), index, seed=0, total_steps=600)
+    assert [len(p) for p in cur.pools().values()] == [4800, 1400, 4200]
+    with pytest.raises(ConfigError, match="phase 3 of 3"):
+        build_curriculum(PhasedConfig(), index, seed=0, total_steps=600)
