@@ -312,7 +312,7 @@ def markdown(a: Dict[str, Any], meta: Dict[str, Any], plots: List[str]) -> str:
     ]
     head = ["strategy", "learnable loss", "held-out loss"] + (["EM %"] if has_em else [])
     head += ["steps to IID learnable loss (ratio)"]
-    if a["chained"] and has_em:
+    if a["chained"] and has_em and a["hardest"]:
         head += [f"chained {a['hardest']} EM %"]
     head += [f"{d} share Q1/Q2/Q3/Q4" for d in a["structure"]["distractors"]]
     head += ["tokens", "tokens/s", "wall s"]
@@ -321,7 +321,7 @@ def markdown(a: Dict[str, Any], meta: Dict[str, Any], plots: List[str]) -> str:
         ratio = "not reached" if v["reached"] == 0 else f"{_fmt(*v['steps_ratio'], digits=2)} ({v['reached']}/{v['n']})"
         cells = [name, _fmt(*v["learnable_loss"], digits=4), _fmt(*v["loss"], digits=4)]
         cells += ([em(v["exact_match"])] if has_em else []) + [ratio]
-        if a["chained"] and has_em:
+        if a["chained"] and has_em and a["hardest"]:
             cells.append(em(v["chained_hardest_em"]))
         cells += ["/".join(f"{x:.3f}" for x in q) for q in v["distractor"].values()]
         cells += [f"{v['tokens']:,.0f}", f"{v['tokens_per_s']:,.0f}", f"{v['wall_s']:.0f}"]

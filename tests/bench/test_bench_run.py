@@ -68,6 +68,7 @@ def test_quick_bench_runs_the_strategies_and_writes_the_report(tmp_path):
     assert "**Winner: " in text and "## Targets" in text and "IT2ACL reaches IID's final learnable-cluster" in text
     assert "hop1 -> hop2 -> hop3" in text and "Pilot gate (IID, 2 seeds, exact match)" in text
     assert "bench: Pilot gate" in proc.stdout  # printed after IID's runs, before the others
+    assert "chained None" not in text  # no per-level column for a suite without levels
     for png in ["loss_vs_tokens.png"] + [f"timeline_{n}.png" for n in names if n != "iid"]:
         assert (out / png).stat().st_size > 10_000, png
     assert "Winner" in proc.stdout
