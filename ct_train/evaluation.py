@@ -142,3 +142,14 @@ def sample_losses(
     if len(todo) and not (table[1] == 1).all():
         raise RuntimeError(f"scoring pass scored {int((table[1] != 1).sum())} samples not exactly once")
     return table[0]
+
+
+def probe_loss(engine, probe: TokenizedSplit, n_clusters: int, micro_batch_size: int, pad_id: int) -> np.ndarray:
+    """(C,) mean loss of each cluster's held-out probe samples (NaN without any): the distributed
+    no-grad scoring pass (the same forward count on every rank), then a per-cluster mean."""
+    losses = sample_losses(engine, probe, micro_batch_size, pad_id)
+    has = (probe.n_target > 0).astype(np.float64)
+    total = np.bincount(probe.cluster_ids, weights=losses * has, minlength=n_clusters)
+    count = np.bincount(probe.cluster_ids, weights=has, minlength=n_clusters)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1.0), np.nan)

@@ -26,7 +26,7 @@ from ct_train.curriculum.base import stage_at
 from ct_train.data import collate, load_tokenizer, prepare_data
 from ct_train.engine import Engine
 from ct_train.errors import ConfigError, DataError, TrainingStopped
-from ct_train.evaluation import evaluate, sample_losses
+from ct_train.evaluation import evaluate, probe_loss, sample_losses
 from ct_train.logging import RunLogger
 from ct_train.losses import objective, objective_weights
 from ct_train.sampler import CurriculumSampler
@@ -108,17 +108,6 @@ def curriculum_difficulty(cfg: Config, engine: Engine, split, pad_id: int, outpu
     losses = sample_losses(engine, split, cfg.trainer.micro_batch_size, pad_id)
     dist.on_main(lambda: _save_npy(path, losses))
     return losses
-
-
-def probe_loss(engine: Engine, probe, n_clusters: int, micro_batch_size: int, pad_id: int) -> np.ndarray:
-    """(C,) mean loss of each cluster's held-out probe samples (NaN without any): the distributed
-    no-grad scoring pass (the same forward count on every rank), then a per-cluster mean."""
-    losses = sample_losses(engine, probe, micro_batch_size, pad_id)
-    has = (probe.n_target > 0).astype(np.float64)
-    total = np.bincount(probe.cluster_ids, weights=losses * has, minlength=n_clusters)
-    count = np.bincount(probe.cluster_ids, weights=has, minlength=n_clusters)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, total / np.maximum(count, 1.0), np.nan)
 
 
 def train(cfg: Config, resolved: Dict[str, Any], report: bool = True) -> Dict[str, Any]:
