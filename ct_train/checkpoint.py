@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ct_train import distributed as dist
+from ct_train import io
 from ct_train.errors import CheckpointError, ConfigError
 
 STATE_FILE = "trainer_state.json"
@@ -47,15 +48,6 @@ def complete_tags(ckpt_dir: str) -> List[Tuple[int, str]]:
         if m and os.path.isfile(os.path.join(ckpt_dir, name, STATE_FILE)):
             out.append((int(m.group(1)), name))
     return sorted(out)
-
-
-def make_writable_dir(path: str) -> None:
-    """Create `path` and prove a file can be written in it (raises OSError otherwise)."""
-    os.makedirs(path, exist_ok=True)
-    probe = os.path.join(path, f".write_test.{os.getpid()}.{dist.rank()}")
-    with open(probe, "w") as f:
-        f.write("ok")
-    os.remove(probe)
 
 
 def describe_latest(output_dir: str) -> str:
@@ -127,7 +119,7 @@ def save(engine: Any, output_dir: str, step: int, trainer_state: Dict[str, Any])
     try:
         if dist.is_main() and os.path.exists(os.path.join(path, STATE_FILE)):
             os.remove(os.path.join(path, STATE_FILE))  # being rewritten: not complete until the end
-        make_writable_dir(path)
+        io.make_writable_dir(path)
     except OSError as e:
         error = f"rank {dist.rank()}: {e.strerror or e}: {e.filename or path}"
     _agree_ok(error, step, ckpt_dir)
@@ -143,13 +135,12 @@ def save(engine: Any, output_dir: str, step: int, trainer_state: Dict[str, Any])
         error = f"rank {dist.rank()}: write failed: {reason}; {free_mib:.1f} MiB free there"
     _agree_ok(error, step, ckpt_dir)  # also the barrier: every rank's files are on disk before the marker
     if dist.is_main():
-        tmp = os.path.join(path, STATE_FILE + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump(trainer_state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        _fault_point("before_marker_rename", step)
-        os.replace(tmp, os.path.join(path, STATE_FILE))
+        with io.atomic_path(os.path.join(path, STATE_FILE)) as tmp:
+            with open(tmp, "w") as f:
+                json.dump(trainer_state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            _fault_point("before_marker_rename", step)
     dist.barrier()
     return path
 

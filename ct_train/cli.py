@@ -44,7 +44,7 @@ def _run(cfg) -> None:
     from omegaconf import OmegaConf
 
     from ct_train import distributed as dist
-    from ct_train.config import to_typed
+    from ct_train.compose import to_typed
     from ct_train.errors import TrainingStopped, UserError
 
     try:
@@ -83,7 +83,7 @@ def main() -> None:
     sys.argv = [sys.argv[0]] + strip_local_rank(sys.argv[1:])
     import hydra
 
-    from ct_train.config import register_configs
+    from ct_train.compose import register_configs
 
     register_configs()
     app = hydra.main(version_base="1.3", config_path="pkg://ct_train.hydra_conf", config_name="config")(_run)

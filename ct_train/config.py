@@ -1,12 +1,13 @@
 """Typed configuration: the schema Hydra composes into and the checks that run before training.
 
 Every field here is a Hydra key (`trainer.max_steps=...`). The dataclasses are registered in Hydra's
-ConfigStore as `ct_train_schema`, which `hydra_conf/config.yaml` lists first in its defaults, so the
-YAML groups merge into typed nodes in struct mode: an unknown key or a wrong type fails at start with
-Hydra's own message. Choices and cross-field rules are checked by `validate()` (run by `to_typed`,
-before any work) and raise `ConfigError` naming the key and what it accepts.
+ConfigStore as `ct_train_schema` (`ct_train.compose`), which `hydra_conf/config.yaml` lists first in
+its defaults, so the YAML groups merge into typed nodes in struct mode: an unknown key or a wrong type
+fails at start with Hydra's own message. Choices and cross-field rules are checked by `validate()` (run
+by `compose.to_typed`, before any work) and raise `ConfigError` naming the key and what it accepts.
 
-Must not import deepspeed (DESIGN.md): this module is loaded by tools that never train.
+Ground floor (DESIGN.md): pure dataclasses that import only `errors`. Names checked against a
+registry (curricula, formats, templates, scorers, strategies) are checked in `ct_train.compose`.
 """
 
 from __future__ import annotations
@@ -134,13 +135,8 @@ class DataConfig:
     skills: SkillsConfig = field(default_factory=SkillsConfig)
 
     def validate(self) -> None:
-        from ct_train.data.formats import FORMATS
-        from ct_train.data.templates import TEMPLATES
-
         # bench, bench_v1: the curriculum benchmark's suites (skill generators, ct_train.data.bench_suite)
         check_choice("data.name", self.name, ("skills", "bench", "bench_v1", "jsonl"))
-        check_choice("data.format", self.format, ("auto",) + tuple(FORMATS))
-        check_choice("data.template", self.template, ("auto", "chat") + tuple(TEMPLATES))
         check_choice("data.truncation", self.truncation, ("truncate", "drop"))
         check_choice("data.on_bad_record", self.on_bad_record, ("skip", "error"))
         _positive("data.max_seq_len", self.max_seq_len)
@@ -178,31 +174,27 @@ class CurriculumConfig:
     name: str = "iid"
 
     def validate(self) -> None:
-        from ct_train.curriculum import CURRICULA
+        """A strategy's own field checks (its name is checked against the registry in compose.py)."""
 
-        check_choice("curriculum.name", self.name, tuple(CURRICULA))
-        expected = CURRICULA[self.name].config_cls
-        if type(self) is not expected:
-            raise ConfigError(
-                f"curriculum.name={self.name} does not match the selected curriculum group; "
-                f"choose the strategy with curriculum={self.name}"
-            )
+    def needs(self) -> Needs:
+        """What this curriculum needs from the run (see `Needs`); the base (IID) needs nothing."""
+        return Needs()
 
-    def difficulty_source(self) -> str:
-        """Where the curriculum's per-sample difficulty comes from: none, data, initial_loss or auto."""
-        return "none"
 
-    def sets_length(self) -> bool:
-        """Whether the curriculum fixes the run's length itself (then trainer.max_steps may be -1)."""
-        return False
+@dataclass(frozen=True)
+class Needs:
+    """What a curriculum needs from the run, declared by its config so the trainer knows before the
+    data or the model loads (DESIGN.md, "Curriculum": a declared `needs`, not probed attributes)."""
 
-    def probe_samples(self) -> int:
-        """Held-out probe samples per cluster the curriculum's signal scores (0: no probe split)."""
-        return 0
-
-    def data_parts(self) -> Dict[str, List[str]]:
-        """Training files the curriculum adds to the run's data, by part name (a TAPIR round's own)."""
-        return {}
+    signal: str = "loss"  # loss | pg | spg | lp: the extra forwards each step runs for the signal
+    difficulty: str = "none"  # none | data | initial_loss | auto (the data's, else the initial loss)
+    difficulty_key: str = "curriculum.difficulty"  # the key a user sets to change `difficulty`
+    data_parts: Dict[str, List[str]] = field(default_factory=dict)  # part name -> files (TAPIR rounds)
+    probe_per_cluster: int = 0  # held-out probe samples per cluster (signal=lp)
+    probe_every_steps: int = 0  # steps between probe passes (signal=lp)
+    sets_length: bool = False  # its stages fix the run's length (trainer.max_steps may be -1)
+    loss_weights: Optional[Dict[str, float]] = None  # cluster -> weight of its losses in the objective
+    inputs: Dict[str, str] = field(default_factory=dict)  # config key -> JSON file the caller loads
 
 
 @dataclass
@@ -296,9 +288,6 @@ class TrainerConfig:
         return self.global_batch_size // per_step
 
 
-SCORERS = ("field", "length", "loss", "ifd", "judge_gap")
-
-
 @dataclass
 class ScoringConfig:
     """`mode=score` (`ct-train-score`): write the data with a per-sample `difficulty` (ct_train.scoring).
@@ -317,7 +306,6 @@ class ScoringConfig:
     histogram: bool = True  # <output>.hist.png: the score distribution per cluster
 
     def validate(self) -> None:
-        check_choice("scoring.name", self.name, SCORERS)
         if self.output is not None and not self.output.endswith((".jsonl", ".parquet")):
             raise ConfigError(f"scoring.output={self.output!r} must end in .jsonl or .parquet")
         if self.teacher_field == self.student_field:
@@ -377,15 +365,10 @@ class BenchConfig:
     quick: bool = False  # a reduced grid that checks the pipeline in ~2 minutes on 2 CPU cores (--quick)
 
     def validate(self) -> None:
-        from ct_train.bench.strategies import STRATEGIES
-
         _positive("bench.seeds", self.seeds)
-        for name in self.strategies:
-            check_choice("bench.strategies", name, tuple(STRATEGIES))
         if self.overrides is not None and not isinstance(self.overrides, dict):
             raise ConfigError(f"bench.overrides={self.overrides!r} must map strategy names to lists of overrides")
         for name, extra in (self.overrides or {}).items():
-            check_choice("bench.overrides", name, tuple(STRATEGIES))
             if not isinstance(extra, list) or not all(isinstance(o, str) and "=" in o for o in extra):
                 raise ConfigError(
                     f"bench.overrides.{name}={extra!r} must be a list of Hydra overrides, e.g. "
@@ -429,7 +412,7 @@ class Config:
     def validate(self) -> None:
         """Every section's checks; raises ConfigError naming the first bad key."""
         check_choice("mode", self.mode, ("train", "score", "interaction", "bench"))
-        if self.trainer.max_steps == -1 and self.mode == "train" and not self.curriculum.sets_length():
+        if self.trainer.max_steps == -1 and self.mode == "train" and not self.curriculum.needs().sets_length:
             raise ConfigError(
                 "trainer.max_steps=-1 needs a curriculum that sets the run's length (curriculum=phased with "
                 "curriculum.phase_steps or curriculum.phase_epochs, or curriculum=tapir with steps in every round)"
@@ -447,47 +430,3 @@ class Config:
             self.bench,
         ):
             section.validate()
-
-
-def register_configs() -> None:
-    """Register the schema so `hydra_conf/config.yaml` can list `ct_train_schema` first."""
-    from hydra.core.config_store import ConfigStore
-
-    from ct_train.curriculum import CURRICULA
-
-    store = ConfigStore.instance()
-    store.store(name="ct_train_schema", node=Config)
-    # One schema per strategy, named `<name>_schema` in the curriculum group; its YAML lists it first.
-    for name, spec in CURRICULA.items():
-        store.store(group="curriculum", name=f"{name}_schema", node=spec.config_cls)
-
-
-def to_typed(cfg: Any) -> Config:
-    """Turn a composed DictConfig into a validated `Config` (ConfigError on a missing or bad value)."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    missing = sorted(OmegaConf.missing_keys(cfg))
-    if missing:
-        raise ConfigError(f"{missing[0]} is required (set {missing[0]}=...)")
-    try:
-        typed = OmegaConf.to_object(cfg)
-    except OmegaConfBaseException as e:
-        raise ConfigError(str(e).splitlines()[0]) from None
-    typed.validate()
-    return typed
-
-
-def load_config(path: str) -> Config:
-    """A run's saved `config.yaml` (resolved) as a validated `Config`, with its curriculum's schema."""
-    from omegaconf import OmegaConf
-
-    from ct_train.curriculum import CURRICULA
-
-    saved = OmegaConf.load(path)
-    name = OmegaConf.select(saved, "curriculum.name", default="iid")
-    if name not in CURRICULA:
-        raise ConfigError(f"{path}: curriculum.name={name!r} is not a known curriculum ({', '.join(CURRICULA)})")
-    base = OmegaConf.structured(Config)
-    base.curriculum = OmegaConf.structured(CURRICULA[name].config_cls)
-    return to_typed(OmegaConf.merge(base, saved))

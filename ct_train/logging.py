@@ -13,6 +13,7 @@ import uuid
 from typing import Any, Dict, List, Optional
 
 from ct_train import distributed as dist
+from ct_train import io
 from ct_train.config import LoggerConfig
 
 METRICS_FILE = "metrics.jsonl"
@@ -30,10 +31,7 @@ def _truncate_after(path: str, step: int) -> None:
     if not os.path.exists(path):
         return
     kept = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in kept)
-    os.replace(tmp, path)
+    io.write_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 class RunLogger:

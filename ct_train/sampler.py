@@ -25,36 +25,28 @@ from __future__ import annotations
 
 import warnings
 import zlib
+from dataclasses import dataclass, field
 from typing import Any, Dict, List
 
 import numpy as np
 
-from ct_train.curriculum.base import Plan
+from ct_train.apportion import exact_counts, largest_remainder
 
 
-def largest_remainder(total: int, weights: np.ndarray) -> np.ndarray:
-    """Integers proportional to `weights` summing to `total` (ties go to the earlier entry)."""
-    share = total * weights / weights.sum()
-    out = np.floor(share).astype(np.int64)
-    rest = total - out.sum()
-    if rest:
-        out[np.argsort(-(share - out), kind="stable")[:rest]] += 1
-    return out
+@dataclass(frozen=True)
+class Plan:
+    """What the next global batch draws from: pool name -> weight (normalised by the sampler).
 
+    A curriculum's `plan(step)` returns one; it is the sampler's input, so it lives here.
+    `exact=False`: each sample of the global batch comes from a pool drawn with these weights
+    (a multinomial split). `exact=True`: the batch is split in proportion to the weights, rounded
+    by largest remainder (a bandit that chose its arms wants exactly those arms).
+    `info` is logged as `curriculum/<key>`.
+    """
 
-def exact_counts(total: int, weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Integers summing to `total`, each the floor or the ceiling of its share total * w / sum(w), and
-    equal to the share in expectation: the units left after the floors go to pools by systematic
-    sampling over the fractional parts (one uniform draw). Largest remainder would give them to the
-    same pools at every step when the plan repeats, a bias of up to one sample per step."""
-    share = total * weights / weights.sum()
-    out = np.floor(share).astype(np.int64)
-    rest = total - int(out.sum())
-    if rest:
-        edges = np.cumsum(share - out)
-        hits = np.searchsorted(edges, rng.random() + np.arange(rest), side="right")
-        np.add.at(out, np.minimum(hits, len(out) - 1), 1)
-    return out
+    weights: Dict[str, float]
+    info: Dict[str, float] = field(default_factory=dict)
+    exact: bool = False
 
 
 class CurriculumSampler:

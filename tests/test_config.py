@@ -6,7 +6,8 @@ import pytest
 from hydra import compose, initialize_config_module
 from hydra.errors import ConfigCompositionException
 
-from ct_train.config import Config, register_configs, to_typed
+from ct_train.compose import register_configs, to_typed
+from ct_train.config import Config
 from ct_train.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[1] / "hydra_conf"
@@ -91,7 +92,7 @@ def test_tapir_rounds_compose_from_the_command_line():
     )
     assert [(r.steps, r.alpha, r.data) for r in cfg.curriculum.rounds] == [(4, 0.2, None), (6, None, "b.jsonl")]
     assert cfg.curriculum.alphas() == [0.2, 0.7]  # round 2 takes alpha_end (the ramp's last value)
-    assert cfg.curriculum.data_parts() == {"round2": ["b.jsonl"]}
+    assert cfg.curriculum.needs().data_parts == {"round2": ["b.jsonl"]}
 
 
 def test_defaults_are_the_tiny_cpu_run():
@@ -184,7 +185,7 @@ def test_strategy_keys_are_typed_and_reach_the_dataclass():
 def test_a_saved_run_config_loads_back_with_its_curriculum_schema(tmp_path):
     from omegaconf import OmegaConf
 
-    from ct_train.config import load_config
+    from ct_train.compose import load_config
 
     composed = _compose(["curriculum=it2acl", "curriculum.signal=loss"])
     (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(composed, resolve=True))

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from ct_train import distributed as dist
+from ct_train import io
 from ct_train.config import Config
 from ct_train.data.skills import GENERATED
 
@@ -80,7 +81,7 @@ class Context:
         from hydra import compose
         from omegaconf import OmegaConf
 
-        from ct_train.config import to_typed
+        from ct_train.compose import to_typed
 
         raw = compose(config_name="config", overrides=self.base + list(extra))
         return to_typed(raw), OmegaConf.to_container(raw, resolve=True)
@@ -110,66 +111,29 @@ def run_dir(root: str, strategy: str, seed: int) -> str:
 
 def _train_once(ctx: Context, overrides: List[str], out: str) -> Dict[str, Any]:
     """Train one run unless `out` holds the result of the same overrides; returns its result."""
-    from ct_train.trainer import train
+    from ct_train.trainer import train_cached
 
-    path = os.path.join(out, RESULT_FILE)
-    key = ctx.base + overrides
-
-    def read() -> Optional[Dict[str, Any]]:
-        if os.path.exists(path):
-            with open(path) as f:
-                saved = json.load(f)
-            if saved.get("overrides") == key:
-                return saved
-        return None
-
-    done = dist.on_main(read)
-    if done is not None:
-        dist.print0(f"bench: {out}: finished earlier with the same overrides, kept")
-        return done
-
-    def clear() -> None:  # a run cut short starts over: its metrics must not hold two histories
-        import shutil
-
-        for name in ("metrics.jsonl", RESULT_FILE):
-            if os.path.exists(os.path.join(out, name)):
-                os.remove(os.path.join(out, name))
-        shutil.rmtree(os.path.join(out, "checkpoints"), ignore_errors=True)  # stage-end checkpoints
-
-    dist.on_main(clear)
     cfg, resolved = ctx.compose(overrides)
-    t0 = time.perf_counter()
-    summary = train(cfg, resolved, report=False)
-    result = {"overrides": key, "wall_s": round(time.perf_counter() - t0, 2), "final_eval": summary["final_eval"]}
-
-    def write() -> None:
-        with open(path + ".tmp", "w") as f:
-            json.dump(result, f)
-        os.replace(path + ".tmp", path)
-
-    dist.on_main(write)
+    if os.path.abspath(cfg.trainer.output_dir) != os.path.abspath(out):
+        raise RuntimeError(f"bench run composed into {cfg.trainer.output_dir}, expected {out}")
+    result = train_cached(cfg, resolved, ctx.base + overrides, RESULT_FILE)
+    if result.get("cached"):
+        dist.print0(f"bench: {out}: finished earlier with the same overrides, kept")
     return result
 
 
 def run(cfg: Config, resolved: Dict[str, Any], overrides: List[str]) -> Dict[str, Any]:
     """The grid (strategies x seeds) and the report; call on every rank. `overrides`: the command's
     Hydra overrides, which every run shares."""
-    from ct_train import checkpoint
     from ct_train.bench import report
     from ct_train.bench.strategies import registered
-    from ct_train.errors import ConfigError, UserError
+    from ct_train.errors import UserError
 
     dist.init(cfg.trainer.dist_timeout_s)
     bc = cfg.bench
     root = os.path.abspath(os.path.expanduser(cfg.trainer.output_dir))
 
-    def make_root() -> None:
-        try:
-            checkpoint.make_writable_dir(root)
-        except OSError as e:
-            raise ConfigError(f"trainer.output_dir={cfg.trainer.output_dir} is not writable ({e.strerror})") from None
-
-    dist.on_main(make_root)
+    dist.on_main(lambda: io.prepare_output_dir(cfg.trainer.output_dir))
     base = user_overrides(overrides) + (quick_overrides(cfg) if bc.quick else [])
     ctx = Context(cfg, root, base)
     # The budget and the eval grid as every run will see them.

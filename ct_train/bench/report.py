@@ -14,10 +14,12 @@ import os
 import re
 import socket
 from collections import defaultdict
+from io import StringIO
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from ct_train import io
 from ct_train.bench.targets import LEARNABLE_KEY, add_learnable_loss, gate_lines, pilot_gate, targets
 from ct_train.logging import METRICS_FILE, read_jsonl
 
@@ -276,12 +278,12 @@ def winner_line(a: Dict[str, Any]) -> str:
 
 def write_csv(path: str, rows: List[Dict[str, Any]]) -> None:
     keys = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path + ".tmp", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: r.get(k, "") for k in keys})
-    os.replace(path + ".tmp", path)
+    text = StringIO()
+    w = csv.DictWriter(text, fieldnames=keys)
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: r.get(k, "") for k in keys})
+    io.write_atomic(path, text.getvalue())
 
 
 def markdown(a: Dict[str, Any], meta: Dict[str, Any], plots: List[str]) -> str:
@@ -422,9 +424,7 @@ def write(root: str, runs: List[Dict[str, Any]], meta: Dict[str, Any]) -> Dict[s
     write_csv(os.path.join(root, "results.csv"), a["rows"])
     names = plots(root, a)
     text = markdown(a, meta, names)
-    with open(os.path.join(root, "report.md.tmp"), "w") as f:
-        f.write(text)
-    os.replace(os.path.join(root, "report.md.tmp"), os.path.join(root, "report.md"))
+    io.write_atomic(os.path.join(root, "report.md"), text)
     print(text.split("## Held-out")[0], flush=True)
     print(f"bench: report {os.path.join(root, 'report.md')}", flush=True)
     return {k: v for k, v in a.items() if k != "loaded"}

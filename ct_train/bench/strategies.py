@@ -30,7 +30,11 @@ _EXTRA: Dict[str, Strategy] = {}
 
 
 def register_strategy(name: str, overrides: Sequence[str] = (), prepare: Optional[Prepare] = None) -> None:
-    """Add a strategy (or give a curriculum's strategy extra overrides / a prepare step)."""
+    """Give a curriculum's strategy extra overrides or a prepare step (a strategy is a curriculum)."""
+    from ct_train.curriculum import CURRICULA
+
+    if name not in CURRICULA:
+        raise ValueError(f"bench strategy {name!r} is not a registered curriculum")
     _EXTRA[name] = Strategy(name, tuple(overrides) or (f"curriculum={name}",), prepare)
 
 
@@ -42,18 +46,6 @@ def registered() -> Dict[str, Strategy]:
     out.update(_EXTRA)
     order = ["iid"] + [n for n in out if n != "iid"]
     return {n: out[n] for n in order if n in out}
-
-
-# Kept for config validation (names only); computed on first use.
-class _Names:
-    def __iter__(self):
-        return iter(registered())
-
-    def __contains__(self, name: object) -> bool:
-        return name in registered()
-
-
-STRATEGIES = _Names()
 
 
 def _prepare_beyond_iid(ctx) -> List[str]:

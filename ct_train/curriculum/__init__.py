@@ -7,7 +7,7 @@ ConfigClass)`; the YAML lists `<name>_schema` first in its defaults. Nothing els
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Dict, Optional
 
 from ct_train.curriculum.base import ALL, CURRICULA, ClusterStats, Curriculum, DataIndex, Plan, register
 
@@ -15,10 +15,21 @@ from ct_train.curriculum.base import ALL, CURRICULA, ClusterStats, Curriculum, D
 from ct_train.curriculum import beyond_iid, iid, it2acl, mixture, odm, phased, tapir  # noqa: E402,F401  isort: skip
 
 
-def build_curriculum(cfg: Any, index: DataIndex, seed: int, total_steps: int, global_batch_size: int = 0) -> Curriculum:
-    """The curriculum named by `cfg.name` (validated in config.py). `total_steps` is -1 when the
-    curriculum sets the run's length (trainer.max_steps=-1)."""
-    return CURRICULA[cfg.name].cls(cfg, index, seed=seed, total_steps=total_steps, global_batch_size=global_batch_size)
+def build_curriculum(
+    cfg: Any,
+    index: DataIndex,
+    seed: int,
+    total_steps: int,
+    global_batch_size: int = 0,
+    inputs: Optional[Dict[str, Any]] = None,
+) -> Curriculum:
+    """The curriculum named by `cfg.name` (checked in compose.py). `total_steps` is -1 when the
+    curriculum sets the run's length (trainer.max_steps=-1). `inputs`: the static inputs its
+    `needs().inputs` names (an interaction matrix), loaded by the caller: a curriculum does no I/O."""
+    kwargs = {"inputs": inputs} if cfg.needs().inputs else {}
+    return CURRICULA[cfg.name].cls(
+        cfg, index, seed=seed, total_steps=total_steps, global_batch_size=global_batch_size, **kwargs
+    )
 
 
 __all__ = ["ALL", "CURRICULA", "ClusterStats", "Curriculum", "DataIndex", "Plan", "build_curriculum", "register"]

@@ -16,26 +16,15 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Protocol
+from typing import Any, Callable, Dict, List, Optional, Protocol, runtime_checkable
 
 import numpy as np
 
+from ct_train.apportion import largest_remainder
+from ct_train.errors import ConfigError
+from ct_train.sampler import Plan  # noqa: F401  (re-exported: a curriculum's plan is the sampler's input)
+
 ALL = "all"  # the pool holding every training sample
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What the next global batch draws from: pool name -> weight (normalised by the sampler).
-
-    `exact=False`: each sample of the global batch comes from a pool drawn with these weights
-    (a multinomial split). `exact=True`: the batch is split in proportion to the weights, rounded
-    by largest remainder (a bandit that chose its arms wants exactly those arms).
-    `info` is logged as `curriculum/<key>`.
-    """
-
-    weights: Dict[str, float]
-    info: Dict[str, float] = field(default_factory=dict)
-    exact: bool = False
 
 
 @dataclass
@@ -112,9 +101,7 @@ class Stage:
     """A stretch of the run a staged curriculum (phased, tapir) trains in one go: steps [start, end).
 
     The trainer evaluates and checkpoints at every stage's end, restarts the LR schedule at its start
-    when `rewarm`, and logs the boundary. A curriculum with stages has a `stages` list; one whose pools
-    depend on the model at the stage's start also has `stage_candidates(k)` (the samples to score with
-    the current model, or None) and `begin_stage(k, scores)` (builds that stage's pools).
+    when `rewarm`, and logs the boundary. A curriculum with stages implements `Staged`.
     """
 
     name: str
@@ -142,8 +129,6 @@ def stage_lengths(
 ) -> List[int]:
     """Steps of each of `n` stages: given (`steps`), from epochs over each stage's samples, or
     `total_steps` split in proportion to the stage sizes. ConfigError when they do not add up."""
-    from ct_train.errors import ConfigError
-    from ct_train.sampler import largest_remainder
 
     if steps is not None and epochs is not None:
         raise ConfigError(f"set {key}_steps or {key}_epochs, not both")
@@ -186,6 +171,9 @@ def stratify(difficulty: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
 
 
 class Curriculum(Protocol):
+    """The contract every strategy implements (DESIGN.md, "Curriculum"). What it needs from the run
+    (signal, difficulty, data parts, static inputs) its config declares in `needs()`."""
+
     def pools(self) -> Dict[str, np.ndarray]: ...
 
     def plan(self, step: int) -> Plan: ...
@@ -197,6 +185,27 @@ class Curriculum(Protocol):
     def state_dict(self) -> Dict[str, Any]: ...
 
     def load_state_dict(self, state: Dict[str, Any]) -> None: ...
+
+    def describe(self) -> str:
+        """A line for the run's log about what it built (its mix, phases, stages); "" for none."""
+        ...
+
+
+@runtime_checkable
+class Staged(Protocol):
+    """A curriculum trained in stages (phased, tapir, beyond_iid); the trainer checks it once.
+
+    `stage_candidates(k)`: the samples to score with the current model when stage k starts (None:
+    nothing to score). `begin_stage(k, scores)` is called when stage k starts (and for the stage a
+    resumed run is in); it returns what to log when it built that stage's pools from the model's
+    scores (TAPIR's rounds), None when the stage's pools were fixed from the start.
+    """
+
+    stages: List[Stage]
+
+    def stage_candidates(self, k: int) -> Optional[np.ndarray]: ...
+
+    def begin_stage(self, k: int, scores: Optional[np.ndarray] = None) -> Optional[Dict[str, Any]]: ...
 
 
 @dataclass(frozen=True)

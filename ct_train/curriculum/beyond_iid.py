@@ -34,14 +34,13 @@ the same file, so every rank builds the same curriculum); it is checked at confi
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from ct_train.config import CurriculumConfig, check_choice, check_cluster_weights
+from ct_train.config import CurriculumConfig, Needs, check_choice, check_cluster_weights
 from ct_train.curriculum import lp_mix, taxonomy
 from ct_train.curriculum.base import (
     ClusterStats,
@@ -77,8 +76,6 @@ class BeyondIIDConfig(CurriculumConfig):
     stage_steps: Optional[List[int]] = None
     stage_epochs: Optional[List[float]] = None
     lr_schedule: str = "continue"  # continue | rewarm
-
-    DIFFICULTY_KEY = "curriculum.difficulty"
 
     def validate(self) -> None:
         super().validate()
@@ -123,24 +120,24 @@ class BeyondIIDConfig(CurriculumConfig):
         if self.interaction_file and not os.path.isfile(self.interaction_file):
             raise ConfigError(f"curriculum.interaction_file={self.interaction_file}: no such file")
 
-    def difficulty_source(self) -> str:
-        return self.difficulty if self.selection != "random" else "none"
+    def needs(self) -> Needs:
+        return Needs(
+            difficulty=self.difficulty if self.selection != "random" else "none",
+            sets_length=self.stage_steps is not None or self.stage_epochs is not None,
+            inputs={"curriculum.interaction_file": self.interaction_file} if self.interaction_file else {},
+        )
 
-    def sets_length(self) -> bool:
-        return self.stage_steps is not None or self.stage_epochs is not None
 
-
-def load_effect(path: str, estimate: str) -> tuple:
-    """(categories, E) from an interaction.json; ConfigError naming the file when it is not one."""
+def load_effect(saved: Dict[str, Any], path: str, estimate: str) -> tuple:
+    """(categories, E, estimate) from an interaction.json's content (read by the caller: a curriculum
+    does no I/O); ConfigError naming the file when it is not one."""
     try:
-        with open(path) as f:
-            saved = json.load(f)
         if estimate == "auto":
             estimate = "probe" if "probe" in saved else "gradient"
         if estimate not in saved:
             raise ConfigError(f"curriculum.interaction_file={path} has no {estimate} estimate (curriculum.estimate)")
         return list(saved["categories"]), np.asarray(saved[estimate]["effect"], dtype=np.float64), estimate
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError) as e:
         raise ConfigError(
             f"curriculum.interaction_file={path}: not an interaction.json from ct-train mode=interaction ({e})"
         ) from None
@@ -149,15 +146,25 @@ def load_effect(path: str, estimate: str) -> tuple:
 @register("beyond_iid", BeyondIIDConfig)
 class BeyondIIDCurriculum:
     def __init__(
-        self, cfg: BeyondIIDConfig, index: DataIndex, seed: int = 0, total_steps: int = 0, global_batch_size: int = 0
+        self,
+        cfg: BeyondIIDConfig,
+        index: DataIndex,
+        seed: int = 0,
+        total_steps: int = 0,
+        global_batch_size: int = 0,
+        inputs: Optional[Dict[str, Any]] = None,
     ) -> None:
+        """`inputs`: the JSON files `cfg.needs().inputs` names, read by the caller (io.read_inputs)."""
         pools = index.cluster_pools()
         cats = [c for c in index.clusters if c in pools]
         available = np.array([len(pools[c]) for c in cats])
         self.benefit = None
         self.estimate = None
         if cfg.interaction_file:
-            file_cats, effect, self.estimate = load_effect(cfg.interaction_file, cfg.estimate)
+            saved = (inputs or {}).get("curriculum.interaction_file")
+            if saved is None:
+                raise ValueError("beyond_iid: the caller reads curriculum.interaction_file and passes it in `inputs`")
+            file_cats, effect, self.estimate = load_effect(saved, cfg.interaction_file, cfg.estimate)
             missing = [c for c in cats if c not in file_cats]
             if missing:
                 raise ConfigError(
@@ -243,6 +250,13 @@ class BeyondIIDCurriculum:
                 if share > 0 and total > 0:
                     weights[c] = share * self.counts[c] / total
         return weights
+
+    # -- Staged: the stages' pools are fixed when the curriculum is built --------------------------
+    def stage_candidates(self, k: int) -> Optional[np.ndarray]:
+        return None
+
+    def begin_stage(self, k: int, scores: Optional[np.ndarray] = None) -> None:
+        return None
 
     def describe(self) -> str:
         parts = [f"{c} {n}" for c, n in self.counts.items()]

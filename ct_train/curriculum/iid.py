@@ -35,3 +35,6 @@ class IIDCurriculum:
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         pass
+
+    def describe(self) -> str:
+        return ""

@@ -69,7 +69,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from ct_train.config import CurriculumConfig, check_choice
+from ct_train.config import CurriculumConfig, Needs, check_choice
 from ct_train.curriculum.bandit import Exp3S, QuantileRewardScaler
 from ct_train.curriculum.base import (
     ClusterStats,
@@ -143,11 +143,15 @@ class IT2ACLConfig(CurriculumConfig):
         if not 0.0 < self.pacing_start <= 1.0:
             raise ConfigError(f"curriculum.pacing_start={self.pacing_start!r} must be in (0, 1]")
 
-    def difficulty_source(self) -> str:
-        return "none" if self.phase2 == "none" else self.phase2_difficulty
-
-    def probe_samples(self) -> int:
-        return self.probe_per_cluster if self.signal == "lp" else 0
+    def needs(self) -> Needs:
+        lp = self.signal == "lp"
+        return Needs(
+            signal=self.signal,
+            difficulty="none" if self.phase2 == "none" else self.phase2_difficulty,
+            difficulty_key="curriculum.phase2_difficulty",
+            probe_per_cluster=self.probe_per_cluster if lp else 0,
+            probe_every_steps=self.probe_every_steps if lp else 0,
+        )
 
 
 def lp_slope(steps: np.ndarray, losses: np.ndarray) -> np.ndarray:
@@ -170,8 +174,7 @@ class IT2ACLCurriculum:
     ) -> None:
         self.cfg, self.index, self.seed = cfg, index, seed
         self.draws_per_step = cfg.clusters_per_batch or max(global_batch_size, 1)
-        self.signal = cfg.signal  # read by the trainer: which extra forwards the step needs
-        self.probe_every_steps = cfg.probe_every_steps if cfg.signal == "lp" else 0  # read by the trainer
+        self.signal = cfg.signal
         self.arms = index.present_clusters()
         self.col = np.array([index.clusters.index(c) for c in self.arms])
         updates = total_steps / (cfg.probe_every_steps if cfg.signal == "lp" else 1)
@@ -383,3 +386,6 @@ class IT2ACLCurriculum:
         self.cum_share = np.asarray(state.get("cum_share", np.zeros(len(self.arms))), dtype=np.float64)
         self.last_reward = dict(state.get("last_reward", {}))
         self._decision = None
+
+    def describe(self) -> str:
+        return ""

@@ -76,3 +76,6 @@ class MixtureCurriculum:
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         if state.get("probs") != self.probs:
             raise ValueError(f"mixture state has probabilities {state.get('probs')}, this run has {self.probs}")
+
+    def describe(self) -> str:
+        return ""

@@ -94,3 +94,6 @@ class ODMCurriculum:
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         check_state("odm", state, arms=self.arms, seed=self.seed)
         self.rewards = np.asarray(state["rewards"], dtype=np.float64)
+
+    def describe(self) -> str:
+        return ""

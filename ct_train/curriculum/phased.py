@@ -35,7 +35,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from ct_train.config import CurriculumConfig, check_choice
+from ct_train.config import CurriculumConfig, Needs, check_choice
 from ct_train.curriculum.base import (
     ClusterStats,
     DataIndex,
@@ -62,8 +62,6 @@ class PhasedConfig(CurriculumConfig):
     lr_schedule: str = "rewarm"  # rewarm | continue
     difficulty: str = "data"  # data | initial_loss
     replay: float = 0.0  # share of every later phase's batch drawn from the earlier phases
-
-    DIFFICULTY_KEY = "curriculum.difficulty"
 
     def validate(self) -> None:
         super().validate()
@@ -94,11 +92,10 @@ class PhasedConfig(CurriculumConfig):
             if key == "quantiles" and not all(0.0 < q < 1.0 for q in cuts):
                 raise ConfigError(f"curriculum.quantiles={cuts!r} must lie in (0, 1)")
 
-    def difficulty_source(self) -> str:
-        return self.difficulty
-
-    def sets_length(self) -> bool:
-        return self.phase_steps is not None or self.phase_epochs is not None
+    def needs(self) -> Needs:
+        return Needs(
+            difficulty=self.difficulty, sets_length=self.phase_steps is not None or self.phase_epochs is not None
+        )
 
 
 def phase_of(difficulty: np.ndarray, phases: int, thresholds=None, quantiles=None) -> tuple:
@@ -146,6 +143,13 @@ class PhasedCurriculum:
         )
         self.stages = stages_from_lengths("phase", lengths, rewarm=cfg.lr_schedule == "rewarm")
         self.mean_difficulty = [float(d[m].mean()) for m in self.phase_pools.values()]
+
+    # -- Staged: the stages' pools are fixed when the curriculum is built --------------------------
+    def stage_candidates(self, k: int) -> Optional[np.ndarray]:
+        return None
+
+    def begin_stage(self, k: int, scores: Optional[np.ndarray] = None) -> None:
+        return None
 
     def describe(self) -> str:
         """One line for the run log: the phases' sizes, difficulty and steps."""

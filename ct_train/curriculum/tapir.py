@@ -37,7 +37,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from ct_train.config import CurriculumConfig, as_path_list, check_choice, check_cluster_weights
+from ct_train.config import CurriculumConfig, Needs, as_path_list, check_choice, check_cluster_weights
 from ct_train.curriculum.base import (
     ClusterStats,
     DataIndex,
@@ -72,8 +72,6 @@ class TapirConfig(CurriculumConfig):
     loss_weights: Any = None  # cluster -> weight of its per-sample losses in the objective
     lr_schedule: str = "continue"  # continue | rewarm (restart warmup and decay every round)
 
-    DIFFICULTY_KEY = "curriculum.difficulty"
-
     def validate(self) -> None:
         super().validate()
         for key, value, options in (
@@ -99,12 +97,14 @@ class TapirConfig(CurriculumConfig):
         if self.default_task_weight < 0:
             raise ConfigError(f"curriculum.default_task_weight={self.default_task_weight!r} must be >= 0")
 
-    def difficulty_source(self) -> str:
-        # data: the trainer checks every sample has one before training; else scored per round
-        return "data" if self.difficulty == "data" else "none"
-
-    def sets_length(self) -> bool:
-        return all(r.steps for r in self.rounds)
+    def needs(self) -> Needs:
+        # difficulty=data: the trainer checks every sample has one before training; else scored per round
+        return Needs(
+            difficulty="data" if self.difficulty == "data" else "none",
+            data_parts=self.data_parts(),
+            sets_length=all(r.steps for r in self.rounds),
+            loss_weights=dict(self.loss_weights) if self.loss_weights else None,
+        )
 
     def alphas(self) -> List[float]:
         n = len(self.rounds)
@@ -142,10 +142,7 @@ class TapirCurriculum:
             unknown = sorted(set(getattr(cfg, key) or {}) - set(index.clusters))
             if unknown:
                 raise ConfigError(f"curriculum.{key} names unknown clusters {unknown}; the data has {present}")
-        self.loss_weights = None
-        if cfg.loss_weights:
-            self.loss_weights = np.array([float(cfg.loss_weights.get(c, 1.0)) for c in index.clusters])
-        steps = [r.steps for r in cfg.rounds] if cfg.sets_length() else None
+        steps = [r.steps for r in cfg.rounds] if cfg.needs().sets_length else None
         lengths = stage_lengths(
             "round", len(cfg.rounds), total_steps, np.ones(len(cfg.rounds)), steps, None, global_batch_size
         )
@@ -244,3 +241,6 @@ class TapirCurriculum:
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         check_state("tapir", state, **self.state_dict())
+
+    def describe(self) -> str:
+        return ""

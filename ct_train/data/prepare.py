@@ -12,8 +12,8 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+import ct_train.data.skills as skill_suite
 from ct_train.config import DataConfig, as_path_list
-from ct_train.data import skills as skill_suite
 from ct_train.data.loading import FileSpec, expand, load_examples
 from ct_train.data.templates import resolve_template, tokenize_example
 from ct_train.errors import DataError

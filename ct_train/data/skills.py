@@ -23,6 +23,8 @@ import zlib
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
+from ct_train import io
+
 GENERATED = ("skills", "bench", "bench_v1")  # the data.name values this module generates
 GENERATOR_VERSION = 1  # part of the cache key: bump when a generator changes its output
 
@@ -361,9 +363,5 @@ def materialize(
     folder.mkdir(parents=True, exist_ok=True)
     data = generate(skills, levels, train_per_level, eval_per_level, seed, sizes, suite)
     for split, path in paths.items():
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            for rec in data[split]:
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
+        io.write_atomic(path, "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in data[split]))
     return paths

@@ -22,7 +22,6 @@ by them; their exact protocol was not available to us. Inferred, each a config k
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any, Dict, List, Optional
@@ -30,6 +29,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from ct_train import distributed as dist
+from ct_train import io
 from ct_train.config import Config
 from ct_train.errors import ConfigError
 
@@ -86,15 +86,8 @@ def _prepare_root(cfg: Config, resolved: Dict[str, Any]) -> str:
     interaction.config.yaml, so a training run's config.yaml in the same directory is left alone."""
     import yaml
 
-    from ct_train import checkpoint
-
-    out = os.path.abspath(os.path.expanduser(cfg.trainer.output_dir))
-    try:
-        checkpoint.make_writable_dir(out)
-    except OSError as e:
-        raise ConfigError(f"trainer.output_dir={cfg.trainer.output_dir} is not writable ({e.strerror})") from None
-    with open(os.path.join(out, "interaction.config.yaml"), "w") as f:
-        yaml.safe_dump(resolved, f, sort_keys=False)
+    out = io.prepare_output_dir(cfg.trainer.output_dir)
+    io.write_atomic(os.path.join(out, "interaction.config.yaml"), yaml.safe_dump(resolved, sort_keys=False))
     return out
 
 
@@ -181,9 +174,7 @@ def measure(cfg: Config, resolved: Optional[Dict[str, Any]] = None) -> Dict[str,
     path = os.path.join(root, FILE)
 
     def write() -> None:
-        with open(path + ".tmp", "w") as f:
-            json.dump(result, f, indent=1)
-        os.replace(path + ".tmp", path)
+        io.write_json(path, result, indent=1)
         png = os.path.join(root, "interaction.png")
         heatmap(
             png,

@@ -16,7 +16,6 @@ larger batch, as any run's. With `interaction.seeds` > 1 every run repeats per s
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 from typing import Any, Dict, List
@@ -99,33 +98,9 @@ def probe_config(cfg: Config, weights: Dict[str, float], out: str, steps: int, s
 def train_once(cfg: Config, key: Dict[str, Any]) -> Dict[str, float]:
     """Train `cfg` unless its output dir already holds the result of the same `key` (an interrupted
     interaction pass re-runs only the probes it had not finished); returns the final held-out eval."""
-    from ct_train.trainer import train
+    from ct_train.trainer import train_cached
 
-    out = cfg.trainer.output_dir
-    result = os.path.join(out, "result.json")
-    done = dist.on_main(lambda: _read_result(result, key))
-    if done is not None:
-        return done
-    if dist.is_main() and os.path.exists(os.path.join(out, "metrics.jsonl")):
-        os.remove(os.path.join(out, "metrics.jsonl"))  # a probe cut short starts over
-    summary = train(cfg, dataclasses.asdict(cfg), report=False)
-    final = summary["final_eval"]
-
-    def write() -> None:
-        with open(result + ".tmp", "w") as f:
-            json.dump({"key": key, "final_eval": final}, f)
-        os.replace(result + ".tmp", result)
-
-    dist.on_main(write)
-    return final
-
-
-def _read_result(path: str, key: Dict[str, Any]) -> Any:
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        saved = json.load(f)
-    return saved["final_eval"] if saved.get("key") == key else None
+    return train_cached(cfg, dataclasses.asdict(cfg), key, "result.json")["final_eval"]
 
 
 def run_probes(cfg: Config, categories: List[str], sizes: np.ndarray, root: str, start: str, log) -> Dict[str, Any]:

@@ -23,8 +23,8 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from ct_train import distributed as dist
+from ct_train import io
 from ct_train.config import Config
-from ct_train.errors import ConfigError
 from ct_train.scoring import output
 from ct_train.scoring.scorers import NEEDS_MODEL, SCORERS
 
@@ -94,13 +94,8 @@ def score(cfg: Config, resolved: Optional[Dict[str, Any]] = None) -> Dict[str, A
     out_path = os.path.abspath(sc.output or default_output(cfg))
 
     def check_output() -> None:  # before any work: an unwritable place fails now, not after the pass
-        for d in (os.path.dirname(out_path), os.path.abspath(sc.cache_dir)):
-            try:
-                os.makedirs(d, exist_ok=True)
-            except OSError as e:
-                raise ConfigError(f"scoring: cannot create {d} ({e.strerror})") from None
-            if not os.access(d, os.W_OK):
-                raise ConfigError(f"scoring: {d} is not writable")
+        io.prepare_output_dir(os.path.dirname(out_path), "scoring.output")
+        io.prepare_output_dir(sc.cache_dir, "scoring.cache_dir")
 
     dist.on_main(check_output)
     # Every record is scored: no held-out split, nothing dropped for length.
@@ -129,11 +124,7 @@ def score(cfg: Config, resolved: Optional[Dict[str, Any]] = None) -> Dict[str, A
             response_only = dist.main_first(lambda: prepare_data(data_cfg, tokenizer, response_only=True))
         scores = SCORERS[sc.name](cfg, data, engine=engine, tokenizer=tokenizer, response_only=response_only)
 
-        def save_cache() -> None:
-            np.save(cache + ".tmp.npy", scores)
-            os.replace(cache + ".tmp.npy", cache)
-
-        dist.on_main(save_cache)
+        dist.on_main(lambda: io.save_npy(cache, scores))
     split = data.train
     summary = {
         "output": out_path,

@@ -4,11 +4,11 @@ temporary name first and renamed, so an interrupted run leaves no half-written o
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any, Dict, List
 
 import numpy as np
+
+from ct_train import io
 
 TEXT_COLUMNS = ["id", "prompt", "input", "response", "messages", "cluster", "source"]
 
@@ -29,12 +29,11 @@ def records(dataset: Any, scores: np.ndarray, scorer: str, model: str) -> Any:
 
 
 def write_records(ds: Any, path: str) -> None:
-    tmp = f"{path}.tmp{os.path.splitext(path)[1]}"
-    if path.endswith(".parquet"):
-        ds.to_parquet(tmp)
-    else:
-        ds.to_json(tmp, lines=True, force_ascii=False)
-    os.replace(tmp, path)
+    with io.atomic_path(path) as tmp:
+        if path.endswith(".parquet"):
+            ds.to_parquet(tmp)
+        else:
+            ds.to_json(tmp, lines=True, force_ascii=False)
 
 
 def cluster_summary(scores: np.ndarray, cluster_ids: np.ndarray, clusters: List[str]) -> Dict[str, Dict[str, float]]:
@@ -54,9 +53,7 @@ def cluster_summary(scores: np.ndarray, cluster_ids: np.ndarray, clusters: List[
 
 
 def write_meta(path: str, meta: Dict[str, Any]) -> None:
-    with open(path + ".tmp", "w") as f:
-        json.dump(meta, f, indent=1)
-    os.replace(path + ".tmp", path)
+    io.write_json(path, meta, indent=1)
 
 
 def histogram(path: str, scores: np.ndarray, cluster_ids: np.ndarray, clusters: List[str], title: str) -> None:
@@ -91,7 +88,6 @@ def histogram(path: str, scores: np.ndarray, cluster_ids: np.ndarray, clusters: 
         ax.tick_params(labelsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=90)
+    with io.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90)
     plt.close(fig)
-    os.replace(tmp, path)

@@ -6,11 +6,13 @@ import json
 import numpy as np
 import pytest
 
-from ct_train.curriculum import DataIndex, build_curriculum
+from ct_train.curriculum import DataIndex
+from ct_train.curriculum import build_curriculum as _build_curriculum
 from ct_train.curriculum.beyond_iid import BeyondIIDConfig
 from ct_train.curriculum.lp_mix import solve_mix
 from ct_train.curriculum.taxonomy import check_prerequisites, derive_prerequisites, layers
 from ct_train.errors import ConfigError
+from ct_train.io import read_inputs
 from ct_train.sampler import CurriculumSampler
 
 CATS = ["a", "b", "c"]
@@ -130,6 +132,11 @@ def write_matrix(tmp_path, cats, benefit):
     path = tmp_path / "interaction.json"
     path.write_text(json.dumps({"categories": cats, "probe": {"effect": (-benefit).tolist()}}))
     return str(path)
+
+
+def build_curriculum(cfg, index, **kw):
+    """As the trainer does: the matrix file the config names is read by the caller and passed in."""
+    return _build_curriculum(cfg, index, inputs=read_inputs(cfg.needs().inputs), **kw)
 
 
 def make_index(sizes, difficulty=None):

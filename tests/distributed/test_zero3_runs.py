@@ -130,7 +130,7 @@ def _check_hf_export_reproduces_eval_loss(run: Path):
     """final/ loads with plain transformers (no DeepSpeed) and gives the run's final held-out loss."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ct_train.config import load_config
+    from ct_train.compose import load_config
     from ct_train.data import collate, prepare_data
     from ct_train.modeling import SampleLossModel
 
@@ -156,7 +156,7 @@ def test_fused_zero3_step_equals_unfused_pytorch_step_with_tied_embeddings(tmp_p
     input and output embeddings, so the fused loss must see ZeRO-3's gathered embedding weight."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from ct_train.config import load_config
+    from ct_train.compose import load_config
     from ct_train.data import byte_tokenizer, collate, prepare_data
 
     init = tmp_path / "init"

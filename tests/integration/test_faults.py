@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from ct_train.config import load_config
+from ct_train.compose import load_config
 from ct_train.engine import lr_lambda
 from ct_train.plot import stage_boundaries
 from tests.conftest import FAST, run_cli

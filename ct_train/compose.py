@@ -1,0 +1,80 @@
+"""From Hydra's composed config to a validated `Config`: schema registration, `to_typed`,
+`load_config`, and every check of a name against a registry (curricula, data formats, templates,
+scorers, bench strategies).
+
+config.py holds the dataclasses and their field checks and imports nothing of ours but `errors`;
+the registries live with the code they name (a strategy registers itself where it is defined), so
+the checks that need them live here, above both (DESIGN.md: the compose floor).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ct_train.config import Config, check_choice
+from ct_train.curriculum import CURRICULA
+from ct_train.data.formats import FORMATS
+from ct_train.data.templates import TEMPLATES
+from ct_train.errors import ConfigError
+from ct_train.scoring.scorers import SCORERS
+
+
+def register_configs() -> None:
+    """Register the schema so `hydra_conf/config.yaml` can list `ct_train_schema` first."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    store.store(name="ct_train_schema", node=Config)
+    # One schema per strategy, named `<name>_schema` in the curriculum group; its YAML lists it first.
+    for name, spec in CURRICULA.items():
+        store.store(group="curriculum", name=f"{name}_schema", node=spec.config_cls)
+
+
+def check_names(cfg: Config) -> None:
+    """Every config value that names a registered thing; ConfigError naming the key otherwise."""
+    check_choice("data.format", cfg.data.format, ("auto",) + tuple(FORMATS))
+    check_choice("data.template", cfg.data.template, ("auto", "chat") + tuple(TEMPLATES))
+    check_choice("curriculum.name", cfg.curriculum.name, tuple(CURRICULA))
+    if type(cfg.curriculum) is not CURRICULA[cfg.curriculum.name].config_cls:
+        raise ConfigError(
+            f"curriculum.name={cfg.curriculum.name} does not match the selected curriculum group; "
+            f"choose the strategy with curriculum={cfg.curriculum.name}"
+        )
+    check_choice("scoring.name", cfg.scoring.name, tuple(SCORERS))
+    # Every bench strategy is a registered curriculum (bench.strategies adds overrides and set-up
+    # steps to some of them), IID first: the reference the report measures against.
+    strategies = ("iid",) + tuple(n for n in CURRICULA if n != "iid")
+    for name in cfg.bench.strategies:
+        check_choice("bench.strategies", name, strategies)
+    for name in cfg.bench.overrides or {}:
+        check_choice("bench.overrides", name, strategies)
+
+
+def to_typed(cfg: Any) -> Config:
+    """Turn a composed DictConfig into a validated `Config` (ConfigError on a missing or bad value)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"{missing[0]} is required (set {missing[0]}=...)")
+    try:
+        typed = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as e:
+        raise ConfigError(str(e).splitlines()[0]) from None
+    check_names(typed)
+    typed.validate()
+    return typed
+
+
+def load_config(path: str) -> Config:
+    """A run's saved `config.yaml` (resolved) as a validated `Config`, with its curriculum's schema."""
+    from omegaconf import OmegaConf
+
+    saved = OmegaConf.load(path)
+    name = OmegaConf.select(saved, "curriculum.name", default="iid")
+    if name not in CURRICULA:
+        raise ConfigError(f"{path}: curriculum.name={name!r} is not a known curriculum ({', '.join(CURRICULA)})")
+    base = OmegaConf.structured(Config)
+    base.curriculum = OmegaConf.structured(CURRICULA[name].config_cls)
+    return to_typed(OmegaConf.merge(base, saved))

@@ -1,0 +1,87 @@
+"""Files written so that a reader never sees half of one, and output directories checked up front.
+
+Every file ct_train writes for a later reader (checkpoint markers, caches, reports, scored data) is
+written to a temporary name beside it and renamed over it: a rename within one directory is atomic,
+so a crash leaves the old file or the new one, never a torn one. The temporary name keeps the
+file's extension last, because np.save, matplotlib and datasets choose their format by it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+from typing import Any, Dict, Iterator
+
+import numpy as np
+
+from ct_train.errors import ConfigError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+    """Yield a temporary path beside `path`; on success it replaces `path`, on error it is removed."""
+    root, ext = os.path.splitext(path)
+    tmp = f"{root}.tmp{os.getpid()}{ext}"
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def write_atomic(path: str, text: str, fsync: bool = False) -> None:
+    """Write `text` (UTF-8) to `path` atomically; `fsync`: on disk before the rename (markers)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+
+
+def write_json(path: str, obj: Any, indent: int | None = None, fsync: bool = False) -> None:
+    write_atomic(path, json.dumps(obj, indent=indent), fsync=fsync)
+
+
+def save_npy(path: str, values: np.ndarray) -> None:
+    """np.save to `path` atomically, creating its directory."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with atomic_path(path) as tmp:
+        np.save(tmp, values)
+
+
+def make_writable_dir(path: str) -> None:
+    """Create `path` and prove a file can be written in it (raises OSError otherwise). The probe's
+    name holds host and pid: ranks of several nodes may check one shared directory at once."""
+    os.makedirs(path, exist_ok=True)
+    probe = os.path.join(path, f".write_test.{socket.gethostname()}.{os.getpid()}")
+    with open(probe, "w") as f:
+        f.write("ok")
+    os.remove(probe)
+
+
+def prepare_output_dir(path: str, key: str = "trainer.output_dir") -> str:
+    """The absolute, created and writable directory `path`; ConfigError naming `key` otherwise."""
+    out = os.path.abspath(os.path.expanduser(path))
+    try:
+        make_writable_dir(out)
+    except OSError as e:
+        raise ConfigError(f"{key}={path} is not writable ({e.strerror or e})") from None
+    return out
+
+
+def read_inputs(paths: Dict[str, str]) -> Dict[str, Any]:
+    """The JSON files a curriculum declares as static inputs (`Needs.inputs`: config key -> path),
+    read for it; ConfigError naming the key when one cannot be read or parsed."""
+    out = {}
+    for key, path in paths.items():
+        try:
+            with open(path, encoding="utf-8") as f:
+                out[key] = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{key}={path}: cannot read it as JSON ({e})") from None
+    return out
