@@ -89,4 +89,4 @@ bench-curriculum: $(STAMP)
 		trainer.output_dir=outputs/bench-$$1 $(ARGS) > /dev/null || exit 1; done
 	$(BIN)/python -m ct_train.plot --throughput outputs/bench-iid outputs/bench-it2acl-loss outputs/bench-it2acl-pg \
 		outputs/bench-it2acl-lp
-	$(BIN)/python -m ct_train.curriculum.bench sampler
+	$(BIN)/python benchmarks/curriculum_micro.py sampler

@@ -15,8 +15,6 @@ import random
 import re
 import shutil
 import signal
-import subprocess
-import sys
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
@@ -186,40 +184,6 @@ def saved_world_size(ckpt_dir: str, tag: str) -> int:
     """How many ranks wrote the checkpoint (its ZeRO partitions are per rank)."""
     with open(os.path.join(ckpt_dir, tag, STATE_FILE)) as f:
         return int(json.load(f).get("world_size", 0))
-
-
-def to_universal(ckpt_dir: str, tag: str, output_dir: str) -> str:
-    """DeepSpeed's universal checkpoint of (ckpt_dir, tag), for loading on another number of ranks.
-
-    ZeRO partitions are per rank, so DeepSpeed refuses to load them on a different world size; its
-    `ds_to_universal` converter re-slices them per parameter. Rank 0 converts once into
-    `<output_dir>/universal/<tag>` (reused when already there); returns that directory's parent.
-    """
-    root = os.path.join(output_dir, "universal")
-    done = os.path.join(root, tag, "universal_done")
-
-    def convert() -> None:
-        if os.path.exists(done):
-            return
-        tmp = os.path.join(root, tag + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(root, exist_ok=True)
-        cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
-               os.path.join(ckpt_dir, tag), "--output_folder", tmp, "--num_extract_workers", "1",
-               "--num_merge_workers", "1"]  # fmt: skip
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-            raise CheckpointError(
-                f"cannot convert {os.path.join(ckpt_dir, tag)} for a different number of ranks "
-                f"(deepspeed ds_to_universal: {tail[0][:300]})"
-            )
-        shutil.rmtree(os.path.join(root, tag), ignore_errors=True)
-        os.replace(tmp, os.path.join(root, tag))
-        open(done, "w").close()
-
-    dist.on_main(convert)
-    return root
 
 
 def load(engine: Any, ckpt_dir: str, tag: str, weights_dir: Optional[str] = None) -> Dict[str, Any]:

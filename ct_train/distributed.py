@@ -10,11 +10,13 @@ needs a process group even then.
 from __future__ import annotations
 
 import datetime
+import math
 import os
 import pickle
 import socket
 from typing import Any, Callable, List
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -212,3 +214,25 @@ def on_main(fn: Callable[[], Any]) -> Any:
     if error is not None:
         raise error
     return result
+
+
+def rank_micro_batches(
+    indices: np.ndarray, rank: int, world_size: int, micro_batch_size: int, interleave: bool = False
+) -> List[np.ndarray]:
+    """The one way samples are dealt to ranks: this rank's share of `indices`, in micro-batches.
+
+    Training (`interleave=False`): rank r takes the r-th contiguous slice of the global batch (whose
+    size the ranks x micro-batch split divides), in order: the sampler's contract, and what the
+    split-invariance of the objective is tested on. No-grad passes over a held-out or scored set
+    (`interleave=True`): rank r takes every world_size-th sample from r, so a length-sorted order
+    gives every rank similar lengths; the list is padded with empty micro-batches so that every
+    rank runs the same number of forwards (ZeRO-3 gathers parameters collectively and hangs
+    otherwise): a caller runs a stand-in batch for an empty one and discards it.
+    """
+    if not interleave:
+        per_rank = len(indices) // world_size
+        mine = indices[rank * per_rank : (rank + 1) * per_rank]
+        return [mine[i : i + micro_batch_size] for i in range(0, per_rank, micro_batch_size)]
+    mine = indices[rank::world_size]
+    n_batches = math.ceil(math.ceil(len(indices) / world_size) / micro_batch_size)
+    return [mine[b * micro_batch_size : (b + 1) * micro_batch_size] for b in range(n_batches)]

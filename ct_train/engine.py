@@ -9,16 +9,22 @@ conventions stay visible where users expect them: the ds_config it builds is log
 from __future__ import annotations
 
 import bisect
+import contextlib
 import copy
 import datetime
 import math
 import os
-from typing import Any, Dict, Optional, Sequence, Tuple
+import shutil
+import subprocess
+import sys
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 import torch
 
 from ct_train import distributed as dist
 from ct_train.config import Config, DeepSpeedConfig, TrainerConfig
+from ct_train.errors import CheckpointError
+from ct_train.losses import objective
 from ct_train.modeling import SampleLossModel, build_hf_model, resolve_dtype
 
 
@@ -157,6 +163,49 @@ class Engine:
     def module(self) -> SampleLossModel:
         return self.ds.module
 
+    @property
+    def zero_stage(self) -> int:
+        return int(self.ds_config["zero_optimization"]["stage"])
+
+    @contextlib.contextmanager
+    def eval_mode(self) -> Iterator[None]:
+        """Forwards without dropout inside, the previous mode restored after (held-out passes)."""
+        was_training = self.ds.training
+        self.ds.train(False)
+        try:
+            yield
+        finally:
+            self.ds.train(was_training)
+
+    def accumulate(
+        self,
+        batches: Sequence[Any],
+        weights_of: Callable[[Any], torch.Tensor],
+        perturb: Optional[Callable[[int, torch.Tensor], torch.Tensor]] = None,
+    ) -> Iterator[Tuple[Any, torch.Tensor]]:
+        """Forward and backward of one optimizer step's micro-batches, yielding (batch, per-sample
+        losses) after each backward. `weights_of(batch)`: the objective's per-sample weights
+        (`losses.objective_weights`). The caller takes the boundary step with `step()` once it has
+        seen the losses (a non-finite signal can still stop the run before the update). `perturb`:
+        the fault-drill hook (run.FaultDrills), applied to the losses before the objective."""
+        for i, batch in enumerate(batches):
+            weights = weights_of(batch)
+            per_sample, _ = self.forward(batch, weights)
+            if perturb is not None:
+                per_sample = perturb(i, per_sample)
+            self.backward(objective(per_sample, weights))
+            if i < len(batches) - 1:
+                self.ds.step()  # not the boundary yet: DeepSpeed only counts the micro-step
+            yield batch, per_sample
+
+    def full_grads(self, params: Sequence[torch.nn.Parameter]) -> Iterator[torch.Tensor]:
+        """Each parameter's full gradient, one at a time (after backward, before the step). Under
+        ZeRO-3 each is gathered from the partitions (a collective: every rank iterates the same list)."""
+        from deepspeed.utils import safe_get_full_grad
+
+        for p in params:
+            yield safe_get_full_grad(p)
+
     def num_parameters(self) -> int:
         # Under ZeRO-3 each parameter is a partition; ds_numel is the full size.
         return sum(getattr(p, "ds_numel", p.numel()) for p in self.module.parameters())
@@ -226,3 +275,37 @@ class Engine:
             self.module.lm.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
             tokenizer.save_pretrained(out_dir)
         dist.barrier()
+
+
+def to_universal(ckpt_dir: str, tag: str, output_dir: str) -> str:
+    """DeepSpeed's universal checkpoint of (ckpt_dir, tag), for loading on another number of ranks.
+
+    ZeRO partitions are per rank, so DeepSpeed refuses to load them on a different world size; its
+    `ds_to_universal` converter re-slices them per parameter. Rank 0 converts once into
+    `<output_dir>/universal/<tag>` (reused when already there); returns that directory's parent.
+    """
+    root = os.path.join(output_dir, "universal")
+    done = os.path.join(root, tag, "universal_done")
+
+    def convert() -> None:
+        if os.path.exists(done):
+            return
+        tmp = os.path.join(root, tag + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(root, exist_ok=True)
+        cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
+               os.path.join(ckpt_dir, tag), "--output_folder", tmp, "--num_extract_workers", "1",
+               "--num_merge_workers", "1"]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise CheckpointError(
+                f"cannot convert {os.path.join(ckpt_dir, tag)} for a different number of ranks "
+                f"(deepspeed ds_to_universal: {tail[0][:300]})"
+            )
+        shutil.rmtree(os.path.join(root, tag), ignore_errors=True)
+        os.replace(tmp, os.path.join(root, tag))
+        open(done, "w").close()
+
+    dist.on_main(convert)
+    return root

@@ -12,7 +12,6 @@ whose shard runs out repeat a real batch with zero weight.
 
 from __future__ import annotations
 
-import math
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -45,9 +44,9 @@ def evaluate(
     cluster holding more than one level, `eval/<cluster>/L<level>/...` (the cell a benchmark reads: a
     run with data.split_by_difficulty names its clusters `<cluster>/L<level>`, so its keys are the same).
     """
-    rank, world = dist.rank(), dist.world_size()
-    mine = np.arange(rank, len(split), world)
-    n_batches = math.ceil(math.ceil(len(split) / world) / micro_batch_size)
+    micro = dist.rank_micro_batches(
+        np.arange(len(split)), dist.rank(), dist.world_size(), micro_batch_size, interleave=True
+    )
     levels = difficulty_levels(split)
     # Columns: clusters, then difficulty levels, then (cluster, level) cells; a sample without a level
     # goes to the last column, which is dropped.
@@ -61,22 +60,22 @@ def evaluate(
         level_col[finite] = C + level_of
         cell_col[finite] = C + L + split.cluster_ids[finite] * L + level_of
     table = torch.zeros(3, dropped + 1, dtype=torch.float64, device=engine.device)
-    was_training = engine.ds.training
-    engine.train(False)
-    for b in range(n_batches):
-        idx = mine[b * micro_batch_size : (b + 1) * micro_batch_size]
-        weight = 1.0
-        if len(idx) == 0:  # keep the forward count equal across ranks
-            idx, weight = np.arange(min(micro_batch_size, len(split))), 0.0
-        batch: MicroBatch = collate(split, idx, pad_id).to(engine.device)
-        loss, n_correct = engine.forward(batch)
-        has = (batch.n_target > 0).to(torch.float64) * weight
-        exact = (n_correct == batch.n_target).double() * has
-        for col in (batch.cluster_ids, *(torch.from_numpy(c[idx]).to(engine.device) for c in (level_col, cell_col))):
-            table[0].index_add_(0, col, loss.double() * has)
-            table[1].index_add_(0, col, has)
-            table[2].index_add_(0, col, exact)
-    engine.train(was_training)
+    with engine.eval_mode():
+        for idx in micro:
+            weight = 1.0
+            if len(idx) == 0:  # keep the forward count equal across ranks
+                idx, weight = np.arange(min(micro_batch_size, len(split))), 0.0
+            batch: MicroBatch = collate(split, idx, pad_id).to(engine.device)
+            loss, n_correct = engine.forward(batch)
+            has = (batch.n_target > 0).to(torch.float64) * weight
+            exact = (n_correct == batch.n_target).double() * has
+            for col in (
+                batch.cluster_ids,
+                *(torch.from_numpy(c[idx]).to(engine.device) for c in (level_col, cell_col)),
+            ):
+                table[0].index_add_(0, col, loss.double() * has)
+                table[1].index_add_(0, col, has)
+                table[2].index_add_(0, col, exact)
     table = dist.all_reduce_sum(table).cpu().numpy()  # one collective for every metric
     out: Dict[str, float] = {}
     for c, name in enumerate(clusters):
@@ -119,25 +118,20 @@ def sample_losses(
     collectively and hangs otherwise), then one all-reduce of the losses and of how many times each
     sample was scored, which must be exactly once. A sample without a response token gets 0.
     """
-    rank, world = dist.rank(), dist.world_size()
     todo = np.arange(len(split)) if indices is None else np.asarray(indices, dtype=np.int64)
     by_length = np.argsort(split.lengths[todo], kind="stable")  # positions into todo
-    mine = by_length[rank::world]
-    n_batches = math.ceil(math.ceil(len(todo) / world) / micro_batch_size)
+    micro = dist.rank_micro_batches(by_length, dist.rank(), dist.world_size(), micro_batch_size, interleave=True)
     table = torch.zeros(2, len(todo), dtype=torch.float64, device=engine.device)  # loss, times scored
-    was_training = engine.ds.training
-    engine.train(False)
-    for b in range(n_batches):
-        pos = mine[b * micro_batch_size : (b + 1) * micro_batch_size]
-        keep = len(pos) > 0
-        idx = todo[pos] if keep else todo[: min(micro_batch_size, len(todo))]  # a dummy batch, discarded
-        batch = collate(split, idx, pad_id).to(engine.device)
-        loss, _ = engine.forward(batch)
-        if keep:
-            at = torch.from_numpy(pos).to(engine.device)
-            table[0, at] = torch.where(batch.n_target > 0, loss.double(), 0.0)
-            table[1, at] = 1.0
-    engine.train(was_training)
+    with engine.eval_mode():
+        for pos in micro:
+            keep = len(pos) > 0
+            idx = todo[pos] if keep else todo[: min(micro_batch_size, len(todo))]  # a dummy batch, discarded
+            batch = collate(split, idx, pad_id).to(engine.device)
+            loss, _ = engine.forward(batch)
+            if keep:
+                at = torch.from_numpy(pos).to(engine.device)
+                table[0, at] = torch.where(batch.n_target > 0, loss.double(), 0.0)
+                table[1, at] = 1.0
     table = dist.all_reduce_sum(table).cpu().numpy()
     if len(todo) and not (table[1] == 1).all():
         raise RuntimeError(f"scoring pass scored {int((table[1] != 1).sum())} samples not exactly once")

@@ -30,6 +30,7 @@ from typing import Any, Dict, List
 
 import numpy as np
 
+from ct_train import distributed as dist
 from ct_train.apportion import exact_counts, largest_remainder
 
 
@@ -152,9 +153,7 @@ class CurriculumSampler:
         global_batch: np.ndarray, rank: int, world_size: int, micro_batch_size: int
     ) -> List[np.ndarray]:
         """Rank `rank`'s contiguous slice of the global batch, as micro-batches in order."""
-        per_rank = len(global_batch) // world_size
-        mine = global_batch[rank * per_rank : (rank + 1) * per_rank]
-        return [mine[i : i + micro_batch_size] for i in range(0, per_rank, micro_batch_size)]
+        return dist.rank_micro_batches(global_batch, rank, world_size, micro_batch_size)
 
     def state_dict(self) -> Dict[str, Any]:
         return {

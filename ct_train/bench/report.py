@@ -153,6 +153,58 @@ def gate_report(runs: List[Dict[str, Any]], data: str, max_steps: int) -> List[s
     return gate_lines(pilot_gate(iid, suite_structure(clusters, data), max_steps))
 
 
+def _run_row(r: Dict[str, Any], v: Dict[str, Any], ctx: Dict[str, Any]) -> Dict[str, Any]:
+    """One run's numbers (a row of results.csv)."""
+    structure, hardest, chained = ctx["structure"], ctx["hardest"], ctx["chained"]
+    cm = cluster_metrics(v["final"])
+    reach = steps_to(v["evals"], ctx["target"], LEARNABLE_KEY)
+    row = {
+        "strategy": r["strategy"],
+        "seed": r["seed"],
+        "steps": v["steps"],
+        "tokens": v["tokens"],
+        "tokens_per_s": round(v["tokens_per_s"], 1),
+        "wall_s": r["wall_s"],
+        "loss": v["final"]["eval/loss"],
+        "learnable_loss": v["final"][LEARNABLE_KEY],
+        "exact_match": v["final"].get("eval/exact_match", float("nan")),
+        "steps_to_iid_loss": reach if reach is not None else float("nan"),
+        "steps_ratio": reach / ctx["max_steps"] if reach is not None else float("nan"),
+    }
+    if ctx["has_em"] and hardest and chained:
+        row["chained_hardest_em"] = float(np.mean([cm["exact_match"].get(f"{c}/{hardest}", np.nan) for c in chained]))
+    for d in structure["distractors"]:
+        for q, share in enumerate(quarter_shares(v["samples"], v["steps"], d), 1):
+            row[f"{d}_share_q{q}"] = share
+    for metric in ("loss", "exact_match"):
+        for name, value in sorted(cm.get(metric, {}).items()):
+            row[f"{metric}/{name}"] = value
+    return row
+
+
+def _strategy_summary(mine: List[Dict[str, Any]], clusters: List[str], distractors: List[str]) -> Dict[str, Any]:
+    """Mean and spread over one strategy's seeds (its rows)."""
+    reached = [r["steps_ratio"] for r in mine if not math.isnan(r["steps_ratio"])]
+    return {
+        "n": len(mine),
+        "loss": _ms([r["loss"] for r in mine]),
+        "learnable_loss": _ms([r["learnable_loss"] for r in mine]),
+        "exact_match": _ms([r["exact_match"] for r in mine]),
+        "steps_ratio": _ms(reached),
+        "worst_ratio": max((r["steps_ratio"] if not math.isnan(r["steps_ratio"]) else math.inf) for r in mine),
+        "reached": len(reached),
+        "chained_hardest_em": _ms([r.get("chained_hardest_em", float("nan")) for r in mine]),
+        "tokens": float(np.mean([r["tokens"] for r in mine])),
+        "tokens_per_s": float(np.mean([r["tokens_per_s"] for r in mine])),
+        "wall_s": float(np.mean([r["wall_s"] for r in mine])),
+        "clusters": {
+            metric: {c: _ms([r.get(f"{metric}/{c}", float("nan")) for r in mine]) for c in clusters}
+            for metric in ("loss", "exact_match")
+        },
+        "distractor": {d: [_ms([r[f"{d}_share_q{q}"] for r in mine])[0] for q in range(1, 5)] for d in distractors},
+    }
+
+
 def analyse(runs: List[Dict[str, Any]], meta: Dict[str, Any]) -> Dict[str, Any]:
     """Every number of the report: per run (`rows`) and per strategy (`summary`)."""
     loaded = {(r["strategy"], r["seed"]): load_run(r["dir"]) for r in runs}
@@ -178,60 +230,13 @@ def analyse(runs: List[Dict[str, Any]], meta: Dict[str, Any]) -> Dict[str, Any]:
     hardest = f"L{levels[-1]:g}" if levels else None
     chained = [c for chain in structure["chains"].values() for c in chain[1:]]  # the members that reuse another
 
-    rows = []
-    for r in runs:
-        v = loaded[(r["strategy"], r["seed"])]
-        cm = cluster_metrics(v["final"])
-        reach = steps_to(v["evals"], target, LEARNABLE_KEY)
-        row = {
-            "strategy": r["strategy"],
-            "seed": r["seed"],
-            "steps": v["steps"],
-            "tokens": v["tokens"],
-            "tokens_per_s": round(v["tokens_per_s"], 1),
-            "wall_s": r["wall_s"],
-            "loss": v["final"]["eval/loss"],
-            "learnable_loss": v["final"][LEARNABLE_KEY],
-            "exact_match": v["final"].get("eval/exact_match", float("nan")),
-            "steps_to_iid_loss": reach if reach is not None else float("nan"),
-            "steps_ratio": reach / meta["max_steps"] if reach is not None else float("nan"),
-        }
-        if has_em and hardest and chained:
-            row["chained_hardest_em"] = float(
-                np.mean([cm["exact_match"].get(f"{c}/{hardest}", np.nan) for c in chained])
-            )
-        for d in structure["distractors"]:
-            for q, share in enumerate(quarter_shares(v["samples"], v["steps"], d), 1):
-                row[f"{d}_share_q{q}"] = share
-        for metric in ("loss", "exact_match"):
-            for name, value in sorted(cm.get(metric, {}).items()):
-                row[f"{metric}/{name}"] = value
-        rows.append(row)
-
-    summary = {}
-    for name in dict.fromkeys(r["strategy"] for r in runs):
-        mine = [r for r in rows if r["strategy"] == name]
-        reached = [r["steps_ratio"] for r in mine if not math.isnan(r["steps_ratio"])]
-        summary[name] = {
-            "n": len(mine),
-            "loss": _ms([r["loss"] for r in mine]),
-            "learnable_loss": _ms([r["learnable_loss"] for r in mine]),
-            "exact_match": _ms([r["exact_match"] for r in mine]),
-            "steps_ratio": _ms(reached),
-            "worst_ratio": max((r["steps_ratio"] if not math.isnan(r["steps_ratio"]) else math.inf) for r in mine),
-            "reached": len(reached),
-            "chained_hardest_em": _ms([r.get("chained_hardest_em", float("nan")) for r in mine]),
-            "tokens": float(np.mean([r["tokens"] for r in mine])),
-            "tokens_per_s": float(np.mean([r["tokens_per_s"] for r in mine])),
-            "wall_s": float(np.mean([r["wall_s"] for r in mine])),
-            "clusters": {
-                metric: {c: _ms([r.get(f"{metric}/{c}", float("nan")) for r in mine]) for c in clusters}
-                for metric in ("loss", "exact_match")
-            },
-            "distractor": {
-                d: [_ms([r[f"{d}_share_q{q}"] for r in mine])[0] for q in range(1, 5)] for d in structure["distractors"]
-            },
-        }
+    ctx = {"structure": structure, "hardest": hardest, "chained": chained, "target": target}
+    ctx.update(has_em=has_em, max_steps=meta["max_steps"])
+    rows = [_run_row(r, loaded[(r["strategy"], r["seed"])], ctx) for r in runs]
+    summary = {
+        name: _strategy_summary([r for r in rows if r["strategy"] == name], clusters, structure["distractors"])
+        for name in dict.fromkeys(r["strategy"] for r in runs)
+    }
     return {
         "rows": rows,
         "summary": summary,

@@ -183,20 +183,7 @@ class BeyondIIDCurriculum:
             if unknown:
                 raise ConfigError(f"curriculum.{key} names unknown categories {unknown}; the data has {cats}")
         # Step 2: the mix.
-        if cfg.mix == "lp":
-            w = np.array([float((cfg.target_weights or {}).get(c, cfg.default_target_weight)) for c in cats])
-            per_sample = w @ self.benefit  # b_k = sum_j w_j B[j][k]
-            mins = np.array([float((cfg.min_samples or {}).get(c, 0)) for c in cats])
-            default = list(cfg.default_share_bounds) if cfg.default_share_bounds is not None else [0.0, 1.0]
-            shares = np.array([list((cfg.share_bounds or {}).get(c, default)) for c in cats], dtype=np.float64)
-            solution = lp_mix.solve_mix(per_sample, available, cats, cfg.budget, mins, shares)
-            counts = solution.counts
-            self.objective = solution.objective
-            self.per_sample_benefit = dict(zip(cats, per_sample.tolist()))
-        else:
-            counts = available.copy()
-            self.objective = None
-            self.per_sample_benefit = {}
+        counts = self._mix(cfg, cats, available)
         self.counts = dict(zip(cats, counts.tolist()))
         kept = [c for c, n in self.counts.items() if n > 0]
         self.category_pools = {
@@ -227,6 +214,21 @@ class BeyondIIDCurriculum:
         self.stages = stages_from_lengths("stage", lengths, rewarm=cfg.lr_schedule == "rewarm")
         self.replay = cfg.replay
         self.order = cfg.order
+
+    def _mix(self, cfg: BeyondIIDConfig, cats: List[str], available: np.ndarray) -> np.ndarray:
+        """Samples kept per category: the LP's choice (Zhao et al.'s step 2), or every sample."""
+        if cfg.mix != "lp":
+            self.objective, self.per_sample_benefit = None, {}
+            return available.copy()
+        w = np.array([float((cfg.target_weights or {}).get(c, cfg.default_target_weight)) for c in cats])
+        per_sample = w @ self.benefit  # b_k = sum_j w_j B[j][k]
+        mins = np.array([float((cfg.min_samples or {}).get(c, 0)) for c in cats])
+        default = list(cfg.default_share_bounds) if cfg.default_share_bounds is not None else [0.0, 1.0]
+        shares = np.array([list((cfg.share_bounds or {}).get(c, default)) for c in cats], dtype=np.float64)
+        solution = lp_mix.solve_mix(per_sample, available, cats, cfg.budget, mins, shares)
+        self.objective = solution.objective
+        self.per_sample_benefit = dict(zip(cats, per_sample.tolist()))
+        return solution.counts
 
     @staticmethod
     def _select(pool: np.ndarray, n: int, difficulty: np.ndarray, rule: str, seed: int) -> np.ndarray:

@@ -20,7 +20,7 @@ What we inferred, and the key that changes each choice:
   (`reward_per_share`): a cluster's loss drop after an update grows with the share of the batch it
   held, and Exp3.S's importance weight n_i/(m pi(i)) already multiplies by that share, so without
   this the reward rewards the action itself and one cluster takes the batch (rich get richer;
-  `python -m ct_train.curriculum.bench share`). With token-normalised loss the share is the token
+  `python benchmarks/curriculum_micro.py share`). With token-normalised loss the share is the token
   share, so long answers are not favoured for their length. `reward_normalization=relative` also
   divides by the cluster's loss (the fraction of its loss removed), so a high-loss cluster is not
   rewarded on absolute scale. Then raw gains -> [-1, 1] by the 20th/80th percentiles

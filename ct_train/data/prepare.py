@@ -151,27 +151,11 @@ def _tokenize(
     return tok.select_columns(TOKEN_COLUMNS + (TEXT_COLUMNS if keep_text else []))
 
 
-def prepare_data(
-    cfg: DataConfig,
-    tokenizer: Any,
-    parts: Optional[Dict[str, List[str]]] = None,
-    response_only: bool = False,
-    keep_text: bool = False,
-    probe_per_cluster: int = 0,
-) -> PreparedData:
-    """Load, normalise, split and tokenise; raises DataError/ConfigError on bad input.
-
-    `parts`: more training files by part name (a TAPIR round's own data); their samples are tagged
-    with the part (TokenizedSplit.part_ids) and never held out: the eval split comes from the main
-    data only. `response_only`: tokenise the responses without their prompts (IFD scoring).
-    `keep_text`: keep the records' text columns beside the tokens (scoring writes them back out).
-    `probe_per_cluster`: hold that many training records per cluster out as `PreparedData.probe`
-    (never trained on, not in the eval split): the held-out probe of `curriculum.signal=lp`.
-    """
+def _load_splits(cfg: DataConfig, parts: Optional[Dict[str, List[str]]], probe_per_cluster: int) -> tuple:
+    """The records of each split before tokenisation: ({train, eval}, probe records or None, counts)."""
     import datasets
 
     specs = _specs(cfg)
-    template = resolve_template(cfg.template, tokenizer)
     load = dict(
         fmt=cfg.format,
         cluster_field=cfg.cluster_field,
@@ -207,6 +191,28 @@ def prepare_data(
             part_examples = split_by_level(part_examples)
         stats[f"{part}_records"] = part_stats["records"]
         split["train"] = datasets.concatenate_datasets([split["train"], part_examples])
+    return split, probe_examples, stats
+
+
+def prepare_data(
+    cfg: DataConfig,
+    tokenizer: Any,
+    parts: Optional[Dict[str, List[str]]] = None,
+    response_only: bool = False,
+    keep_text: bool = False,
+    probe_per_cluster: int = 0,
+) -> PreparedData:
+    """Load, normalise, split and tokenise; raises DataError/ConfigError on bad input.
+
+    `parts`: more training files by part name (a TAPIR round's own data); their samples are tagged
+    with the part (TokenizedSplit.part_ids) and never held out: the eval split comes from the main
+    data only. `response_only`: tokenise the responses without their prompts (IFD scoring).
+    `keep_text`: keep the records' text columns beside the tokens (scoring writes them back out).
+    `probe_per_cluster`: hold that many training records per cluster out as `PreparedData.probe`
+    (never trained on, not in the eval split): the held-out probe of `curriculum.signal=lp`.
+    """
+    template = resolve_template(cfg.template, tokenizer)
+    split, probe_examples, stats = _load_splits(cfg, parts, probe_per_cluster)
     train = _tokenize(split["train"], template, tokenizer, cfg, stats, "train", response_only, keep_text)
     if len(train) == 0:
         raise DataError(

@@ -91,61 +91,56 @@ def _prepare_root(cfg: Config, resolved: Dict[str, Any]) -> str:
     return out
 
 
-def measure(cfg: Config, resolved: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """Measure the interaction matrix as configured and write it (rank 0); call on every rank."""
-    from ct_train.data import load_tokenizer, prepare_data
-    from ct_train.interaction import gradient, probe
+def _log(message: str) -> None:
+    dist.print0(f"interaction: {message}")
 
-    ic = cfg.interaction
-    dist.init(cfg.trainer.dist_timeout_s)
-    t0 = time.perf_counter()
-    root = dist.on_main(lambda: _prepare_root(cfg, resolved or {}))
 
-    def log(message: str) -> None:
-        dist.print0(f"interaction: {message}")
-
-    tokenizer = load_tokenizer(cfg.model.tokenizer, cfg.model.path)
-    data = dist.main_first(lambda: prepare_data(cfg.data, tokenizer))
+def _categories(cfg: Config, data: Any) -> tuple:
+    """The categories with training data and their sizes; ConfigError for fewer than two."""
     sizes_all = np.bincount(data.train.cluster_ids, minlength=len(data.clusters))
     categories = [c for c, n in zip(data.clusters, sizes_all) if n > 0]
     if len(categories) < 2:
         raise ConfigError(f"mode=interaction needs at least two categories with training data, got {categories}")
-    if ic.base_weights:
-        unknown = sorted(set(ic.base_weights) - set(categories))
+    if cfg.interaction.base_weights:
+        unknown = sorted(set(cfg.interaction.base_weights) - set(categories))
         if unknown:
             raise ConfigError(f"interaction.base_weights names unknown categories {unknown}; the data has {categories}")
-    sizes = np.array([sizes_all[data.clusters.index(c)] for c in categories])
-    if ic.method in ("probe", "both"):
-        probe.extra_samples(cfg, dist.world_size())  # a probe batch that cannot split fails before any training
-    log(f"{len(categories)} categories: {', '.join(categories)}")
+    return categories, np.array([sizes_all[data.clusters.index(c)] for c in categories])
 
-    start = cfg
+
+def _warm_start(cfg: Config, categories: List[str], sizes: np.ndarray, root: str) -> tuple:
+    """(config starting from the model the probes fork from, its name, its tokenizer or None):
+    with interaction.warmup_steps, a run on the base mix first, exported and reused."""
+    import dataclasses
+
+    from ct_train.data import load_tokenizer
+    from ct_train.interaction import probe
+
+    ic = cfg.interaction
     start_name = cfg.model.path or f"{cfg.model.name} (seed {cfg.trainer.seed})"
-    if ic.warmup_steps:
-        import dataclasses
+    if not ic.warmup_steps:
+        return cfg, start_name, None
+    weights = probe.mixes(categories, sizes, ic.base_weights, cfg.trainer.global_batch_size, 0)["base"]
+    wcfg = probe.probe_config(cfg, weights, os.path.join(root, "warmup"), ic.warmup_steps, cfg.trainer.seed)
+    wcfg.trainer.export_final = True
+    final_dir = os.path.join(root, "warmup", "final")
+    _log(f"warmup: {ic.warmup_steps} steps on the base mix -> {final_dir}")
+    probe.train_once(wcfg, {"weights": weights, "steps": ic.warmup_steps, "model": start_name})
+    start = dataclasses.replace(
+        cfg, model=dataclasses.replace(cfg.model, path=final_dir, architecture={}, tokenizer=None)
+    )
+    return start, f"{start_name} + {ic.warmup_steps} warmup steps", load_tokenizer(None, final_dir)
 
-        weights = probe.mixes(categories, sizes, ic.base_weights, cfg.trainer.global_batch_size, 0)["base"]
-        wcfg = probe.probe_config(cfg, weights, os.path.join(root, "warmup"), ic.warmup_steps, cfg.trainer.seed)
-        wcfg.trainer.export_final = True
-        final_dir = os.path.join(root, "warmup", "final")
-        log(f"warmup: {ic.warmup_steps} steps on the base mix -> {final_dir}")
-        probe.train_once(wcfg, {"weights": weights, "steps": ic.warmup_steps, "model": start_name})
-        start = dataclasses.replace(
-            cfg, model=dataclasses.replace(cfg.model, path=final_dir, architecture={}, tokenizer=None)
-        )
-        start_name = f"{start_name} + {ic.warmup_steps} warmup steps"
-        tokenizer = load_tokenizer(None, final_dir)
 
-    result: Dict[str, Any] = {
-        "version": VERSION,
-        "categories": categories,
-        "train_samples": dict(zip(categories, sizes.tolist())),
-        "start_model": start_name,
-        "config": {k: v for k, v in vars(ic).items()},
-    }
+def _estimates(cfg, start, data, tokenizer, categories, sizes, root, start_name) -> tuple:
+    """The configured estimates of E: (their entries for interaction.json, the matrices by name)."""
+    from ct_train.interaction import gradient, probe
+
+    ic = cfg.interaction
+    result: Dict[str, Any] = {}
     matrices: Dict[str, np.ndarray] = {}
     if ic.method in ("probe", "both"):
-        p = probe.run_probes(start, categories, sizes, root, start_name, log)
+        p = probe.run_probes(start, categories, sizes, root, start_name, _log)
         matrices["probe"] = p["effect"]
         result["probe"] = {
             "effect": _matrix(p["effect"]),
@@ -157,7 +152,7 @@ def measure(cfg: Config, resolved: Optional[Dict[str, Any]] = None) -> Dict[str,
             "runs": p["runs"],
         }
     if ic.method in ("gradient", "both"):
-        g = gradient.category_gradients(start, data, tokenizer, categories, log)
+        g = gradient.category_gradients(start, data, tokenizer, categories, _log)
         sim = gradient.similarity(g["vectors"], ic.similarity)
         matrices["gradient"] = -sim
         result["gradient"] = {
@@ -169,28 +164,58 @@ def measure(cfg: Config, resolved: Optional[Dict[str, Any]] = None) -> Dict[str,
         }
     if len(matrices) == 2:
         result["agreement"] = agreement(matrices["probe"], matrices["gradient"])
+    return result, matrices
+
+
+def measure(cfg: Config, resolved: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Measure the interaction matrix as configured and write it (rank 0); call on every rank."""
+    from ct_train.data import load_tokenizer, prepare_data
+    from ct_train.interaction import probe
+
+    ic = cfg.interaction
+    dist.init(cfg.trainer.dist_timeout_s)
+    t0 = time.perf_counter()
+    root = dist.on_main(lambda: _prepare_root(cfg, resolved or {}))
+    tokenizer = load_tokenizer(cfg.model.tokenizer, cfg.model.path)
+    data = dist.main_first(lambda: prepare_data(cfg.data, tokenizer))
+    categories, sizes = _categories(cfg, data)
+    if ic.method in ("probe", "both"):
+        probe.extra_samples(cfg, dist.world_size())  # a probe batch that cannot split fails before any training
+    _log(f"{len(categories)} categories: {', '.join(categories)}")
+    start, start_name, warm_tokenizer = _warm_start(cfg, categories, sizes, root)
+    tokenizer = warm_tokenizer or tokenizer
+    result: Dict[str, Any] = {
+        "version": VERSION,
+        "categories": categories,
+        "train_samples": dict(zip(categories, sizes.tolist())),
+        "start_model": start_name,
+        "config": {k: v for k, v in vars(ic).items()},
+    }
+    estimates, matrices = _estimates(cfg, start, data, tokenizer, categories, sizes, root, start_name)
+    result.update(estimates)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     result["world_size"] = dist.world_size()
-    path = os.path.join(root, FILE)
-
-    def write() -> None:
-        io.write_json(path, result, indent=1)
-        png = os.path.join(root, "interaction.png")
-        heatmap(
-            png,
-            categories,
-            {f"{name}: E[j][k]": m for name, m in matrices.items()},
-            f"interaction matrix ({start_name}); blue: training on k lowers j's held-out loss",
-        )
-        print(format_summary(result, path), flush=True)
-        if cfg.logger.name == "wandb":
-            try:
-                log_wandb(cfg, root, resolved or {}, categories, matrices, result.get("agreement"), png)
-            except Exception as e:  # the measurement is on disk already; a W&B problem must not hide it
-                print(f"interaction: warning: W&B logging failed ({str(e).splitlines()[0]}); results: {path}")
-
-    dist.on_main(write)
+    dist.on_main(lambda: _write(cfg, root, resolved or {}, categories, matrices, result, start_name))
     return result
+
+
+def _write(cfg, root, resolved, categories, matrices, result, start_name) -> None:
+    """interaction.json, its heatmap, the summary on the terminal and, with logger=wandb, W&B (rank 0)."""
+    path = os.path.join(root, FILE)
+    io.write_json(path, result, indent=1)
+    png = os.path.join(root, "interaction.png")
+    heatmap(
+        png,
+        categories,
+        {f"{name}: E[j][k]": m for name, m in matrices.items()},
+        f"interaction matrix ({start_name}); blue: training on k lowers j's held-out loss",
+    )
+    print(format_summary(result, path), flush=True)
+    if cfg.logger.name == "wandb":
+        try:
+            log_wandb(cfg, root, resolved, categories, matrices, result.get("agreement"), png)
+        except Exception as e:  # the measurement is on disk already; a W&B problem must not hide it
+            print(f"interaction: warning: W&B logging failed ({str(e).splitlines()[0]}); results: {path}")
 
 
 def log_wandb(

@@ -7,7 +7,7 @@ E_grad[j][k] = -cos(g_j, g_k) (or -g_j . g_k with `interaction.similarity=dot`).
 g_k is the token-mean loss gradient over `interaction.grad_samples` samples of k (drawn once, seeded),
 restricted to the parameters whose names match `interaction.params` (fnmatch, names as in the Hugging
 Face model, e.g. `model.layers.3.*`). Under ZeRO-3 each of those parameters' gradient is gathered
-alone (`deepspeed.utils.safe_get_full_grad`, after backward, before the step), folded into a count
+alone (`Engine.full_grads`, after backward, before the step), folded into a count
 sketch of `interaction.sketch_dim` buckets and freed: memory stays at one full parameter gradient,
 and K sketches. A count sketch (a fixed random bucket and sign per coordinate) keeps inner products
 in expectation; with sketch_dim=0 (or a subset smaller than it) the vectors are exact.
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import functools
 import math
 from typing import Any, Dict, List
 
@@ -66,13 +67,16 @@ class CountSketch:
             out.index_add_(0, bucket, chunk * sign)
 
 
+def _token_weights(batch: Any, denominator: float, grad_scale: int) -> torch.Tensor:
+    from ct_train.losses import objective_weights
+
+    return objective_weights(batch.n_target, "token", denominator, grad_scale=grad_scale)
+
+
 def category_gradients(cfg: Config, data: Any, tokenizer: Any, categories: List[str], log) -> Dict[str, Any]:
     """(K, D) matrix of per-category mean gradients (sketched or exact), identical on every rank."""
-    from deepspeed.utils import safe_get_full_grad
-
     from ct_train.data import collate
     from ct_train.engine import Engine
-    from ct_train.losses import objective, objective_weights
 
     ic, tr = cfg.interaction, cfg.trainer
     world, rank = dist.world_size(), dist.rank()
@@ -103,20 +107,15 @@ def category_gradients(cfg: Config, data: Any, tokenizer: Any, categories: List[
         rng = np.random.default_rng([tr.seed, 0x6AAD, k])
         idx = rng.choice(pool, batch, replace=len(pool) < batch)
         denominator = float(split.n_target[idx].sum())
-        mine = idx[rank * (batch // world) : (rank + 1) * (batch // world)]
-        micro = [mine[i : i + tr.micro_batch_size] for i in range(0, len(mine), tr.micro_batch_size)]
-        for i, m in enumerate(micro):
-            b = collate(split, m, tokenizer.pad_token_id).to(engine.device)
-            weights = objective_weights(b.n_target, "token", denominator, grad_scale=world * len(micro))
-            per_sample, _ = engine.forward(b, weights)
-            loss = objective(per_sample, weights)
-            engine.backward(loss)
-            if i < len(micro) - 1:
-                engine.step()
+        micro = dist.rank_micro_batches(idx, rank, world, tr.micro_batch_size)
+        batches = [collate(split, m, tokenizer.pad_token_id).to(engine.device) for m in micro]
+        weights_of = functools.partial(_token_weights, denominator=denominator, grad_scale=world * len(micro))
+        for _ in engine.accumulate(batches, weights_of):
+            pass  # the gradients accumulate in the engine; read below before the boundary step
         vec = torch.zeros(dim, dtype=torch.float64)
         offset = 0
-        for j, (_, p) in enumerate(chosen):  # one full gradient at a time (a collective under ZeRO-3)
-            g = safe_get_full_grad(p)
+        # One full gradient at a time (a collective under ZeRO-3): memory stays at one parameter's.
+        for j, g in enumerate(engine.full_grads([p for _, p in chosen])):
             if exact:
                 n = g.numel()
                 vec[offset : offset + n] = g.reshape(-1).double().cpu()

@@ -1,4 +1,4 @@
-"""IT2ACL's reward and bandit dynamics in a planted world (ct_train.curriculum.bench.simulate): gains
+"""IT2ACL's reward and bandit dynamics in a planted world (benchmarks/curriculum_micro.py: simulate): gains
 that grow with a cluster's share of the batch, planted learnability, the held-out probe signal."""
 
 import json
@@ -8,7 +8,7 @@ import pytest
 
 from ct_train.curriculum import ClusterStats, DataIndex, build_curriculum
 from ct_train.curriculum.bandit import Exp3S
-from ct_train.curriculum.bench import simulate
+from benchmarks.curriculum_micro import simulate
 from ct_train.curriculum.it2acl import ETA_HORIZON, LEGACY_ETA, IT2ACLConfig, lp_slope
 
 N = 14

@@ -1,10 +1,10 @@
 """Curriculum benchmarks (figures in docs/benchmarks.md).
 
-python -m ct_train.curriculum.bench sampler   # 10M samples in 100 clusters: build time, index
+python benchmarks/curriculum_micro.py sampler   # 10M samples in 100 clusters: build time, index
                                               # memory, plan + sample + observe time per step
-python -m ct_train.curriculum.bench eta       # IT2ACL's Exp3.S step size on a planted,
+python benchmarks/curriculum_micro.py eta       # IT2ACL's Exp3.S step size on a planted,
                                               # switching best cluster (how the default was chosen)
-python -m ct_train.curriculum.bench share     # IT2ACL's bandit when a cluster's gain grows with its
+python benchmarks/curriculum_micro.py share     # IT2ACL's bandit when a cluster's gain grows with its
                                               # share of the batch (the rich-get-richer confound)
 """
 
@@ -151,7 +151,7 @@ def bench_share(arms: int, seeds: int, steps: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m ct_train.curriculum.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="benchmarks/curriculum_micro.py", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
     s = sub.add_parser("sampler")
     s.add_argument("--samples", type=int, default=10_000_000)

@@ -1,0 +1,363 @@
+"""What a training run is made of, built once by `setup` and used by the trainer's loop.
+
+`Run` holds the parts (engine, data, curriculum, samplers, logger, state); `StageSchedule` knows
+where a staged curriculum's stages start and end and builds a stage's pools when it starts;
+`Checkpointer` decides what to resume from, checks it, saves and rotates; `FaultDrills` is the one
+hook through which the reliability drills reach the step. The trainer (`trainer.py`) reads as the
+algorithm because everything here is set up before its loop starts.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+import yaml
+
+from ct_train import checkpoint, io
+from ct_train import distributed as dist
+from ct_train.config import Config, Needs
+from ct_train.curriculum import DataIndex, build_curriculum
+from ct_train.curriculum.base import Curriculum, Staged, stage_at
+from ct_train.data import PreparedData, load_tokenizer, prepare_data
+from ct_train.engine import Engine, to_universal
+from ct_train.errors import ConfigError, DataError
+from ct_train.evaluation import evaluate, sample_losses
+from ct_train.logging import RunLogger
+from ct_train.sampler import CurriculumSampler
+from ct_train.signals import ClusterLossAccumulator
+
+PROBE_SEED = 7919  # offsets the SPG probe stream's seed from the training stream's
+INITIAL_LOSS_FILE = "initial_loss_difficulty.npy"
+STAGE_SCORES_DIR = "stage_scores"  # per-stage scores of the model at the stage's start (TAPIR rounds)
+
+
+@dataclass
+class TrainState:
+    """What the trainer itself must carry across a resume (the engine saves the rest)."""
+
+    step: int = 0
+    tokens: int = 0
+    initial_eval: Dict[str, float] = field(default_factory=dict)
+    last_eval: Dict[str, float] = field(default_factory=dict)
+    skipped_steps: int = 0  # steps whose update was discarded for a non-finite loss (on_nonfinite=skip)
+
+
+class FaultDrills:
+    """Reliability drills and their tests (docs/reliability.md), read from the environment once.
+
+    CT_TRAIN_NAN_AT=<step> makes rank 0's first micro-batch of that step non-finite. (Kills during a
+    save, CT_TRAIN_KILL_AT, are checkpoint.py's: they sit between its writes.)
+    """
+
+    def __init__(self) -> None:
+        self.nan_at = int(os.environ.get("CT_TRAIN_NAN_AT", "0") or 0)
+
+    def perturb(self, step: int) -> Optional[Callable[[int, torch.Tensor], torch.Tensor]]:
+        """The hook for `Engine.accumulate` at optimizer step `step` (1-based), or None."""
+        if self.nan_at != step or dist.rank() != 0:
+            return None
+        return lambda i, per_sample: per_sample * float("nan") if i == 0 else per_sample
+
+
+class Checkpointer:
+    """Which checkpoint to resume from, loading it, saving and rotating (DeepSpeed's files through
+    the engine, the trainer's state as JSON: checkpoint.py)."""
+
+    def __init__(self, cfg: Config, output_dir: str) -> None:
+        self.output_dir, self.cfg = output_dir, cfg
+        self.resume_from = checkpoint.resolve_resume(cfg.trainer.resume, output_dir)
+        own = os.path.abspath(checkpoint.checkpoints_dir(output_dir))
+        from_own = self.resume_from and os.path.abspath(self.resume_from[0]) == own
+        self.resumed_tag = self.resume_from[1] if from_own else None
+        # A checkpoint written by another number of ranks is converted to DeepSpeed's universal format
+        # (ZeRO partitions are per rank); the sampler and curriculum states do not depend on the ranks.
+        self.weights_dir = None
+        if self.resume_from is not None and checkpoint.saved_world_size(*self.resume_from) not in (
+            dist.world_size(),
+            0,
+        ):
+            self.weights_dir = to_universal(*self.resume_from, output_dir)
+
+    def load_weights(self, engine: Engine, clusters: List[str]) -> Optional[Dict[str, Any]]:
+        """Restore the engine from the checkpoint to resume (if any); returns its saved state."""
+        if self.resume_from is None:
+            return None
+        saved = checkpoint.load(engine, *self.resume_from, weights_dir=self.weights_dir)
+        if saved["clusters"] != clusters:
+            raise ConfigError(
+                f"cannot resume from {self.resume_from[1]}: its clusters {saved['clusters']} differ from "
+                f"the data's {clusters} (did data.* change?)"
+            )
+        return saved
+
+    def restore(self, saved: Dict[str, Any], sampler, curriculum, probe_sampler) -> None:
+        try:
+            sampler.load_state_dict(saved["sampler"])
+            curriculum.load_state_dict(saved["curriculum"])
+            if probe_sampler is not None:
+                probe_sampler.load_state_dict(saved["probe_sampler"])
+        except (ValueError, KeyError) as e:
+            raise ConfigError(f"cannot resume from {self.resume_from[1]}: {e} (did curriculum.* change?)") from None
+
+    def resumed_line(self, step: int, saved: Dict[str, Any]) -> str:
+        where = os.path.join(*self.resume_from)
+        via = (
+            f" (written by {saved['world_size']} ranks; loaded through {self.weights_dir})" if self.weights_dir else ""
+        )
+        return f"resumed from {where} at step {step}{via}"
+
+    def save(self, run: Run) -> None:
+        """A complete checkpoint of the run at its current step (a collective), then rotation."""
+        checkpoint.save(
+            run.engine,
+            self.output_dir,
+            run.state.step,
+            {
+                "clusters": run.data.clusters,
+                "sampler": run.sampler.state_dict(),
+                "probe_sampler": run.probe_sampler.state_dict() if run.probe_sampler else None,
+                "curriculum": run.curriculum.state_dict(),
+                "trainer": run.state.__dict__,
+                "world_size": dist.world_size(),
+            },
+        )
+        if dist.is_main():
+            stage_tags = [checkpoint.tag_for(s.end) for s in run.schedule.stages]  # a stage's last is kept
+            checkpoint.rotate(self.output_dir, self.cfg.trainer.keep_last_checkpoints, [self.resumed_tag, *stage_tags])
+
+    def has(self, step: int) -> bool:
+        tag_dir = os.path.join(checkpoint.checkpoints_dir(self.output_dir), checkpoint.tag_for(step))
+        return os.path.exists(os.path.join(tag_dir, checkpoint.STATE_FILE))
+
+    def describe_latest(self) -> str:
+        """Which checkpoint a restart resumes from, for the message that stops a run."""
+        return checkpoint.describe_latest(self.output_dir)
+
+
+class StageSchedule:
+    """The stages of a staged curriculum (phased, tapir, beyond_iid; none for the others): the run's
+    length when the curriculum sets it, where the LR re-warms, which stage a step is in, and each
+    stage's start, where a curriculum whose pools depend on the model (TAPIR) builds them."""
+
+    def __init__(self, curriculum: Curriculum, max_steps: int) -> None:
+        self.curriculum = curriculum if isinstance(curriculum, Staged) else None
+        self.stages = list(self.curriculum.stages) if self.curriculum is not None else []
+        # With trainer.max_steps=-1 the stages fix the run's length.
+        self.max_steps = self.stages[-1].end if self.stages and max_steps == -1 else max_steps
+        self.restarts = [s.start for s in self.stages if s.rewarm]
+        self.ends = {s.end: k for k, s in enumerate(self.stages)}
+        self.current = -1
+        self.note: Optional[str] = None  # a warning from the last stage start, for the log
+
+    def at(self, step: int) -> int:
+        return stage_at(self.stages, step) if self.stages else 0
+
+    def name(self, k: int) -> str:
+        return self.stages[k].name
+
+    def ending(self, step: int) -> Optional[int]:
+        """The stage that ends after `step` steps, unless the run ends there (it evaluates anyway)."""
+        return self.ends.get(step) if step < self.max_steps else None
+
+    def begin(self, k: int, step: int, score: Callable[[np.ndarray], np.ndarray], dirs: List[str]) -> Optional[dict]:
+        """Start stage k at `step`: a curriculum that builds the stage's pools from the current model
+        scores its candidates (`score`), cached under the output dir so a resumed run reads the
+        stage's starting model's scores back (its own model is no longer that one). Returns what
+        the curriculum says about the stage, None when its pools were fixed from the start."""
+        self.current = k
+        idx = self.curriculum.stage_candidates(k)
+        scores = None
+        if idx is not None:
+            name = f"{STAGE_SCORES_DIR}/{self.stages[k].name}.npy"
+            cached = [os.path.join(d, name) for d in dirs if os.path.exists(os.path.join(d, name))]
+            resumed_inside = step > self.stages[k].start
+            if resumed_inside and cached:
+                scores = np.load(cached[0])
+            if scores is None or len(scores) != len(idx):
+                if resumed_inside:
+                    self.note = f"warning: no cached scores for {self.stages[k].name}; scored with the resumed model"
+                scores = score(idx)
+                dist.on_main(lambda: io.save_npy(os.path.join(dirs[0], name), scores))
+        return self.curriculum.begin_stage(k, scores)
+
+    def rewarm_warning(self, warmup_steps: int, warmup_ratio: float) -> Optional[str]:
+        shortest = min((s.end - s.start for s in self.stages if s.rewarm), default=None)
+        if shortest is None or warmup_ratio or warmup_steps < shortest:
+            return None
+        return (
+            f"warning: trainer.warmup_steps={warmup_steps} is not shorter than a stage ({shortest} steps): "
+            "the LR re-warms in every stage and never leaves warmup there; set trainer.warmup_ratio instead"
+        )
+
+
+@dataclass
+class Run:
+    """Everything the loop touches, built by `setup`."""
+
+    cfg: Config
+    output_dir: str
+    tokenizer: Any
+    data: PreparedData
+    engine: Engine
+    needs: Needs
+    curriculum: Curriculum
+    schedule: StageSchedule
+    sampler: CurriculumSampler
+    probe_sampler: Optional[CurriculumSampler]  # SPG's fresh batches
+    checkpointer: Checkpointer
+    log: RunLogger
+    state: TrainState
+    loss_weights: Optional[np.ndarray]  # (C,) per-cluster weights of the losses in the objective
+    probe_every: int  # steps between held-out probe passes (signal=lp), 0 for none
+    accumulators: Dict[str, ClusterLossAccumulator]
+    drills: FaultDrills
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id
+
+    def evaluate(self) -> Dict[str, float]:
+        if self.data.eval is None:
+            return {}
+        tr = self.cfg.trainer
+        return evaluate(
+            self.engine, self.data.eval, self.data.clusters, tr.micro_batch_size, self.pad_id, self.cfg.data.exact_match
+        )
+
+    def begin_stage(self, k: int) -> Optional[dict]:
+        dirs = [self.output_dir]
+        if self.checkpointer.resume_from:
+            dirs.append(os.path.dirname(self.checkpointer.resume_from[0]))
+        score = lambda idx: sample_losses(  # noqa: E731
+            self.engine, self.data.train, self.cfg.trainer.micro_batch_size, self.pad_id, idx
+        )
+        return self.schedule.begin(k, self.state.step, score, dirs)
+
+
+def prepare_output_dir(cfg: Config, resolved: Dict[str, Any]) -> str:
+    """Create and check the output dir on rank 0 before anything heavy; every rank gets the path."""
+
+    def check() -> str:
+        out = io.prepare_output_dir(cfg.trainer.output_dir)
+        if cfg.trainer.resume == "never" and checkpoint.complete_tags(checkpoint.checkpoints_dir(out)):
+            raise ConfigError(
+                f"trainer.output_dir={out} already holds checkpoints and trainer.resume=never; "
+                "use trainer.resume=auto to continue, or another trainer.output_dir"
+            )
+        io.write_atomic(os.path.join(out, "config.yaml"), yaml.safe_dump(resolved, sort_keys=False))
+        return out
+
+    return dist.on_main(check)
+
+
+def curriculum_difficulty(cfg: Config, needs: Needs, engine: Engine, split, pad_id: int, output_dir: str) -> np.ndarray:
+    """Per-sample difficulty for the curriculum: the data's, or the initial model's loss when the
+    curriculum asks for it (`needs.difficulty`: initial_loss, or auto with samples lacking one)."""
+    source = needs.difficulty
+    missing = np.flatnonzero(np.isnan(split.difficulty))
+    if source == "data" and len(missing):
+        key = needs.difficulty_key
+        raise DataError(
+            f"curriculum={cfg.curriculum.name} needs a difficulty for every training sample ({key}=data) but "
+            f"{len(missing)} of {len(split)} have none, first {split.describe(missing[0])}; set "
+            f"data.difficulty_field, score the data with ct-train-score, or use {key}=initial_loss"
+        )
+    if not (source == "initial_loss" or (source == "auto" and len(missing))):
+        return split.difficulty
+    # Cached in the output dir: a resumed run must see the bands of the first start, not the loss of
+    # the resumed model.
+    path = os.path.join(output_dir, INITIAL_LOSS_FILE)
+    if os.path.exists(path):
+        cached = np.load(path)
+        if len(cached) == len(split):
+            return cached
+    losses = sample_losses(engine, split, cfg.trainer.micro_batch_size, pad_id)
+    dist.on_main(lambda: io.save_npy(path, losses))
+    return losses
+
+
+def _build_curriculum(cfg: Config, needs: Needs, data: PreparedData, difficulty: np.ndarray) -> tuple:
+    """The curriculum over the training split, and the warnings it raised (logged once the log is open)."""
+    split, tr = data.train, cfg.trainer
+    index = DataIndex(data.clusters, split.cluster_ids, difficulty, split.part_ids, split.parts)
+    inputs = io.read_inputs(needs.inputs)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        curriculum = build_curriculum(
+            cfg.curriculum, index, seed=tr.seed, total_steps=tr.max_steps, global_batch_size=tr.global_batch_size,
+            inputs=inputs,
+        )  # fmt: skip
+    return curriculum, [str(w.message) for w in caught]
+
+
+def setup(cfg: Config, resolved: Dict[str, Any]) -> Run:
+    """Build the run, in the order the parts depend on each other (call on every rank): output dir ->
+    data -> engine -> curriculum -> stages -> resumed state -> samplers -> log."""
+    tr = cfg.trainer
+    dist.init(tr.dist_timeout_s)
+    grad_accum_steps = tr.grad_accum_steps(dist.world_size())  # fails here, before any data work
+    output_dir = prepare_output_dir(cfg, resolved)
+    needs = cfg.curriculum.needs()
+    tokenizer = load_tokenizer(cfg.model.tokenizer, cfg.model.path)
+    data = dist.main_first(
+        lambda: prepare_data(cfg.data, tokenizer, parts=needs.data_parts, probe_per_cluster=needs.probe_per_cluster)
+    )
+    checkpointer = Checkpointer(cfg, output_dir)
+    engine = Engine(cfg, tokenizer, load_universal=checkpointer.weights_dir is not None)
+    # The curriculum sees cluster ids and difficulty only; a difficulty it needs and the data lacks
+    # is the initial model's loss (computed before a checkpoint is loaded, and cached).
+    difficulty = curriculum_difficulty(cfg, needs, engine, data.train, tokenizer.pad_token_id, output_dir)
+    curriculum, curriculum_warnings = _build_curriculum(cfg, needs, data, difficulty)
+    schedule = StageSchedule(curriculum, tr.max_steps)
+    engine.set_lr_schedule(schedule.max_steps, schedule.restarts)  # the LR restarts where a stage re-warms
+    saved = checkpointer.load_weights(engine, data.clusters)
+    state = TrainState(**saved["trainer"]) if saved else TrainState()
+    run = Run(
+        cfg, output_dir, tokenizer, data, engine, needs, curriculum, schedule, None, None, checkpointer, None, state,
+        loss_weights=None if needs.loss_weights is None else np.array(
+            [float(needs.loss_weights.get(c, 1.0)) for c in data.clusters]
+        ),
+        probe_every=needs.probe_every_steps if data.probe is not None else 0,
+        accumulators={n: ClusterLossAccumulator(data.clusters, engine.device) for n in ("train", "probe", "after")},
+        drills=FaultDrills(),
+    )  # fmt: skip
+    stage_info = run.begin_stage(schedule.at(state.step)) if schedule.curriculum is not None else None
+    pools = curriculum.pools()
+    run.sampler = CurriculumSampler(pools, tr.global_batch_size, tr.seed)
+    # SPG's fresh batches come from their own stream, so the training stream is the same as with PG.
+    if needs.signal == "spg":
+        run.probe_sampler = CurriculumSampler(pools, tr.global_batch_size, tr.seed + PROBE_SEED)
+    if saved is not None:
+        checkpointer.restore(saved, run.sampler, curriculum, run.probe_sampler)
+    run.log = RunLogger(cfg.logger, output_dir, resolved, schedule.max_steps, state.step, tr.log_samples)
+    _log_start(run, grad_accum_steps, curriculum_warnings, stage_info, saved)
+    return run
+
+
+def _log_start(run: Run, grad_accum_steps: int, caught: List[str], stage_info: Optional[dict], saved) -> None:
+    tr, data, log, world = run.cfg.trainer, run.data, run.log, dist.world_size()
+    log.write(
+        f"ct_train: {world} rank(s), {run.engine.num_parameters():,} parameters, ZeRO-{run.engine.zero_stage}, "
+        f"{len(data.train):,} train / {len(data.eval) if data.eval else 0:,} eval samples in "
+        f"{len(data.clusters)} clusters, global batch {tr.global_batch_size} = {world} ranks x "
+        f"{tr.micro_batch_size} x {grad_accum_steps} accumulation steps; data counts: "
+        f"{ {k: v for k, v in data.stats.items() if v} }"
+    )
+    for message in caught:
+        log.write(f"warning: {message}")
+    if run.curriculum.describe():
+        log.write(run.curriculum.describe())
+    rewarm = run.schedule.rewarm_warning(tr.warmup_steps, tr.warmup_ratio)
+    if rewarm:
+        log.write(rewarm)
+    if run.schedule.note:
+        log.write(run.schedule.note)
+    if stage_info:
+        log.write(f"{run.schedule.name(run.schedule.at(run.state.step))}: {stage_info}")
+    if saved is not None:
+        log.write(run.checkpointer.resumed_line(run.state.step, saved))
