@@ -45,8 +45,8 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -ra -m "not distributed and not integration" tests
 
 lint: $(STAMP)
-	$(BIN)/ruff check ct_train kernels tests
-	$(BIN)/ruff format --check ct_train kernels tests
+	$(BIN)/ruff check ct_train kernels tests benchmarks
+	$(BIN)/ruff format --check ct_train kernels tests benchmarks
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

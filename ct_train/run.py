@@ -224,9 +224,14 @@ class Run:
     def evaluate(self) -> Dict[str, float]:
         if self.data.eval is None:
             return {}
-        tr = self.cfg.trainer
+        trainer = self.cfg.trainer
         return evaluate(
-            self.engine, self.data.eval, self.data.clusters, tr.micro_batch_size, self.pad_id, self.cfg.data.exact_match
+            self.engine,
+            self.data.eval,
+            self.data.clusters,
+            trainer.micro_batch_size,
+            self.pad_id,
+            self.cfg.data.exact_match,
         )
 
     def begin_stage(self, k: int) -> Optional[dict]:
@@ -283,24 +288,28 @@ def curriculum_difficulty(cfg: Config, needs: Needs, engine: Engine, split, pad_
 
 def _build_curriculum(cfg: Config, needs: Needs, data: PreparedData, difficulty: np.ndarray) -> tuple:
     """The curriculum over the training split, and the warnings it raised (logged once the log is open)."""
-    split, tr = data.train, cfg.trainer
+    split, trainer = data.train, cfg.trainer
     index = DataIndex(data.clusters, split.cluster_ids, difficulty, split.part_ids, split.parts)
     inputs = io.read_inputs(needs.inputs)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         curriculum = build_curriculum(
-            cfg.curriculum, index, seed=tr.seed, total_steps=tr.max_steps, global_batch_size=tr.global_batch_size,
+            cfg.curriculum,
+            index,
+            seed=trainer.seed,
+            total_steps=trainer.max_steps,
+            global_batch_size=trainer.global_batch_size,
             inputs=inputs,
-        )  # fmt: skip
+        )
     return curriculum, [str(w.message) for w in caught]
 
 
 def setup(cfg: Config, resolved: Dict[str, Any]) -> Run:
     """Build the run, in the order the parts depend on each other (call on every rank): output dir ->
     data -> engine -> curriculum -> stages -> resumed state -> samplers -> log."""
-    tr = cfg.trainer
-    dist.init(tr.dist_timeout_s)
-    grad_accum_steps = tr.grad_accum_steps(dist.world_size())  # fails here, before any data work
+    trainer = cfg.trainer
+    dist.init(trainer.dist_timeout_s)
+    grad_accum_steps = trainer.grad_accum_steps(dist.world_size())  # fails here, before any data work
     output_dir = prepare_output_dir(cfg, resolved)
     needs = cfg.curriculum.needs()
     tokenizer = load_tokenizer(cfg.model.tokenizer, cfg.model.path)
@@ -313,7 +322,7 @@ def setup(cfg: Config, resolved: Dict[str, Any]) -> Run:
     # is the initial model's loss (computed before a checkpoint is loaded, and cached).
     difficulty = curriculum_difficulty(cfg, needs, engine, data.train, tokenizer.pad_token_id, output_dir)
     curriculum, curriculum_warnings = _build_curriculum(cfg, needs, data, difficulty)
-    schedule = StageSchedule(curriculum, tr.max_steps)
+    schedule = StageSchedule(curriculum, trainer.max_steps)
     engine.set_lr_schedule(schedule.max_steps, schedule.restarts)  # the LR restarts where a stage re-warms
     saved = checkpointer.load_weights(engine, data.clusters)
     state = TrainState(**saved["trainer"]) if saved else TrainState()
@@ -328,31 +337,31 @@ def setup(cfg: Config, resolved: Dict[str, Any]) -> Run:
     )  # fmt: skip
     stage_info = run.begin_stage(schedule.at(state.step)) if schedule.curriculum is not None else None
     pools = curriculum.pools()
-    run.sampler = CurriculumSampler(pools, tr.global_batch_size, tr.seed)
+    run.sampler = CurriculumSampler(pools, trainer.global_batch_size, trainer.seed)
     # SPG's fresh batches come from their own stream, so the training stream is the same as with PG.
     if needs.signal == "spg":
-        run.probe_sampler = CurriculumSampler(pools, tr.global_batch_size, tr.seed + PROBE_SEED)
+        run.probe_sampler = CurriculumSampler(pools, trainer.global_batch_size, trainer.seed + PROBE_SEED)
     if saved is not None:
         checkpointer.restore(saved, run.sampler, curriculum, run.probe_sampler)
-    run.log = RunLogger(cfg.logger, output_dir, resolved, schedule.max_steps, state.step, tr.log_samples)
+    run.log = RunLogger(cfg.logger, output_dir, resolved, schedule.max_steps, state.step, trainer.log_samples)
     _log_start(run, grad_accum_steps, curriculum_warnings, stage_info, saved)
     return run
 
 
 def _log_start(run: Run, grad_accum_steps: int, caught: List[str], stage_info: Optional[dict], saved) -> None:
-    tr, data, log, world = run.cfg.trainer, run.data, run.log, dist.world_size()
+    trainer, data, log, world = run.cfg.trainer, run.data, run.log, dist.world_size()
     log.write(
         f"ct_train: {world} rank(s), {run.engine.num_parameters():,} parameters, ZeRO-{run.engine.zero_stage}, "
         f"{len(data.train):,} train / {len(data.eval) if data.eval else 0:,} eval samples in "
-        f"{len(data.clusters)} clusters, global batch {tr.global_batch_size} = {world} ranks x "
-        f"{tr.micro_batch_size} x {grad_accum_steps} accumulation steps; data counts: "
+        f"{len(data.clusters)} clusters, global batch {trainer.global_batch_size} = {world} ranks x "
+        f"{trainer.micro_batch_size} x {grad_accum_steps} accumulation steps; data counts: "
         f"{ {k: v for k, v in data.stats.items() if v} }"
     )
     for message in caught:
         log.write(f"warning: {message}")
     if run.curriculum.describe():
         log.write(run.curriculum.describe())
-    rewarm = run.schedule.rewarm_warning(tr.warmup_steps, tr.warmup_ratio)
+    rewarm = run.schedule.rewarm_warning(trainer.warmup_steps, trainer.warmup_ratio)
     if rewarm:
         log.write(rewarm)
     if run.schedule.note:

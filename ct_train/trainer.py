@@ -3,7 +3,7 @@ observe -> log -> checkpoint. Its parts (engine, data, curriculum, samplers, sta
 are built by `run.setup` before the loop starts.
 
 Everything a step needs that depends on the global batch (its token count, the loss denominator) is
-computed from the sampler's global batch on every rank, so the only collective per step beyond
+computed from the sampler's global batch on every rank, so the only collective contribution step beyond
 ZeRO's own is the (2 x C) per-cluster signal all-reduce.
 """
 
@@ -105,8 +105,8 @@ def train_step(run: Run) -> Optional[StepResult]:
         measure(run.engine, split, probe_micro, run.pad_id, run.accumulators["probe"])
     # The signal is reduced before the boundary step, so a non-finite loss stops the run before the
     # optimizer applies its gradients: the weights and checkpoints stay clean.
-    acc = [run.accumulators["train"]] + ([run.accumulators["probe"]] if probe_micro is not None else [])
-    stats, *probe_before = reduce_together(acc)
+    accumulators = [run.accumulators["train"]] + ([run.accumulators["probe"]] if probe_micro is not None else [])
+    stats, *probe_before = reduce_together(accumulators)
     skip = None
     if not np.isfinite(stats.loss_sum).all():
         bad = ~torch.isfinite(torch.cat(step_losses)).cpu().numpy()
@@ -139,28 +139,28 @@ def loss_denominator(run: Run, global_batch: np.ndarray) -> tuple:
     every rank, from the global batch alone (no collective)."""
     split = run.data.train
     if run.cfg.trainer.loss_normalization == "token":
-        per = split.n_target[global_batch].astype(np.float64)
+        contribution = split.n_target[global_batch].astype(np.float64)
     else:
-        per = (split.n_target[global_batch] > 0).astype(np.float64)
+        contribution = (split.n_target[global_batch] > 0).astype(np.float64)
     if run.loss_weights is not None:  # a weighted mean: the weights shift emphasis, not the scale
-        per = per * run.loss_weights[split.cluster_ids[global_batch]]
-    denominator = float(per.sum())
-    by_cluster = np.bincount(split.cluster_ids[global_batch], weights=per, minlength=len(run.data.clusters))
+        contribution = contribution * run.loss_weights[split.cluster_ids[global_batch]]
+    denominator = float(contribution.sum())
+    by_cluster = np.bincount(split.cluster_ids[global_batch], weights=contribution, minlength=len(run.data.clusters))
     return denominator, by_cluster / max(denominator, 1e-12)
 
 
 def forward_backward(run: Run, micro: List[np.ndarray], denominator: float) -> tuple:
     """Forward and backward of this rank's micro-batches into the accumulated gradient; the train
     accumulator gets their per-sample losses. Returns the sample ids and their losses."""
-    tr = run.cfg.trainer
-    grad_scale = dist.world_size() * tr.grad_accum_steps(dist.world_size())
+    trainer = run.cfg.trainer
+    grad_scale = dist.world_size() * trainer.grad_accum_steps(dist.world_size())
     weights_t = None
     if run.loss_weights is not None:
         weights_t = torch.tensor(run.loss_weights, dtype=torch.float32, device=run.engine.device)
 
     def weights_of(batch) -> torch.Tensor:
         sample_weights = None if weights_t is None else weights_t[batch.cluster_ids]
-        return objective_weights(batch.n_target, tr.loss_normalization, denominator, grad_scale, sample_weights)
+        return objective_weights(batch.n_target, trainer.loss_normalization, denominator, grad_scale, sample_weights)
 
     batches = [collate(run.data.train, idx, run.pad_id).to(run.engine.device) for idx in micro]
     trained_ids, step_losses = [], []
@@ -173,10 +173,10 @@ def forward_backward(run: Run, micro: List[np.ndarray], denominator: float) -> t
 
 def nonfinite(run: Run, local_ids: list) -> str:
     """Stop (trainer.on_nonfinite=stop, or too many skips), or describe the step to skip."""
-    tr, state = run.cfg.trainer, run.state
+    trainer, state = run.cfg.trainer, run.state
     ids = sorted({i for ids in dist.all_gather_object(local_ids) for i in ids})
     what = f"non-finite loss at step {state.step + 1} in samples {ids[:20]}{' ...' if len(ids) > 20 else ''}"
-    if tr.on_nonfinite == "skip" and state.skipped_steps < tr.max_skipped_steps:
+    if trainer.on_nonfinite == "skip" and state.skipped_steps < trainer.max_skipped_steps:
         return what
     too_many = (
         f" ({state.skipped_steps} steps skipped already, trainer.max_skipped_steps)" if state.skipped_steps else ""
@@ -220,8 +220,8 @@ def start_stage(run: Run) -> None:
 
 def log_metrics(run: Run, r: StepResult) -> Dict[str, Any]:
     """The step's metrics on logging steps (every trainer.log_every_steps, the last, stage ends)."""
-    step, tr = run.state.step, run.cfg.trainer
-    if not (step % tr.log_every_steps == 0 or step == run.schedule.max_steps or step in run.schedule.ends):
+    step, trainer = run.state.step, run.cfg.trainer
+    if not (step % trainer.log_every_steps == 0 or step == run.schedule.max_steps or step in run.schedule.ends):
         return {}
     mean_loss = float(r.stats.loss_sum.sum() / max(r.stats.count.sum(), 1.0))
     run.log.progress(step, {"loss": f"{mean_loss:.4f}", "tok/s": f"{r.tokens / r.seconds:,.0f}"})
@@ -240,10 +240,12 @@ def log_metrics(run: Run, r: StepResult) -> Dict[str, Any]:
 
 def end_step(run: Run, metrics: Dict[str, Any]) -> None:
     """Held-out eval, stage end and checkpoint where the step calls for them; then the log row."""
-    state, tr, schedule = run.state, run.cfg.trainer, run.schedule
+    state, trainer, schedule = run.state, run.cfg.trainer, run.schedule
     stage_end = schedule.ending(state.step)
     before_end = state.step < schedule.max_steps  # (the run's end evaluates and saves anyway)
-    if stage_end is not None or (tr.eval_every_steps and state.step % tr.eval_every_steps == 0 and before_end):
+    if stage_end is not None or (
+        trainer.eval_every_steps and state.step % trainer.eval_every_steps == 0 and before_end
+    ):
         state.last_eval = run.evaluate()
         metrics.update(state.last_eval)
     if stage_end is not None:
@@ -251,18 +253,20 @@ def end_step(run: Run, metrics: Dict[str, Any]) -> None:
         run.log.write(f"{schedule.name(stage_end)} ends at step {state.step}: {_brief(state.last_eval)}")
     if metrics:
         run.log.log(state.step, metrics)
-    if stage_end is not None or (tr.save_every_steps and state.step % tr.save_every_steps == 0 and before_end):
+    if stage_end is not None or (
+        trainer.save_every_steps and state.step % trainer.save_every_steps == 0 and before_end
+    ):
         run.checkpointer.save(run)
 
 
 def finish(run: Run) -> Optional[str]:
     """The final eval, the last checkpoint and the Hugging Face export; returns final/'s path."""
-    state, tr, stages = run.state, run.cfg.trainer, run.schedule.stages
+    state, trainer, stages = run.state, run.cfg.trainer, run.schedule.stages
     state.last_eval = run.evaluate()
     run.log.log(state.step, {**state.last_eval, **({"curriculum/stage_end": len(stages)} if stages else {})})
-    if tr.save_final and not run.checkpointer.has(state.step):
+    if trainer.save_final and not run.checkpointer.has(state.step):
         run.checkpointer.save(run)  # (a resumed, already finished run keeps its final checkpoint untouched)
-    if not tr.export_final:
+    if not trainer.export_final:
         return None
     final_dir = os.path.join(run.output_dir, "final")
     run.engine.export_hf(final_dir, run.tokenizer)
@@ -307,7 +311,7 @@ def _brief(metrics: Dict[str, float]) -> str:
 
 
 def format_summary(summary: Dict[str, Any]) -> str:
-    """The end-of-run table: held-out loss (and exact match) per cluster, before and after."""
+    """The end-of-run table: held-out loss (and exact match) contribution cluster, before and after."""
     before, after = summary["initial_eval"], summary["final_eval"]
     has_em = any(k.endswith("/exact_match") for k in after)
     head = f"{'cluster':<16}{'loss before':>12}{'loss after':>12}" + (

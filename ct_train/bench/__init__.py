@@ -130,20 +130,20 @@ def run(cfg: Config, resolved: Dict[str, Any], overrides: List[str]) -> Dict[str
     from ct_train.errors import UserError
 
     dist.init(cfg.trainer.dist_timeout_s)
-    bc = cfg.bench
+    bench = cfg.bench
     root = os.path.abspath(os.path.expanduser(cfg.trainer.output_dir))
 
     dist.on_main(lambda: io.prepare_output_dir(cfg.trainer.output_dir))
-    base = user_overrides(overrides) + (quick_overrides(cfg) if bc.quick else [])
+    base = user_overrides(overrides) + (quick_overrides(cfg) if bench.quick else [])
     ctx = Context(cfg, root, base)
     # The budget and the eval grid as every run will see them.
     run_cfg, _ = ctx.compose([])
     strategies = registered()
-    names = list(bc.strategies) or list(strategies)
+    names = list(bench.strategies) or list(strategies)
     if "iid" not in names:
         names = ["iid"] + names  # the reference every ratio is taken against
     # The bench command's own trainer.seed (dropped from the runs' shared overrides, which set their own).
-    seeds = [cfg.trainer.seed + s for s in range(min(bc.seeds, QUICK_SEEDS) if bc.quick else bc.seeds)]
+    seeds = [cfg.trainer.seed + s for s in range(min(bench.seeds, QUICK_SEEDS) if bench.quick else bench.seeds)]
     dist.print0(
         f"bench: {len(names)} strategies x {len(seeds)} seeds, {run_cfg.trainer.max_steps} steps x "
         f"{run_cfg.trainer.global_batch_size} samples each -> {root}"
@@ -158,7 +158,7 @@ def run(cfg: Config, resolved: Dict[str, Any], overrides: List[str]) -> Dict[str
             for seed in seeds:
                 out = run_dir(root, name, seed)
                 dist.print0(f"bench: {name} seed {seed}")
-                per_run = list(strategy.overrides) + extra + list((bc.overrides or {}).get(name, []))
+                per_run = list(strategy.overrides) + extra + list((bench.overrides or {}).get(name, []))
                 per_run += [f"trainer.seed={seed}", f"trainer.output_dir={out}", "trainer.resume=never", "mode=train"]
                 per_run += ["trainer.save_every_steps=0", "trainer.save_final=false", "trainer.export_final=false"]
                 result = _train_once(ctx, per_run, out)
@@ -185,7 +185,7 @@ def run(cfg: Config, resolved: Dict[str, Any], overrides: List[str]) -> Dict[str
         "prepare_s": ctx.prepare_s,
         "runs_s": round(sum(r["wall_s"] for r in runs), 1),  # the runs' own wall times, also of kept ones
         "wall_s": round(time.perf_counter() - t_all, 1),  # this invocation
-        "quick": bc.quick,
+        "quick": bench.quick,
         "failed": failed,
     }
     summary = dist.on_main(lambda: report.write(root, runs, meta))

@@ -116,48 +116,48 @@ def _warm_start(cfg: Config, categories: List[str], sizes: np.ndarray, root: str
     from ct_train.data import load_tokenizer
     from ct_train.interaction import probe
 
-    ic = cfg.interaction
+    interaction = cfg.interaction
     start_name = cfg.model.path or f"{cfg.model.name} (seed {cfg.trainer.seed})"
-    if not ic.warmup_steps:
+    if not interaction.warmup_steps:
         return cfg, start_name, None
-    weights = probe.mixes(categories, sizes, ic.base_weights, cfg.trainer.global_batch_size, 0)["base"]
-    wcfg = probe.probe_config(cfg, weights, os.path.join(root, "warmup"), ic.warmup_steps, cfg.trainer.seed)
+    weights = probe.mixes(categories, sizes, interaction.base_weights, cfg.trainer.global_batch_size, 0)["base"]
+    wcfg = probe.probe_config(cfg, weights, os.path.join(root, "warmup"), interaction.warmup_steps, cfg.trainer.seed)
     wcfg.trainer.export_final = True
     final_dir = os.path.join(root, "warmup", "final")
-    _log(f"warmup: {ic.warmup_steps} steps on the base mix -> {final_dir}")
-    probe.train_once(wcfg, {"weights": weights, "steps": ic.warmup_steps, "model": start_name})
+    _log(f"warmup: {interaction.warmup_steps} steps on the base mix -> {final_dir}")
+    probe.train_once(wcfg, {"weights": weights, "steps": interaction.warmup_steps, "model": start_name})
     start = dataclasses.replace(
         cfg, model=dataclasses.replace(cfg.model, path=final_dir, architecture={}, tokenizer=None)
     )
-    return start, f"{start_name} + {ic.warmup_steps} warmup steps", load_tokenizer(None, final_dir)
+    return start, f"{start_name} + {interaction.warmup_steps} warmup steps", load_tokenizer(None, final_dir)
 
 
 def _estimates(cfg, start, data, tokenizer, categories, sizes, root, start_name) -> tuple:
     """The configured estimates of E: (their entries for interaction.json, the matrices by name)."""
     from ct_train.interaction import gradient, probe
 
-    ic = cfg.interaction
+    interaction = cfg.interaction
     result: Dict[str, Any] = {}
     matrices: Dict[str, np.ndarray] = {}
-    if ic.method in ("probe", "both"):
+    if interaction.method in ("probe", "both"):
         p = probe.run_probes(start, categories, sizes, root, start_name, _log)
         matrices["probe"] = p["effect"]
         result["probe"] = {
             "effect": _matrix(p["effect"]),
             "effect_std": _matrix(p["effect_std"]),
             "base_loss": dict(zip(categories, [round(float(v), 6) for v in p["base_loss"]])),
-            "steps": ic.probe_steps,
+            "steps": interaction.probe_steps,
             "extra_samples_per_step": p["extra_samples"],
-            "seeds": ic.seeds,
+            "seeds": interaction.seeds,
             "runs": p["runs"],
         }
-    if ic.method in ("gradient", "both"):
+    if interaction.method in ("gradient", "both"):
         g = gradient.category_gradients(start, data, tokenizer, categories, _log)
-        sim = gradient.similarity(g["vectors"], ic.similarity)
+        sim = gradient.similarity(g["vectors"], interaction.similarity)
         matrices["gradient"] = -sim
         result["gradient"] = {
             "effect": _matrix(-sim),
-            "similarity": ic.similarity,
+            "similarity": interaction.similarity,
             "parameters": g["parameters"],
             "sketch_dim": None if g["exact"] else g["dim"],
             "samples_per_category": g["samples"],
@@ -172,14 +172,14 @@ def measure(cfg: Config, resolved: Optional[Dict[str, Any]] = None) -> Dict[str,
     from ct_train.data import load_tokenizer, prepare_data
     from ct_train.interaction import probe
 
-    ic = cfg.interaction
+    interaction = cfg.interaction
     dist.init(cfg.trainer.dist_timeout_s)
     t0 = time.perf_counter()
     root = dist.on_main(lambda: _prepare_root(cfg, resolved or {}))
     tokenizer = load_tokenizer(cfg.model.tokenizer, cfg.model.path)
     data = dist.main_first(lambda: prepare_data(cfg.data, tokenizer))
     categories, sizes = _categories(cfg, data)
-    if ic.method in ("probe", "both"):
+    if interaction.method in ("probe", "both"):
         probe.extra_samples(cfg, dist.world_size())  # a probe batch that cannot split fails before any training
     _log(f"{len(categories)} categories: {', '.join(categories)}")
     start, start_name, warm_tokenizer = _warm_start(cfg, categories, sizes, root)
@@ -189,7 +189,7 @@ def measure(cfg: Config, resolved: Optional[Dict[str, Any]] = None) -> Dict[str,
         "categories": categories,
         "train_samples": dict(zip(categories, sizes.tolist())),
         "start_model": start_name,
-        "config": {k: v for k, v in vars(ic).items()},
+        "config": {k: v for k, v in vars(interaction).items()},
     }
     estimates, matrices = _estimates(cfg, start, data, tokenizer, categories, sizes, root, start_name)
     result.update(estimates)

@@ -78,36 +78,36 @@ def category_gradients(cfg: Config, data: Any, tokenizer: Any, categories: List[
     from ct_train.data import collate
     from ct_train.engine import Engine
 
-    ic, tr = cfg.interaction, cfg.trainer
+    interaction, trainer = cfg.interaction, cfg.trainer
     world, rank = dist.world_size(), dist.rank()
-    per_step = world * tr.micro_batch_size
-    batch = math.ceil(ic.grad_samples / per_step) * per_step  # one accumulation cycle per category
+    per_step = world * trainer.micro_batch_size
+    batch = math.ceil(interaction.grad_samples / per_step) * per_step  # one accumulation cycle per category
     gcfg = dataclasses.replace(
         cfg,
         trainer=dataclasses.replace(
-            tr, optimizer="sgd", lr=0.0, weight_decay=0.0, grad_clip=0.0, global_batch_size=batch, max_steps=1
+            trainer, optimizer="sgd", lr=0.0, weight_decay=0.0, grad_clip=0.0, global_batch_size=batch, max_steps=1
         ),
     )
     engine = Engine(gcfg, tokenizer)
-    chosen = select_parameters(list(engine.module.named_parameters()), list(ic.params))
+    chosen = select_parameters(list(engine.module.named_parameters()), list(interaction.params))
     total = sum(getattr(p, "ds_numel", p.numel()) for _, p in chosen)
-    exact = ic.sketch_dim == 0 or total <= ic.sketch_dim
-    dim = total if exact else ic.sketch_dim
+    exact = interaction.sketch_dim == 0 or total <= interaction.sketch_dim
+    dim = total if exact else interaction.sketch_dim
     log(
-        f"gradient estimate: {len(chosen)} parameter tensors ({total:,} values) matching {list(ic.params)}, "
+        f"gradient estimate: {len(chosen)} parameter tensors ({total:,} values) matching {list(interaction.params)}, "
         + ("exact vectors" if exact else f"count sketch of {dim:,} buckets")
         + f", {batch} samples per category"
     )
-    sketch = CountSketch(dim, tr.seed)
+    sketch = CountSketch(dim, trainer.seed)
     split = data.train
     out = np.zeros((len(categories), dim), dtype=np.float64)
     engine.train()
     for k, name in enumerate(categories):
         pool = np.flatnonzero(split.cluster_ids == data.clusters.index(name))
-        rng = np.random.default_rng([tr.seed, 0x6AAD, k])
+        rng = np.random.default_rng([trainer.seed, 0x6AAD, k])
         idx = rng.choice(pool, batch, replace=len(pool) < batch)
         denominator = float(split.n_target[idx].sum())
-        micro = dist.rank_micro_batches(idx, rank, world, tr.micro_batch_size)
+        micro = dist.rank_micro_batches(idx, rank, world, trainer.micro_batch_size)
         batches = [collate(split, m, tokenizer.pad_token_id).to(engine.device) for m in micro]
         weights_of = functools.partial(_token_weights, denominator=denominator, grad_scale=world * len(micro))
         for _ in engine.accumulate(batches, weights_of):

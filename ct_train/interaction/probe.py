@@ -54,12 +54,12 @@ def extra_samples(cfg: Config, world_size: int) -> int:
     batch still splits into ranks x micro-batches; ConfigError when no such number is near."""
     from ct_train.errors import ConfigError
 
-    tr = cfg.trainer
-    unit = world_size * tr.micro_batch_size
-    m = round(cfg.interaction.extra * tr.global_batch_size / unit) * unit
+    trainer = cfg.trainer
+    unit = world_size * trainer.micro_batch_size
+    m = round(cfg.interaction.extra * trainer.global_batch_size / unit) * unit
     if m <= 0:
         raise ConfigError(
-            f"interaction.extra={cfg.interaction.extra} adds {cfg.interaction.extra * tr.global_batch_size:g} "
+            f"interaction.extra={cfg.interaction.extra} adds {cfg.interaction.extra * trainer.global_batch_size:g} "
             f"samples per step, but a probe's batch grows in units of ranks x trainer.micro_batch_size = {unit}; "
             "raise interaction.extra or lower trainer.micro_batch_size"
         )
@@ -77,7 +77,7 @@ def probe_config(cfg: Config, weights: Dict[str, float], out: str, steps: int, s
     held-out eval at the end only."""
     from ct_train.curriculum.mixture import MixtureConfig
 
-    tr = dataclasses.replace(
+    trainer = dataclasses.replace(
         cfg.trainer,
         max_steps=steps,
         global_batch_size=int(round(sum(weights.values()))),
@@ -92,7 +92,7 @@ def probe_config(cfg: Config, weights: Dict[str, float], out: str, steps: int, s
     )
     logger = dataclasses.replace(cfg.logger, name="none", progress_bar=False)
     curriculum = MixtureConfig(weights={c: w for c, w in weights.items() if w > 0}, default_weight=0.0, exact=True)
-    return dataclasses.replace(cfg, mode="train", trainer=tr, logger=logger, curriculum=curriculum)
+    return dataclasses.replace(cfg, mode="train", trainer=trainer, logger=logger, curriculum=curriculum)
 
 
 def train_once(cfg: Config, key: Dict[str, Any]) -> Dict[str, float]:
@@ -105,19 +105,19 @@ def train_once(cfg: Config, key: Dict[str, Any]) -> Dict[str, float]:
 
 def run_probes(cfg: Config, categories: List[str], sizes: np.ndarray, root: str, start: str, log) -> Dict[str, Any]:
     """Every probe run (per seed), and the effect matrix E (K x K) with its spread over seeds."""
-    ic = cfg.interaction
+    interaction = cfg.interaction
     extra = extra_samples(cfg, dist.world_size())
-    runs = mixes(categories, sizes, ic.base_weights, cfg.trainer.global_batch_size, extra)
+    runs = mixes(categories, sizes, interaction.base_weights, cfg.trainer.global_batch_size, extra)
     k_cats = len(categories)
     effects, base_losses = [], []
-    for s in range(ic.seeds):
+    for s in range(interaction.seeds):
         seed = cfg.trainer.seed + s
         losses = {}
         for k, (name, weights) in enumerate(runs.items()):
             out = run_dir(root, seed, name, k - 1)
-            key = {"weights": weights, "steps": ic.probe_steps, "seed": seed, "start": start}
+            key = {"weights": weights, "steps": interaction.probe_steps, "seed": seed, "start": start}
             log(f"probe {k}/{k_cats} (seed {seed}): {name}")
-            final = train_once(probe_config(cfg, weights, out, ic.probe_steps, seed), key)
+            final = train_once(probe_config(cfg, weights, out, interaction.probe_steps, seed), key)
             missing = [c for c in categories if f"eval/{c}/loss" not in final]
             if missing:
                 from ct_train.errors import DataError
@@ -133,7 +133,7 @@ def run_probes(cfg: Config, categories: List[str], sizes: np.ndarray, root: str,
     e = np.stack(effects)
     return {
         "effect": e.mean(axis=0),
-        "effect_std": e.std(axis=0, ddof=1) if ic.seeds > 1 else None,
+        "effect_std": e.std(axis=0, ddof=1) if interaction.seeds > 1 else None,
         "base_loss": np.stack(base_losses).mean(axis=0),
         "extra_samples": extra,
         "runs": {name: {c: round(w, 4) for c, w in weights.items()} for name, weights in runs.items()},

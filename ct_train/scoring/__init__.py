@@ -89,46 +89,48 @@ def score(cfg: Config, resolved: Optional[Dict[str, Any]] = None) -> Dict[str, A
     """Score the data as configured and write it (rank 0); call on every rank. Returns the summary."""
     from ct_train.data import load_tokenizer, prepare_data
 
-    sc = cfg.scoring
+    scoring = cfg.scoring
     dist.init(cfg.trainer.dist_timeout_s)
-    out_path = os.path.abspath(sc.output or default_output(cfg))
+    out_path = os.path.abspath(scoring.output or default_output(cfg))
 
     def check_output() -> None:  # before any work: an unwritable place fails now, not after the pass
         io.prepare_output_dir(os.path.dirname(out_path), "scoring.output")
-        io.prepare_output_dir(sc.cache_dir, "scoring.cache_dir")
+        io.prepare_output_dir(scoring.cache_dir, "scoring.cache_dir")
 
     dist.on_main(check_output)
     # Every record is scored: no held-out split, nothing dropped for length.
     data_cfg = dataclasses.replace(cfg.data, eval_fraction=0.0, eval_path=None, truncation="truncate")
-    if sc.name == "judge_gap":
-        data_cfg = dataclasses.replace(data_cfg, judge_fields=[sc.teacher_field, sc.student_field])
+    if scoring.name == "judge_gap":
+        data_cfg = dataclasses.replace(data_cfg, judge_fields=[scoring.teacher_field, scoring.student_field])
     t0 = time.perf_counter()
     tokenizer = load_tokenizer(cfg.model.tokenizer, cfg.model.path)
     data = dist.main_first(lambda: prepare_data(data_cfg, tokenizer, keep_text=True))
-    model = model_fingerprint(cfg, tokenizer) if sc.name in NEEDS_MODEL else "none"
-    fields = [sc.teacher_field, sc.student_field] if sc.name == "judge_gap" else [cfg.data.difficulty_field]
+    model = model_fingerprint(cfg, tokenizer) if scoring.name in NEEDS_MODEL else "none"
+    fields = (
+        [scoring.teacher_field, scoring.student_field] if scoring.name == "judge_gap" else [cfg.data.difficulty_field]
+    )
     key = hashlib.sha256(
-        json.dumps([sc.name, fields, model, data_fingerprint(data.train.dataset)]).encode()
+        json.dumps([scoring.name, fields, model, data_fingerprint(data.train.dataset)]).encode()
     ).hexdigest()[:24]
-    cache = os.path.join(sc.cache_dir, f"{sc.name}-{key}.npy")
+    cache = os.path.join(scoring.cache_dir, f"{scoring.name}-{key}.npy")
     cached = os.path.exists(cache)
     if cached:
         scores = np.load(cache)
     else:
         engine = response_only = None
-        if sc.name in NEEDS_MODEL:
+        if scoring.name in NEEDS_MODEL:
             from ct_train.engine import Engine
 
             engine = Engine(cfg, tokenizer, inference=True)
-        if sc.name == "ifd":
+        if scoring.name == "ifd":
             response_only = dist.main_first(lambda: prepare_data(data_cfg, tokenizer, response_only=True))
-        scores = SCORERS[sc.name](cfg, data, engine=engine, tokenizer=tokenizer, response_only=response_only)
+        scores = SCORERS[scoring.name](cfg, data, engine=engine, tokenizer=tokenizer, response_only=response_only)
 
         dist.on_main(lambda: io.save_npy(cache, scores))
     split = data.train
     summary = {
         "output": out_path,
-        "scorer": sc.name,
+        "scorer": scoring.name,
         "model": model,
         "records": int(len(split)),
         "scored": int(np.isfinite(scores).sum()),
@@ -140,14 +142,14 @@ def score(cfg: Config, resolved: Optional[Dict[str, Any]] = None) -> Dict[str, A
     }
 
     def write() -> None:
-        output.write_records(output.records(split.dataset, scores, sc.name, model), out_path)
-        if sc.histogram:
+        output.write_records(output.records(split.dataset, scores, scoring.name, model), out_path)
+        if scoring.histogram:
             output.histogram(
                 os.path.splitext(out_path)[0] + ".hist.png",
                 scores,
                 split.cluster_ids,
                 data.clusters,
-                f"difficulty ({sc.name}) per cluster: {os.path.basename(out_path)}",
+                f"difficulty ({scoring.name}) per cluster: {os.path.basename(out_path)}",
             )
         output.write_meta(out_path + ".meta.json", summary)
         print(format_summary(summary), flush=True)

@@ -43,11 +43,11 @@ def judge_gap(cfg: Config, data: PreparedData, **_: Any) -> np.ndarray:
 
     Loading computed it from `scoring.teacher_field` and `scoring.student_field` (data.judge_fields).
     """
-    sc = cfg.scoring
+    scoring = cfg.scoring
     return _require_all(
         data.train,
         data.train.difficulty.copy(),
-        f"{sc.teacher_field!r} and {sc.student_field!r} judge scores",
+        f"{scoring.teacher_field!r} and {scoring.student_field!r} judge scores",
         "set scoring.teacher_field / scoring.student_field to the fields holding them",
     )
 

@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
+from benchmarks.curriculum_micro import simulate
 from ct_train.curriculum import ClusterStats, DataIndex, build_curriculum
 from ct_train.curriculum.bandit import Exp3S
-from benchmarks.curriculum_micro import simulate
 from ct_train.curriculum.it2acl import ETA_HORIZON, LEGACY_ETA, IT2ACLConfig, lp_slope
 
 N = 14
