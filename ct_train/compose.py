@@ -16,7 +16,7 @@ from ct_train.curriculum import CURRICULA
 from ct_train.data.formats import FORMATS
 from ct_train.data.templates import TEMPLATES
 from ct_train.errors import ConfigError
-from ct_train.scoring.scorers import SCORERS
+from ct_train.scorers import SCORERS
 
 
 def register_configs() -> None:

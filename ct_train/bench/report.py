@@ -45,13 +45,13 @@ def load_run(path: str) -> Dict[str, Any]:
         if "tokens" in row:
             tokens_at[step] = int(row["tokens"])
             tok_s.append(float(row["tokens_per_s"]))
-        per = {base_cluster(m.group(1)): 0 for k in row if (m := _SAMPLES.match(k))}
+        by_cluster = {base_cluster(m.group(1)): 0 for k in row if (m := _SAMPLES.match(k))}
         for k, v in row.items():
             m = _SAMPLES.match(k)
             if m:
-                per[base_cluster(m.group(1))] += int(v)
-        if per:
-            samples[step] = per
+                by_cluster[base_cluster(m.group(1))] += int(v)
+        if by_cluster:  # this step's samples per (base) cluster
+            samples[step] = by_cluster
         if "eval/loss" in row:
             evals.append((step, {k: float(v) for k, v in row.items() if k.startswith("eval")}))
     if not evals:

@@ -53,7 +53,7 @@ def _prepare_beyond_iid(ctx) -> List[str]:
     them once (the gradient estimate after a warmup on the IID mix; the skill suite's categories are
     (cluster, level) pairs), outside the training budget, like Phased IFT's scores come from outside.
     The LP keeps every category between half and twice its uniform share, so it cannot drop one."""
-    from ct_train.interaction import FILE, measure
+    from ct_train.interaction import INTERACTION_FILE, measure
 
     split = ctx.cfg.data.name in GENERATED and ctx.cfg.data.skills.levels > 1  # (task, level) categories
     out = os.path.join(ctx.root, "prepare", "beyond_iid")
@@ -67,7 +67,7 @@ def _prepare_beyond_iid(ctx) -> List[str]:
         + (["data.split_by_difficulty=true"] if split else [])
         + (["interaction.grad_samples=8"] if ctx.cfg.bench.quick else [])
     )
-    path = os.path.join(out, FILE)
+    path = os.path.join(out, INTERACTION_FILE)
     result = ctx.cached(path, overrides)
     if result is None:
         cfg, resolved = ctx.compose(overrides)

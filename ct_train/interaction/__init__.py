@@ -33,7 +33,7 @@ from ct_train import io
 from ct_train.config import Config
 from ct_train.errors import ConfigError
 
-FILE = "interaction.json"
+INTERACTION_FILE = "interaction.json"
 VERSION = 1
 
 
@@ -201,7 +201,7 @@ def measure(cfg: Config, resolved: Optional[Dict[str, Any]] = None) -> Dict[str,
 
 def _write(cfg, root, resolved, categories, matrices, result, start_name) -> None:
     """interaction.json, its heatmap, the summary on the terminal and, with logger=wandb, W&B (rank 0)."""
-    path = os.path.join(root, FILE)
+    path = os.path.join(root, INTERACTION_FILE)
     io.write_json(path, result, indent=1)
     png = os.path.join(root, "interaction.png")
     heatmap(

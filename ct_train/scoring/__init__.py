@@ -25,8 +25,8 @@ import numpy as np
 from ct_train import distributed as dist
 from ct_train import io
 from ct_train.config import Config
+from ct_train.scorers import NEEDS_MODEL, SCORERS
 from ct_train.scoring import output
-from ct_train.scoring.scorers import NEEDS_MODEL, SCORERS
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 

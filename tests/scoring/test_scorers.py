@@ -8,8 +8,8 @@ import pytest
 from ct_train.config import Config, DataConfig, ModelConfig, ScoringConfig, TrainerConfig
 from ct_train.data import byte_tokenizer, prepare_data
 from ct_train.errors import DataError
+from ct_train.scorers import SCORERS
 from ct_train.scoring import data_fingerprint, model_fingerprint, output
-from ct_train.scoring.scorers import SCORERS
 
 
 def _write(path, records):

@@ -1,4 +1,5 @@
-"""The difficulty scorers: one function per `scoring=<name>`, each giving one float per sample.
+"""The difficulty scorers, by name (the registry `scoring=<name>` is checked against in compose.py):
+one function each, giving one float per sample; `ct-train-score` (ct_train.scoring) runs them.
 
 Model-free scorers (field, length, judge_gap) read what data loading produced; the model scorers
 (loss, ifd) run the distributed no-grad pass of `evaluation.sample_losses`, which gives every rank
