@@ -14,7 +14,6 @@ import os
 import random
 import re
 import shutil
-import signal
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
@@ -102,14 +101,15 @@ def _agree_ok(error: Optional[str], step: int, ckpt_dir: str) -> None:
         raise CheckpointError(f"could not write checkpoint {tag_for(step)} in {ckpt_dir} ({errors[0]}); {intact}")
 
 
-def save(engine: Any, output_dir: str, step: int, trainer_state: Dict[str, Any]) -> str:
+def save(engine: Any, output_dir: str, step: int, trainer_state: Dict[str, Any], drills: Any = None) -> str:
     """Write a complete checkpoint for `step` (a collective: every rank calls it). Returns its path.
 
     Each rank first checks that it can write the checkpoint directory and the ranks agree on the
     result, so an unwritable directory is one clear error on every rank instead of one rank failing
     inside DeepSpeed's save while the others wait for it. A write that fails later (disk full) is
-    reported the same way after the save.
+    reported the same way after the save. `drills`: the run's `drills.FaultDrills` (kill points).
     """
+    kill_point = drills.kill_point if drills is not None else (lambda name, step: None)
     ckpt_dir = checkpoints_dir(output_dir)
     tag = tag_for(step)
     path = os.path.join(ckpt_dir, tag)
@@ -121,10 +121,10 @@ def save(engine: Any, output_dir: str, step: int, trainer_state: Dict[str, Any])
     except OSError as e:
         error = f"rank {dist.rank()}: {e.strerror or e}: {e.filename or path}"
     _agree_ok(error, step, ckpt_dir)
-    _fault_point("before_engine_save", step)
+    kill_point("before_engine_save", step)
     try:
         engine.save(ckpt_dir, tag)
-        _fault_point("after_engine_save", step)
+        kill_point("after_engine_save", step)
         torch.save(_rng_state(), os.path.join(path, f"rng_rank{dist.rank()}.pt"))
     except (OSError, RuntimeError) as e:
         # torch.save reports a full disk as a RuntimeError from its zip writer; say how much room is left.
@@ -138,16 +138,9 @@ def save(engine: Any, output_dir: str, step: int, trainer_state: Dict[str, Any])
                 json.dump(trainer_state, f)
                 f.flush()
                 os.fsync(f.fileno())
-            _fault_point("before_marker_rename", step)
+            kill_point("before_marker_rename", step)
     dist.barrier()
     return path
-
-
-def _fault_point(name: str, step: int) -> None:
-    """Fault injection for reliability drills and tests: CT_TRAIN_KILL_AT=<point>:<step> makes rank 0
-    SIGKILL itself at that point of that step's save (tests/integration/test_faults.py)."""
-    if os.environ.get("CT_TRAIN_KILL_AT") == f"{name}:{step}" and dist.is_main():
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def rotate(output_dir: str, keep_last: int, protect: Iterable[Optional[str]] = ()) -> List[str]:

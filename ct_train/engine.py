@@ -207,8 +207,12 @@ class Engine:
             yield safe_get_full_grad(p)
 
     def num_parameters(self) -> int:
-        # Under ZeRO-3 each parameter is a partition; ds_numel is the full size.
-        return sum(getattr(p, "ds_numel", p.numel()) for p in self.module.parameters())
+        return self.full_numel(self.module.parameters())
+
+    @staticmethod
+    def full_numel(params: Any) -> int:
+        """Values in `params` at full size: under ZeRO-3 each parameter is a partition (ds_numel)."""
+        return sum(getattr(p, "ds_numel", p.numel()) for p in params)
 
     def train(self, mode: bool = True) -> None:
         self.ds.train(mode)

@@ -2,8 +2,8 @@
 
 `Run` holds the parts (engine, data, curriculum, samplers, logger, state); `StageSchedule` knows
 where a staged curriculum's stages start and end and builds a stage's pools when it starts;
-`Checkpointer` decides what to resume from, checks it, saves and rotates; `FaultDrills` is the one
-hook through which the reliability drills reach the step. The trainer (`trainer.py`) reads as the
+`Checkpointer` decides what to resume from, checks it, saves and rotates; the reliability drills
+reach the step and the save through one hook (`drills.FaultDrills`). The trainer (`trainer.py`) reads as the
 algorithm because everything here is set up before its loop starts.
 """
 
@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
-import torch
 import yaml
 
 from ct_train import checkpoint, io
@@ -24,6 +23,7 @@ from ct_train.config import Config, Needs
 from ct_train.curriculum import DataIndex, build_curriculum
 from ct_train.curriculum.base import Curriculum, Staged, stage_at
 from ct_train.data import PreparedData, load_tokenizer, prepare_data
+from ct_train.drills import FaultDrills
 from ct_train.engine import Engine, to_universal
 from ct_train.errors import ConfigError, DataError
 from ct_train.evaluation import evaluate, sample_losses
@@ -45,23 +45,6 @@ class TrainState:
     initial_eval: Dict[str, float] = field(default_factory=dict)
     last_eval: Dict[str, float] = field(default_factory=dict)
     skipped_steps: int = 0  # steps whose update was discarded for a non-finite loss (on_nonfinite=skip)
-
-
-class FaultDrills:
-    """Reliability drills and their tests (docs/reliability.md), read from the environment once.
-
-    CT_TRAIN_NAN_AT=<step> makes rank 0's first micro-batch of that step non-finite. (Kills during a
-    save, CT_TRAIN_KILL_AT, are checkpoint.py's: they sit between its writes.)
-    """
-
-    def __init__(self) -> None:
-        self.nan_at = int(os.environ.get("CT_TRAIN_NAN_AT", "0") or 0)
-
-    def perturb(self, step: int) -> Optional[Callable[[int, torch.Tensor], torch.Tensor]]:
-        """The hook for `Engine.accumulate` at optimizer step `step` (1-based), or None."""
-        if self.nan_at != step or dist.rank() != 0:
-            return None
-        return lambda i, per_sample: per_sample * float("nan") if i == 0 else per_sample
 
 
 class Checkpointer:
@@ -125,6 +108,7 @@ class Checkpointer:
                 "trainer": run.state.__dict__,
                 "world_size": dist.world_size(),
             },
+            run.drills,
         )
         if dist.is_main():
             stage_tags = [checkpoint.tag_for(s.end) for s in run.schedule.stages]  # a stage's last is kept
@@ -144,8 +128,13 @@ class StageSchedule:
     length when the curriculum sets it, where the LR re-warms, which stage a step is in, and each
     stage's start, where a curriculum whose pools depend on the model (TAPIR) builds them."""
 
-    def __init__(self, curriculum: Curriculum, max_steps: int) -> None:
+    def __init__(
+        self, curriculum: Curriculum, max_steps: int, score: Callable[[np.ndarray], np.ndarray], dirs: List[str]
+    ) -> None:
+        """`score(indices)`: the current model's per-sample losses (a collective); `dirs`: where stage
+        scores are cached, the output dir first (then the resumed checkpoint's run)."""
         self.curriculum = curriculum if isinstance(curriculum, Staged) else None
+        self.score, self.dirs = score, dirs
         self.stages = list(self.curriculum.stages) if self.curriculum is not None else []
         # With trainer.max_steps=-1 the stages fix the run's length.
         self.max_steps = self.stages[-1].end if self.stages and max_steps == -1 else max_steps
@@ -164,9 +153,9 @@ class StageSchedule:
         """The stage that ends after `step` steps, unless the run ends there (it evaluates anyway)."""
         return self.ends.get(step) if step < self.max_steps else None
 
-    def begin(self, k: int, step: int, score: Callable[[np.ndarray], np.ndarray], dirs: List[str]) -> Optional[dict]:
+    def begin(self, k: int, step: int) -> Optional[dict]:
         """Start stage k at `step`: a curriculum that builds the stage's pools from the current model
-        scores its candidates (`score`), cached under the output dir so a resumed run reads the
+        scores its candidates (`self.score`), cached under the output dir so a resumed run reads the
         stage's starting model's scores back (its own model is no longer that one). Returns what
         the curriculum says about the stage, None when its pools were fixed from the start."""
         self.current = k
@@ -174,15 +163,15 @@ class StageSchedule:
         scores = None
         if idx is not None:
             name = f"{STAGE_SCORES_DIR}/{self.stages[k].name}.npy"
-            cached = [os.path.join(d, name) for d in dirs if os.path.exists(os.path.join(d, name))]
+            cached = [os.path.join(d, name) for d in self.dirs if os.path.exists(os.path.join(d, name))]
             resumed_inside = step > self.stages[k].start
             if resumed_inside and cached:
                 scores = np.load(cached[0])
             if scores is None or len(scores) != len(idx):
                 if resumed_inside:
                     self.note = f"warning: no cached scores for {self.stages[k].name}; scored with the resumed model"
-                scores = score(idx)
-                dist.on_main(lambda: io.save_npy(os.path.join(dirs[0], name), scores))
+                scores = self.score(idx)
+                dist.on_main(lambda: io.save_npy(os.path.join(self.dirs[0], name), scores))
         return self.curriculum.begin_stage(k, scores)
 
     def rewarm_warning(self, warmup_steps: int, warmup_ratio: float) -> Optional[str]:
@@ -233,15 +222,6 @@ class Run:
             self.pad_id,
             self.cfg.data.exact_match,
         )
-
-    def begin_stage(self, k: int) -> Optional[dict]:
-        dirs = [self.output_dir]
-        if self.checkpointer.resume_from:
-            dirs.append(os.path.dirname(self.checkpointer.resume_from[0]))
-        score = lambda idx: sample_losses(  # noqa: E731
-            self.engine, self.data.train, self.cfg.trainer.micro_batch_size, self.pad_id, idx
-        )
-        return self.schedule.begin(k, self.state.step, score, dirs)
 
 
 def prepare_output_dir(cfg: Config, resolved: Dict[str, Any]) -> str:
@@ -322,28 +302,45 @@ def setup(cfg: Config, resolved: Dict[str, Any]) -> Run:
     # is the initial model's loss (computed before a checkpoint is loaded, and cached).
     difficulty = curriculum_difficulty(cfg, needs, engine, data.train, tokenizer.pad_token_id, output_dir)
     curriculum, curriculum_warnings = _build_curriculum(cfg, needs, data, difficulty)
-    schedule = StageSchedule(curriculum, trainer.max_steps)
+    schedule = StageSchedule(
+        curriculum,
+        trainer.max_steps,
+        score=lambda idx: sample_losses(engine, data.train, trainer.micro_batch_size, tokenizer.pad_token_id, idx),
+        dirs=[output_dir] + ([os.path.dirname(checkpointer.resume_from[0])] if checkpointer.resume_from else []),
+    )
     engine.set_lr_schedule(schedule.max_steps, schedule.restarts)  # the LR restarts where a stage re-warms
     saved = checkpointer.load_weights(engine, data.clusters)
     state = TrainState(**saved["trainer"]) if saved else TrainState()
+    # A stage whose pools depend on the model (a TAPIR round) is built before the samplers draw from it.
+    stage_info = schedule.begin(schedule.at(state.step), state.step) if schedule.curriculum is not None else None
+    pools = curriculum.pools()
+    sampler = CurriculumSampler(pools, trainer.global_batch_size, trainer.seed)
+    # SPG's fresh batches come from their own stream, so the training stream is the same as with PG.
+    probe_sampler = None
+    if needs.signal == "spg":
+        probe_sampler = CurriculumSampler(pools, trainer.global_batch_size, trainer.seed + PROBE_SEED)
+    if saved is not None:
+        checkpointer.restore(saved, sampler, curriculum, probe_sampler)
+    weights = needs.loss_weights
     run = Run(
-        cfg, output_dir, tokenizer, data, engine, needs, curriculum, schedule, None, None, checkpointer, None, state,
-        loss_weights=None if needs.loss_weights is None else np.array(
-            [float(needs.loss_weights.get(c, 1.0)) for c in data.clusters]
-        ),
+        cfg=cfg,
+        output_dir=output_dir,
+        tokenizer=tokenizer,
+        data=data,
+        engine=engine,
+        needs=needs,
+        curriculum=curriculum,
+        schedule=schedule,
+        sampler=sampler,
+        probe_sampler=probe_sampler,
+        checkpointer=checkpointer,
+        log=RunLogger(cfg.logger, output_dir, resolved, schedule.max_steps, state.step, trainer.log_samples),
+        state=state,
+        loss_weights=None if weights is None else np.array([float(weights.get(c, 1.0)) for c in data.clusters]),
         probe_every=needs.probe_every_steps if data.probe is not None else 0,
         accumulators={n: ClusterLossAccumulator(data.clusters, engine.device) for n in ("train", "probe", "after")},
-        drills=FaultDrills(),
-    )  # fmt: skip
-    stage_info = run.begin_stage(schedule.at(state.step)) if schedule.curriculum is not None else None
-    pools = curriculum.pools()
-    run.sampler = CurriculumSampler(pools, trainer.global_batch_size, trainer.seed)
-    # SPG's fresh batches come from their own stream, so the training stream is the same as with PG.
-    if needs.signal == "spg":
-        run.probe_sampler = CurriculumSampler(pools, trainer.global_batch_size, trainer.seed + PROBE_SEED)
-    if saved is not None:
-        checkpointer.restore(saved, run.sampler, curriculum, run.probe_sampler)
-    run.log = RunLogger(cfg.logger, output_dir, resolved, schedule.max_steps, state.step, trainer.log_samples)
+        drills=FaultDrills(dist.rank()),
+    )
     _log_start(run, grad_accum_steps, curriculum_warnings, stage_info, saved)
     return run
 

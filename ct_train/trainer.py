@@ -206,7 +206,7 @@ def start_stage(run: Run) -> None:
     k = schedule.at(step)
     if schedule.curriculum is None or k == schedule.current:
         return
-    info = run.begin_stage(k)
+    info = schedule.begin(k, step)
     if info is None:  # the stage's pools were fixed from the start (phased, beyond_iid)
         return
     run.sampler.replace_pools(run.curriculum.pools())

@@ -43,6 +43,7 @@ FLOORS = [
             "ct_train.errors",
             "ct_train.io",
             "ct_train.apportion",
+            "ct_train.drills",
         ],
     ),
 ]

@@ -90,7 +90,7 @@ def category_gradients(cfg: Config, data: Any, tokenizer: Any, categories: List[
     )
     engine = Engine(gcfg, tokenizer)
     chosen = select_parameters(list(engine.module.named_parameters()), list(interaction.params))
-    total = sum(getattr(p, "ds_numel", p.numel()) for _, p in chosen)
+    total = engine.full_numel(p for _, p in chosen)
     exact = interaction.sketch_dim == 0 or total <= interaction.sketch_dim
     dim = total if exact else interaction.sketch_dim
     log(
