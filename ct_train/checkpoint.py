@@ -1,14 +1,22 @@
 """Checkpoints: DeepSpeed's ZeRO checkpoint plus the trainer's own state, and which one to resume.
 
-Layout: `<output_dir>/checkpoints/step<N>/` holds DeepSpeed's files, one `rng_rank<R>.pt` per rank
-and, written last, `trainer_state.json` (step, sampler, curriculum, ...). That file is written by
-rank 0 only after every rank has finished writing (a barrier), to a temporary name then renamed, so
-its presence marks a complete checkpoint: a save killed half-way leaves a directory without it, which
-`latest_complete` never picks. DeepSpeed's own `latest` file is not used for the same reason.
+Layout: `<output_dir>/checkpoints/step<N>/` holds DeepSpeed's files, one `rng_rank<R>.json` per rank
+and, written last, `trainer_state.json` (step, sampler, curriculum, ..., and the manifest: size and
+sha256 of every other file). That file is written by rank 0 only after every rank has finished
+writing (a barrier), to a temporary name then renamed, so its presence marks a complete checkpoint: a
+save killed half-way leaves a directory without it, which `latest_complete` never picks. DeepSpeed's
+own `latest` file is not used for the same reason.
+
+Before a checkpoint is loaded its files are checked against the manifest. With `trainer.resume=auto`
+a damaged newest checkpoint (a file missing, truncated or changed, an unreadable state file) is moved
+aside to `step<N>.damaged` (kept, never picked again) and the previous complete one is used, with a
+warning naming both; a damaged checkpoint named explicitly is a one-line error. Our own state holds
+no pickle (JSON); DeepSpeed's files are still read by DeepSpeed's own loader.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -64,6 +72,33 @@ def resolve_resume(resume: str, output_dir: str) -> Optional[Tuple[str, str]]:
     if resume == "auto":
         tags = complete_tags(checkpoints_dir(output_dir))
         return (checkpoints_dir(output_dir), tags[-1][1]) if tags else None
+    return _explicit_checkpoint(resume)
+
+
+def pick_resume(resume: str, output_dir: str) -> Tuple[Optional[Tuple[str, str]], List[str]]:
+    """`resolve_resume` with every candidate checked first (rank 0 only: it reads every file):
+    (checkpoint, warnings). With auto, a damaged newest checkpoint is moved aside to
+    `<tag>.damaged` and the previous complete one is taken; a damaged one named explicitly is a
+    CheckpointError. Returns the choice and the warnings for the log."""
+    notes: List[str] = []
+    while True:
+        choice = resolve_resume(resume, output_dir)
+        if choice is None:
+            return None, notes
+        why = damage(*choice)
+        if why is None:
+            return choice, notes
+        if resume != "auto":
+            raise CheckpointError(f"trainer.resume={resume}: checkpoint {choice[1]} is damaged: {why}")
+        aside = os.path.join(choice[0], choice[1] + ".damaged")
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(os.path.join(*choice), aside)
+        notes.append(
+            f"warning: checkpoint {choice[1]} is damaged ({why}); moved to {aside}, resuming from the one before"
+        )
+
+
+def _explicit_checkpoint(resume: str) -> Tuple[str, str]:
     path = os.path.abspath(os.path.expanduser(resume))
     if os.path.isfile(os.path.join(path, STATE_FILE)):
         return os.path.dirname(path), os.path.basename(path)
@@ -77,19 +112,77 @@ def resolve_resume(resume: str, output_dir: str) -> Optional[Tuple[str, str]]:
     )
 
 
-def _rng_state() -> Dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+def rng_state() -> Dict[str, Any]:
+    """This process's generators as plain JSON (no pickle: a checkpoint must not be able to run code)."""
+    version, mt, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": [version, list(mt), gauss],
+        "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state().tolist(),
+    }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
+        state["cuda"] = torch.cuda.get_rng_state().tolist()
     return state
 
 
-def _set_rng_state(state: Dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+def set_rng_state(state: Dict[str, Any]) -> None:
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
+        torch.cuda.set_rng_state(torch.tensor(state["cuda"], dtype=torch.uint8))
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _payload_files(path: str) -> List[str]:
+    """Every file of a checkpoint directory but the state file (paths relative to it, sorted)."""
+    out = []
+    for d, _, files in os.walk(path):
+        for name in files:
+            rel = os.path.relpath(os.path.join(d, name), path)
+            if not rel.startswith("trainer_state."):  # the state file and its temporary names
+                out.append(rel)
+    return sorted(out)
+
+
+def manifest(path: str) -> Dict[str, List[Any]]:
+    """{file: [size, sha256]} of a written checkpoint; the ranks hash disjoint shares (a collective)."""
+    files = _payload_files(path)
+    mine = {rel: [os.path.getsize(os.path.join(path, rel)), _sha256(os.path.join(path, rel))]
+            for rel in files[dist.rank() :: dist.world_size()]}  # fmt: skip
+    return {k: v for part in dist.all_gather_object(mine) for k, v in part.items()}
+
+
+def damage(ckpt_dir: str, tag: str) -> Optional[str]:
+    """Why the checkpoint cannot be trusted (a file missing, of another size or content, a state file
+    that is not JSON), or None. A checkpoint from before manifests is only checked for its state."""
+    path = os.path.join(ckpt_dir, tag)
+    try:
+        with open(os.path.join(path, STATE_FILE)) as f:
+            state = json.load(f)
+    except (OSError, ValueError) as e:
+        return f"{STATE_FILE} unreadable ({str(e).splitlines()[0][:120]})"
+    if not isinstance(state, dict) or "trainer" not in state:
+        return f"{STATE_FILE} is not a trainer state"
+    for rel, (size, sha) in (state.get("manifest") or {}).items():
+        file = os.path.join(path, rel)
+        if not os.path.isfile(file):
+            return f"{rel} is missing"
+        if os.path.getsize(file) != size:
+            return f"{rel} has {os.path.getsize(file)} bytes, {size} were written"
+        if _sha256(file) != sha:
+            return f"{rel} differs from what was written (sha256)"
+    return None
 
 
 def _agree_ok(error: Optional[str], step: int, ckpt_dir: str) -> None:
@@ -125,13 +218,15 @@ def save(engine: Any, output_dir: str, step: int, trainer_state: Dict[str, Any],
     try:
         engine.save(ckpt_dir, tag)
         kill_point("after_engine_save", step)
-        torch.save(_rng_state(), os.path.join(path, f"rng_rank{dist.rank()}.pt"))
+        with open(os.path.join(path, f"rng_rank{dist.rank()}.json"), "w") as f:
+            json.dump(rng_state(), f)
     except (OSError, RuntimeError) as e:
         # torch.save reports a full disk as a RuntimeError from its zip writer; say how much room is left.
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0][:160]
         free_mib = shutil.disk_usage(ckpt_dir).free / 2**20
         error = f"rank {dist.rank()}: write failed: {reason}; {free_mib:.1f} MiB free there"
     _agree_ok(error, step, ckpt_dir)  # also the barrier: every rank's files are on disk before the marker
+    trainer_state = {**trainer_state, "manifest": manifest(path)}
     if dist.is_main():
         with io.atomic_path(os.path.join(path, STATE_FILE)) as tmp:
             with open(tmp, "w") as f:
@@ -180,7 +275,8 @@ def saved_world_size(ckpt_dir: str, tag: str) -> int:
 
 
 def load(engine: Any, ckpt_dir: str, tag: str, weights_dir: Optional[str] = None) -> Dict[str, Any]:
-    """Restore model, optimizer, scheduler and this rank's RNG; return the trainer state.
+    """Restore model, optimizer, scheduler and this rank's RNG; return the trainer state (checked by
+    `pick_resume` first).
 
     `weights_dir`: where DeepSpeed's files for `tag` are, when not beside the trainer state (a
     universal checkpoint converted for another world size).
@@ -188,8 +284,13 @@ def load(engine: Any, ckpt_dir: str, tag: str, weights_dir: Optional[str] = None
     path = os.path.join(ckpt_dir, tag)
     with open(os.path.join(path, STATE_FILE)) as f:
         state = json.load(f)
-    engine.load(weights_dir or ckpt_dir, tag)
-    rng_file = os.path.join(path, f"rng_rank{dist.rank()}.pt")
-    if os.path.isfile(rng_file):  # absent when resuming on more ranks than saved
-        _set_rng_state(torch.load(rng_file, weights_only=False))
+    try:
+        engine.load(weights_dir or ckpt_dir, tag)
+    except (OSError, RuntimeError, KeyError, ValueError, AssertionError) as e:
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot load checkpoint {path}: {reason}") from None
+    rng_file = os.path.join(path, f"rng_rank{dist.rank()}.json")
+    if os.path.isfile(rng_file):  # absent when resuming on more ranks than saved (or an old .pt: not read)
+        with open(rng_file) as f:
+            set_rng_state(json.load(f))
     return state

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+import warnings
 from typing import Any, Dict, List, Optional
 
 from ct_train import distributed as dist
@@ -20,10 +21,21 @@ METRICS_FILE = "metrics.jsonl"
 
 
 def read_jsonl(path: str) -> List[Dict[str, Any]]:
+    """The rows of a JSON-lines file. A torn last line (a process killed mid-write) is dropped with a
+    warning naming it; a bad line before the last is a ValueError naming file:line."""
     if not os.path.exists(path):
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+    rows = []
+    for i, (n, line) in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except ValueError as e:
+            if i < len(lines) - 1:
+                raise ValueError(f"{path}:{n}: not a JSON line ({e})") from None
+            warnings.warn(f"{path}:{n}: dropped a torn last line (a write cut short)", stacklevel=2)
+    return rows
 
 
 def _truncate_after(path: str, step: int) -> None:

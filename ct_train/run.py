@@ -53,7 +53,8 @@ class Checkpointer:
 
     def __init__(self, cfg: Config, output_dir: str) -> None:
         self.output_dir, self.cfg = output_dir, cfg
-        self.resume_from = checkpoint.resolve_resume(cfg.trainer.resume, output_dir)
+        # Checked before the model loads; a damaged newest checkpoint is set aside (rank 0 reads the files).
+        self.resume_from, self.notes = dist.on_main(lambda: checkpoint.pick_resume(cfg.trainer.resume, output_dir))
         own = os.path.abspath(checkpoint.checkpoints_dir(output_dir))
         from_own = self.resume_from and os.path.abspath(self.resume_from[0]) == own
         self.resumed_tag = self.resume_from[1] if from_own else None
@@ -356,6 +357,8 @@ def _log_start(run: Run, grad_accum_steps: int, caught: List[str], stage_info: O
     )
     for message in caught:
         log.write(f"warning: {message}")
+    for note in run.checkpointer.notes:
+        log.write(note)
     if run.curriculum.describe():
         log.write(run.curriculum.describe())
     rewarm = run.schedule.rewarm_warning(trainer.warmup_steps, trainer.warmup_ratio)

@@ -1,0 +1,112 @@
+"""Checkpoints that can be trusted: a manifest checked before load, a damaged newest checkpoint set
+aside for the previous one, RNG state without pickle, a torn metrics line survived."""
+
+import json
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from ct_train import checkpoint
+from ct_train.errors import CheckpointError
+from ct_train.logging import read_jsonl
+
+
+class FakeEngine:
+    """Writes and reads DeepSpeed-shaped files, as Engine.save / Engine.load do."""
+
+    def __init__(self):
+        self.loaded = None
+
+    def save(self, ckpt_dir, tag):
+        d = os.path.join(ckpt_dir, tag)
+        with open(os.path.join(d, "mp_rank_00_model_states.pt"), "wb") as f:
+            f.write(os.urandom(4096))
+        with open(os.path.join(d, "zero_pp_rank_0_mp_rank_00_optim_states.pt"), "wb") as f:
+            f.write(os.urandom(8192))
+
+    def load(self, ckpt_dir, tag):
+        self.loaded = tag
+
+
+def _save(out, step):
+    return checkpoint.save(FakeEngine(), str(out), step, {"trainer": {"step": step}, "world_size": 1})
+
+
+def test_a_saved_checkpoint_verifies_and_lists_every_file(tmp_path):
+    path = _save(tmp_path, 2)
+    state = json.loads(open(os.path.join(path, checkpoint.STATE_FILE)).read())
+    assert sorted(state["manifest"]) == [
+        "mp_rank_00_model_states.pt",
+        "rng_rank0.json",
+        "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+    ]
+    assert checkpoint.damage(str(tmp_path / "checkpoints"), checkpoint.tag_for(2)) is None
+
+
+@pytest.mark.parametrize(
+    "harm, reason",
+    [
+        (lambda d: open(d / "zero_pp_rank_0_mp_rank_00_optim_states.pt", "r+b").truncate(100), "has 100 bytes"),
+        (lambda d: os.remove(d / "mp_rank_00_model_states.pt"), "is missing"),
+        (lambda d: _flip(d / "zero_pp_rank_0_mp_rank_00_optim_states.pt"), "differs from what was written"),
+        (lambda d: (d / checkpoint.STATE_FILE).write_text("{garbage"), "unreadable"),
+    ],
+)
+def test_auto_sets_a_damaged_newest_checkpoint_aside_and_takes_the_previous(tmp_path, harm, reason):
+    _save(tmp_path, 2)
+    _save(tmp_path, 4)
+    newest = tmp_path / "checkpoints" / checkpoint.tag_for(4)
+    harm(newest)
+    choice, notes = checkpoint.pick_resume("auto", str(tmp_path))
+    assert choice == (str(tmp_path / "checkpoints"), checkpoint.tag_for(2))
+    assert len(notes) == 1 and checkpoint.tag_for(4) in notes[0] and reason in notes[0]
+    assert not newest.exists() and (tmp_path / "checkpoints" / (checkpoint.tag_for(4) + ".damaged")).is_dir()
+    # set aside for good: the next auto picks the intact one without a warning
+    assert checkpoint.pick_resume("auto", str(tmp_path)) == (choice, [])
+
+
+def test_a_damaged_checkpoint_named_explicitly_is_one_error(tmp_path):
+    path = _save(tmp_path, 2)
+    _flip(os.path.join(path, "mp_rank_00_model_states.pt"))
+    with pytest.raises(
+        CheckpointError, match=r"checkpoint step00000002 is damaged: mp_rank_00_model_states.pt differs"
+    ):
+        checkpoint.pick_resume(path, str(tmp_path / "elsewhere"))
+
+
+def test_rng_state_round_trips_as_json_and_a_pickle_payload_is_never_read(tmp_path):
+    path = _save(tmp_path, 2)
+    expected = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    # A planted pickle in the old file name would create a marker if it were ever unpickled.
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    torch.save(Payload(), os.path.join(path, "rng_rank0.pt"))
+    random.seed(0), np.random.seed(0), torch.manual_seed(0)
+    engine = FakeEngine()
+    state = checkpoint.load(engine, str(tmp_path / "checkpoints"), checkpoint.tag_for(2))
+    assert engine.loaded == checkpoint.tag_for(2) and state["trainer"]["step"] == 2
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected
+    assert not marker.exists()
+
+
+def test_a_torn_last_metrics_line_is_dropped_and_a_torn_middle_one_named(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3, "lo')
+    with pytest.warns(UserWarning, match=r"metrics.jsonl:3: dropped a torn last line"):
+        assert read_jsonl(str(path)) == [{"step": 1}, {"step": 2}]
+    path.write_text('{"step": 1}\n{"st\n{"step": 3}\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl:2: not a JSON line"):
+        read_jsonl(str(path))
+
+
+def _flip(path):
+    data = bytearray(open(path, "rb").read())
+    data[len(data) // 2] ^= 0xFF
+    open(path, "wb").write(bytes(data))
