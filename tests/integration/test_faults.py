@@ -189,3 +189,25 @@ def test_disk_full_during_a_save_is_a_clear_error_and_the_previous_checkpoint_lo
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert sorted(train_rows(tmp_path / "roomy"))[-1] == 6
+
+
+def test_flipped_bytes_in_the_newest_optimizer_state_fall_back_to_the_previous_checkpoint(tmp_path):
+    """The optimizer state of the newest checkpoint changes on disk (bit rot, a partial copy): the
+    next start finds it in the manifest, sets that checkpoint aside with one warning, resumes from
+    the one before and trains the steps again: the run ends as an uninterrupted one would."""
+    out = tmp_path / "run"
+    args = SHORT + ["trainer.save_every_steps=2", "trainer.export_final=false", f"trainer.output_dir={out}"]
+    first = run_cli(args + ["trainer.max_steps=4"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    optim = sorted((out / "checkpoints/step00000004").glob("*optim_states.pt"))
+    assert optim, sorted(p.name for p in (out / "checkpoints/step00000004").iterdir())
+    data = bytearray(optim[0].read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    optim[0].write_bytes(bytes(data))
+    resumed = run_cli(args + ["trainer.max_steps=6"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    log = resumed.stdout + resumed.stderr
+    assert "checkpoint step00000004 is damaged" in log and "differs from what was written" in log
+    assert "resumed from" in log and "step00000002 at step 2" in log and "Traceback" not in log
+    assert (out / "checkpoints/step00000004.damaged").is_dir()
+    assert sorted(train_rows(out)) == [1, 2, 3, 4, 5, 6]
