@@ -9,6 +9,8 @@ the checks that need them live here, above both (DESIGN.md: the compose floor).
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 from ct_train.config import Config, check_choice
@@ -19,9 +21,41 @@ from ct_train.errors import ConfigError
 from ct_train.scorers import SCORERS
 
 
+def run_hash(*, _root_: Any) -> str:
+    """`${ct_run_hash:}`: 8 hex digits of the composed run's training-relevant config (everything but
+    run.OPERATIONAL_KEYS), for the default trainer.output_dir: two different experiments never share
+    a directory, and the same command finds its own again. (The data's own fingerprint is checked
+    when a run resumes: the same files with other content are refused there.)"""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    from ct_train.run import OPERATIONAL_KEYS
+
+    flat = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        for key in node.keys():
+            name = f"{prefix}{key}"
+            if any(name == k or name.startswith(k + ".") for k in OPERATIONAL_KEYS):
+                continue  # (trainer.output_dir among them: resolving it here would recurse)
+            child = node._get_node(key)
+            if isinstance(child, DictConfig):
+                walk(child, name + ".")
+            else:
+                value = OmegaConf.select(_root_, name)
+                flat[name] = OmegaConf.to_container(value, resolve=True) if isinstance(value, ListConfig) else value
+
+    walk(_root_, "")
+    return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
 def register_configs() -> None:
-    """Register the schema so `hydra_conf/config.yaml` can list `ct_train_schema` first."""
+    """Register the schema so `hydra_conf/config.yaml` can list `ct_train_schema` first, and the
+    `ct_run_hash` resolver of the default output dir."""
     from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("ct_run_hash"):
+        OmegaConf.register_new_resolver("ct_run_hash", run_hash)
 
     store = ConfigStore.instance()
     store.store(name="ct_train_schema", node=Config)

@@ -237,6 +237,9 @@ class TrainerConfig:
     eval_every_steps: int = 0
     log_every_steps: int = 1
     resume: str = "auto"
+    # Keys a resume=auto may find changed (e.g. [trainer.lr]); any other difference from the run in
+    # the output dir is refused (run identity, run.py). A prefix allows a section: [curriculum].
+    resume_allow: List[str] = field(default_factory=list)
     seed: int = 42
     log_samples: bool = False
     export_final: bool = True
@@ -273,6 +276,10 @@ class TrainerConfig:
             raise ConfigError(
                 f"trainer.global_batch_size={self.global_batch_size} is not divisible by "
                 f"trainer.micro_batch_size={self.micro_batch_size}"
+            )
+        if not all(isinstance(k, str) and k for k in self.resume_allow):
+            raise ConfigError(
+                f"trainer.resume_allow={list(self.resume_allow)!r} must list config keys, e.g. [trainer.lr]"
             )
         if self.resume not in ("auto", "never") and not self.resume.strip():
             raise ConfigError("trainer.resume must be auto, never, or a checkpoint directory")

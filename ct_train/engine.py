@@ -243,8 +243,10 @@ class Engine:
 
     def set_lr_schedule(self, total_steps: int, restarts: Sequence[int] = ()) -> None:
         """The run's LR schedule once its length and stage starts are known (before the first step or
-        after loading a checkpoint: the scheduler's step count is kept, the factor recomputed)."""
+        after loading a checkpoint: the scheduler's step count is kept, the factor recomputed, and
+        the base LR is trainer.lr, whatever the checkpoint's was)."""
         self._lr_fn = lr_lambda(self.cfg.trainer, total_steps, restarts)
+        self.scheduler.base_lrs = [self.cfg.trainer.lr] * len(self.scheduler.base_lrs)
         factor = self._lr_fn(self.scheduler.last_epoch)
         for group, base in zip(self.scheduler.optimizer.param_groups, self.scheduler.base_lrs):
             group["lr"] = base * factor

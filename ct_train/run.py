@@ -9,6 +9,7 @@ algorithm because everything here is set up before its loop starts.
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from ct_train.config import Config, Needs
 from ct_train.curriculum import DataIndex, build_curriculum
 from ct_train.curriculum.base import Curriculum, Staged, stage_at
 from ct_train.data import PreparedData, load_tokenizer, prepare_data
+from ct_train.data.prepare import data_fingerprint
 from ct_train.drills import FaultDrills
 from ct_train.engine import Engine, to_universal
 from ct_train.errors import ConfigError, DataError
@@ -47,12 +49,59 @@ class TrainState:
     skipped_steps: int = 0  # steps whose update was discarded for a non-finite loss (on_nonfinite=skip)
 
 
+# Keys that do not change what a run computes: where it writes, how often it logs or saves, how it
+# reacts to faults, and how long it runs (raising trainer.max_steps continues the same run).
+OPERATIONAL_KEYS = (
+    "mode", "logger", "scoring", "interaction", "bench", "data.num_proc",
+    "trainer.output_dir", "trainer.resume", "trainer.resume_allow", "trainer.max_steps",
+    "trainer.save_every_steps", "trainer.keep_last_checkpoints", "trainer.eval_every_steps",
+    "trainer.log_every_steps", "trainer.log_samples", "trainer.export_final", "trainer.save_final",
+    "trainer.dist_timeout_s", "trainer.on_nonfinite", "trainer.max_skipped_steps",
+)  # fmt: skip
+
+
+def _flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _covered(key: str, names) -> bool:
+    return any(key == n or key.startswith(n + ".") for n in names)
+
+
+def run_identity(resolved: Dict[str, Any], data: PreparedData) -> Dict[str, Any]:
+    """What makes a run this run (DESIGN.md, "Run identity and resume"): its training-relevant config
+    (flattened, resolved) and the fingerprint of its tokenised data (train, eval and probe splits)."""
+    config = {k: v for k, v in _flatten(resolved).items() if not _covered(k, OPERATIONAL_KEYS)}
+    splits = [data.train, data.eval, data.probe]
+    fingerprint = "-".join(data_fingerprint(s.dataset) if s is not None else "none" for s in splits)
+    return {"config": config, "data": fingerprint}
+
+
+def identity_differences(saved: Dict[str, Any], current: Dict[str, Any], allowed=()) -> List[str]:
+    """What differs between a checkpoint's run and this one, as `key old -> new` (or "the data
+    changed"), leaving out the keys in `allowed` (trainer.resume_allow)."""
+    old, new = saved.get("config", {}), current["config"]
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and not _covered(k, allowed))
+    out = [f"{k} {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}" for k in keys]
+    if saved.get("data") != current["data"] and not _covered("data", allowed):
+        out.append("the data changed (its tokenised fingerprint differs)")
+    return out
+
+
 class Checkpointer:
     """Which checkpoint to resume from, loading it, saving and rotating (DeepSpeed's files through
     the engine, the trainer's state as JSON: checkpoint.py)."""
 
     def __init__(self, cfg: Config, output_dir: str) -> None:
         self.output_dir, self.cfg = output_dir, cfg
+        self.identity: Optional[Dict[str, Any]] = None
         # Checked before the model loads; a damaged newest checkpoint is set aside (rank 0 reads the files).
         self.resume_from, self.notes = dist.on_main(lambda: checkpoint.pick_resume(cfg.trainer.resume, output_dir))
         own = os.path.abspath(checkpoint.checkpoints_dir(output_dir))
@@ -66,6 +115,30 @@ class Checkpointer:
             0,
         ):
             self.weights_dir = to_universal(*self.resume_from, output_dir)
+
+    def check_identity(self, identity: Dict[str, Any]) -> None:
+        """Before the model loads: resume=auto continues only the same run (any difference but the
+        allowed keys is refused in one line); a checkpoint named explicitly may start a different
+        run from its weights (its differences are logged)."""
+        self.identity = identity
+        if self.resume_from is None:
+            return
+        with open(os.path.join(*self.resume_from, checkpoint.STATE_FILE)) as f:
+            saved = json.load(f).get("identity")
+        if saved is None:
+            self.notes.append(f"warning: {self.resume_from[1]} records no run identity (written before it existed)")
+            return
+        differs = identity_differences(saved, identity, self.cfg.trainer.resume_allow)
+        if not differs:
+            return
+        shown = "; ".join(differs[:6]) + (f"; and {len(differs) - 6} more" if len(differs) > 6 else "")
+        if self.cfg.trainer.resume != "auto":
+            self.notes.append(f"warning: {self.resume_from[1]} was trained by a different run: {shown}")
+            return
+        raise ConfigError(
+            f"trainer.output_dir={self.output_dir} holds another run ({self.resume_from[1]}): {shown}; use another "
+            "trainer.output_dir, or allow the change with trainer.resume_allow=[KEY,...]"
+        )
 
     def load_weights(self, engine: Engine, clusters: List[str]) -> Optional[Dict[str, Any]]:
         """Restore the engine from the checkpoint to resume (if any); returns its saved state."""
@@ -108,6 +181,7 @@ class Checkpointer:
                 "curriculum": run.curriculum.state_dict(),
                 "trainer": run.state.__dict__,
                 "world_size": dist.world_size(),
+                "identity": self.identity,
             },
             run.drills,
         )
@@ -235,10 +309,25 @@ def prepare_output_dir(cfg: Config, resolved: Dict[str, Any]) -> str:
                 f"trainer.output_dir={out} already holds checkpoints and trainer.resume=never; "
                 "use trainer.resume=auto to continue, or another trainer.output_dir"
             )
-        io.write_atomic(os.path.join(out, "config.yaml"), yaml.safe_dump(resolved, sort_keys=False))
         return out
 
     return dist.on_main(check)
+
+
+def write_config(output_dir: str, resolved: Dict[str, Any]) -> None:
+    """config.yaml of this attempt, written once the resume checks passed (rank 0). An earlier
+    attempt's different config.yaml is kept as config.<k>.yaml: nothing of an earlier run is lost."""
+    path = os.path.join(output_dir, "config.yaml")
+    text = yaml.safe_dump(resolved, sort_keys=False)
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            if f.read() == text:
+                return
+        k = 1
+        while os.path.exists(os.path.join(output_dir, f"config.{k}.yaml")):
+            k += 1
+        os.replace(path, os.path.join(output_dir, f"config.{k}.yaml"))
+    io.write_atomic(path, text)
 
 
 def curriculum_difficulty(cfg: Config, needs: Needs, engine: Engine, split, pad_id: int, output_dir: str) -> np.ndarray:
@@ -298,6 +387,8 @@ def setup(cfg: Config, resolved: Dict[str, Any]) -> Run:
         lambda: prepare_data(cfg.data, tokenizer, parts=needs.data_parts, probe_per_cluster=needs.probe_per_cluster)
     )
     checkpointer = Checkpointer(cfg, output_dir)
+    checkpointer.check_identity(run_identity(resolved, data))  # before the model loads
+    dist.on_main(lambda: write_config(output_dir, resolved))
     engine = Engine(cfg, tokenizer, load_universal=checkpointer.weights_dir is not None)
     # The curriculum sees cluster ids and difficulty only; a difficulty it needs and the data lacks
     # is the initial model's loss (computed before a checkpoint is loaded, and cached).
@@ -309,8 +400,10 @@ def setup(cfg: Config, resolved: Dict[str, Any]) -> Run:
         score=lambda idx: sample_losses(engine, data.train, trainer.micro_batch_size, tokenizer.pad_token_id, idx),
         dirs=[output_dir] + ([os.path.dirname(checkpointer.resume_from[0])] if checkpointer.resume_from else []),
     )
-    engine.set_lr_schedule(schedule.max_steps, schedule.restarts)  # the LR restarts where a stage re-warms
     saved = checkpointer.load_weights(engine, data.clusters)
+    # After the load: the schedule (it restarts where a stage re-warms) and trainer.lr are this
+    # attempt's, not the checkpoint's (an lr change the user allowed takes effect).
+    engine.set_lr_schedule(schedule.max_steps, schedule.restarts)
     state = TrainState(**saved["trainer"]) if saved else TrainState()
     # A stage whose pools depend on the model (a TAPIR round) is built before the samplers draw from it.
     stage_info = schedule.begin(schedule.at(state.step), state.step) if schedule.curriculum is not None else None

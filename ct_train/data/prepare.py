@@ -6,6 +6,7 @@ run (or the other ranks, which prepare after rank 0) reads the cache instead of 
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -290,3 +291,25 @@ def _split(ds: Any, clusters: List[str]) -> TokenizedSplit:
         part_ids=part_ids.astype(np.int64),
         parts=[str(p) for p in part_names],
     )
+
+
+def data_fingerprint(dataset: Any) -> str:
+    """A hash of the tokenised data itself (ids, token ids, labels, clusters, difficulty): any change
+    of file, template, tokenizer or data.max_seq_len changes it."""
+    h = hashlib.sha256()
+    table = dataset.with_format("arrow")
+    for batch in table.iter(batch_size=8192):
+        for name in ("id", "cluster", "difficulty", "input_ids", "labels"):
+            col = batch.column(name)
+            h.update(name.encode())
+            for chunk in col.chunks if hasattr(col, "chunks") else [col]:
+                h.update(str(chunk.to_pylist()).encode() if name in ("id", "cluster") else _arrow_bytes(chunk))
+    return h.hexdigest()[:16]
+
+
+def _arrow_bytes(chunk: Any) -> bytes:
+    import pyarrow as pa
+
+    values = chunk.flatten() if pa.types.is_list(chunk.type) else chunk
+    lengths = chunk.value_lengths().to_numpy(zero_copy_only=False) if pa.types.is_list(chunk.type) else []
+    return np.asarray(values.to_numpy(zero_copy_only=False)).tobytes() + np.asarray(lengths).tobytes()

@@ -25,6 +25,7 @@ import numpy as np
 from ct_train import distributed as dist
 from ct_train import io
 from ct_train.config import Config
+from ct_train.data.prepare import data_fingerprint
 from ct_train.scorers import NEEDS_MODEL, SCORERS
 from ct_train.scoring import output
 
@@ -52,28 +53,6 @@ def model_fingerprint(cfg: Config, tokenizer: Any) -> str:
         h.update(f"seed={cfg.trainer.seed}:vocab={len(tokenizer)}".encode())
     h.update(f"dtype={m.dtype}".encode())
     return h.hexdigest()[:16]
-
-
-def data_fingerprint(dataset: Any) -> str:
-    """A hash of the tokenised data itself (ids, token ids, labels, clusters, difficulty): any change
-    of file, template, tokenizer or data.max_seq_len changes it."""
-    h = hashlib.sha256()
-    table = dataset.with_format("arrow")
-    for batch in table.iter(batch_size=8192):
-        for name in ("id", "cluster", "difficulty", "input_ids", "labels"):
-            col = batch.column(name)
-            h.update(name.encode())
-            for chunk in col.chunks if hasattr(col, "chunks") else [col]:
-                h.update(str(chunk.to_pylist()).encode() if name in ("id", "cluster") else _arrow_bytes(chunk))
-    return h.hexdigest()[:16]
-
-
-def _arrow_bytes(chunk: Any) -> bytes:
-    import pyarrow as pa
-
-    values = chunk.flatten() if pa.types.is_list(chunk.type) else chunk
-    lengths = chunk.value_lengths().to_numpy(zero_copy_only=False) if pa.types.is_list(chunk.type) else []
-    return np.asarray(values.to_numpy(zero_copy_only=False)).tobytes() + np.asarray(lengths).tobytes()
 
 
 def default_output(cfg: Config) -> str:

@@ -211,3 +211,34 @@ def test_flipped_bytes_in_the_newest_optimizer_state_fall_back_to_the_previous_c
     assert "resumed from" in log and "step00000002 at step 2" in log and "Traceback" not in log
     assert (out / "checkpoints/step00000004.damaged").is_dir()
     assert sorted(train_rows(out)) == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_different_experiment_in_the_same_dir_is_refused_and_an_allowed_lr_change_takes_effect(tmp_path):
+    """Run identity: resume=auto continues only the same run. A changed trainer.lr or changed data in
+    the same output dir is refused before the model loads, naming what differs, and the first run's
+    config.yaml stays; allowed with trainer.resume_allow, the new lr is the one trained with."""
+    out = tmp_path / "run"
+    args = SHORT + ["trainer.save_every_steps=2", "trainer.export_final=false", "trainer.warmup_steps=0"]
+    args += ["trainer.lr_schedule=constant", f"trainer.output_dir={out}"]
+    first = run_cli(args + ["trainer.max_steps=2", "trainer.lr=0.001"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    config = (out / "config.yaml").read_text()
+
+    refused = run_cli(args + ["trainer.max_steps=4", "trainer.lr=0.004"])
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("ct-train: error:")]
+    assert refused.returncode == 2 and len(errors) == 1, refused.stderr[-3000:]
+    assert "holds another run (step00000002): trainer.lr 0.001 -> 0.004" in errors[0]
+    assert "trainer.resume_allow" in errors[0] and "Traceback" not in refused.stderr
+    assert "parameters, ZeRO" not in refused.stdout  # refused before the model was built
+    assert (out / "config.yaml").read_text() == config
+
+    other_data = run_cli(args + ["trainer.max_steps=4", "trainer.lr=0.001", "data.skills.train_per_level=20"])
+    assert other_data.returncode == 2 and "data.skills.train_per_level 40 -> 20" in other_data.stderr
+    assert "the data changed" in other_data.stderr
+
+    allowed = run_cli(args + ["trainer.max_steps=4", "trainer.lr=0.004", "trainer.resume_allow=[trainer.lr]"])
+    assert allowed.returncode == 0, allowed.stderr[-3000:]
+    rows = train_rows(out)
+    assert sorted(rows) == [1, 2, 3, 4]
+    assert rows[2]["lr"] == pytest.approx(0.001) and rows[3]["lr"] == pytest.approx(0.004)
+    assert (out / "config.1.yaml").read_text() == config and "lr: 0.004" in (out / "config.yaml").read_text()
