@@ -238,6 +238,20 @@ def save(engine: Any, output_dir: str, step: int, trainer_state: Dict[str, Any],
     return path
 
 
+def set_aside_newer(ckpt_dir: str, tag: str) -> List[str]:
+    """A run resumed from `tag` abandons the checkpoints after it (an earlier attempt's future): they
+    are moved to `<tag>.abandoned` (kept, never picked by auto, never rotated). Rank 0 only."""
+    step = int(TAG_RE.match(tag).group(1))
+    moved = []
+    for s, newer in complete_tags(ckpt_dir):
+        if s > step:
+            aside = os.path.join(ckpt_dir, newer + ".abandoned")
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(os.path.join(ckpt_dir, newer), aside)
+            moved.append(newer)
+    return moved
+
+
 def rotate(output_dir: str, keep_last: int, protect: Iterable[Optional[str]] = ()) -> List[str]:
     """Delete all but the newest `keep_last` complete checkpoints (0 keeps all), never those in
     `protect` (the checkpoint this run resumed from, the ends of curriculum stages). Incomplete

@@ -85,3 +85,30 @@ def read_inputs(paths: Dict[str, str]) -> Dict[str, Any]:
         except (OSError, ValueError) as e:
             raise ConfigError(f"{key}={path}: cannot read it as JSON ({e})") from None
     return out
+
+
+class DirLock:
+    """An exclusive lock on a directory for as long as this process holds it (`fcntl.flock` on
+    `<dir>/.lock`, released by the kernel when the process dies, so a killed run never leaves a
+    stale lock). The file names the holder, for the message another job gets."""
+
+    def __init__(self, path: str, key: str = "trainer.output_dir") -> None:
+        import fcntl
+        import time
+
+        self.path = os.path.join(path, ".lock")
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(self.fd, 400, 0).decode("utf-8", "replace").strip() or "another process"
+            os.close(self.fd)
+            raise ConfigError(f"{key}={path} is in use by {holder}; wait for it, or use another {key}") from None
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"pid {os.getpid()} on {socket.gethostname()} (since {stamp})".encode(), 0)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor releases the flock
+            self.fd = None

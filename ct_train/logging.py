@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional
 from ct_train import distributed as dist
 from ct_train import io
 from ct_train.config import LoggerConfig
+from ct_train.errors import ConfigError
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -44,6 +45,33 @@ def _truncate_after(path: str, step: int) -> None:
         return
     kept = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
     io.write_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def check_wandb_login(cfg: LoggerConfig) -> None:
+    """Before the model loads: logger=wandb online needs the wandb package and a key (WANDB_API_KEY,
+    or `wandb login`'s entry in ~/.netrc for the W&B host); ConfigError in one line otherwise."""
+    if cfg.name != "wandb" or cfg.mode != "online" or os.environ.get("WANDB_MODE") in ("offline", "disabled"):
+        return
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        raise ConfigError("logger=wandb needs the wandb package (pip install wandb)") from None
+    if os.environ.get("WANDB_API_KEY"):
+        return
+    import netrc
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    path = os.environ.get("NETRC", os.path.expanduser("~/.netrc"))
+    try:
+        if netrc.netrc(path).authenticators(host):
+            return
+    except (OSError, netrc.NetrcParseError):
+        pass
+    raise ConfigError(
+        "logger=wandb logger.mode=online needs a W&B login: run `wandb login` or set WANDB_API_KEY "
+        "(or use logger.mode=offline and `wandb sync` later)"
+    )
 
 
 class RunLogger:

@@ -29,7 +29,7 @@ from ct_train.drills import FaultDrills
 from ct_train.engine import Engine, to_universal
 from ct_train.errors import ConfigError, DataError
 from ct_train.evaluation import evaluate, sample_losses
-from ct_train.logging import RunLogger
+from ct_train.logging import RunLogger, check_wandb_login
 from ct_train.sampler import CurriculumSampler
 from ct_train.signals import ClusterLossAccumulator
 
@@ -144,6 +144,10 @@ class Checkpointer:
         """Restore the engine from the checkpoint to resume (if any); returns its saved state."""
         if self.resume_from is None:
             return None
+        if self.resumed_tag is not None:  # an older checkpoint of this dir: what came after it is set aside
+            moved = dist.on_main(lambda: checkpoint.set_aside_newer(self.resume_from[0], self.resumed_tag))
+            self.notes += [f"warning: {tag} is newer than the checkpoint resumed from: moved to {tag}.abandoned"
+                           for tag in moved]  # fmt: skip
         saved = checkpoint.load(engine, *self.resume_from, weights_dir=self.weights_dir)
         if saved["clusters"] != clusters:
             raise ConfigError(
@@ -303,15 +307,30 @@ def prepare_output_dir(cfg: Config, resolved: Dict[str, Any]) -> str:
     """Create and check the output dir on rank 0 before anything heavy; every rank gets the path."""
 
     def check() -> str:
+        global _LOCK
         out = io.prepare_output_dir(cfg.trainer.output_dir)
+        lock = io.DirLock(out)  # a second job on this directory is refused here, naming the holder
         if cfg.trainer.resume == "never" and checkpoint.complete_tags(checkpoint.checkpoints_dir(out)):
+            lock.release()
             raise ConfigError(
                 f"trainer.output_dir={out} already holds checkpoints and trainer.resume=never; "
                 "use trainer.resume=auto to continue, or another trainer.output_dir"
             )
+        _LOCK = lock
         return out
 
     return dist.on_main(check)
+
+
+_LOCK: Optional[io.DirLock] = None  # rank 0's lock on the output dir of the run in progress
+
+
+def release_output_dir() -> None:
+    """End of a run (also a failed one): the next job may use the directory."""
+    global _LOCK
+    if _LOCK is not None:
+        _LOCK.release()
+        _LOCK = None
 
 
 def write_config(output_dir: str, resolved: Dict[str, Any]) -> None:
@@ -330,20 +349,26 @@ def write_config(output_dir: str, resolved: Dict[str, Any]) -> None:
     io.write_atomic(path, text)
 
 
-def curriculum_difficulty(cfg: Config, needs: Needs, engine: Engine, split, pad_id: int, output_dir: str) -> np.ndarray:
-    """Per-sample difficulty for the curriculum: the data's, or the initial model's loss when the
-    curriculum asks for it (`needs.difficulty`: initial_loss, or auto with samples lacking one)."""
-    source = needs.difficulty
+def needs_model_difficulty(needs: Needs, split) -> bool:
+    """Whether the curriculum's difficulty is the initial model's loss (initial_loss, or auto with
+    samples lacking one): then the curriculum can only be built once the model is."""
+    return needs.difficulty == "initial_loss" or (needs.difficulty == "auto" and bool(np.isnan(split.difficulty).any()))
+
+
+def check_difficulty(cfg: Config, needs: Needs, split) -> None:
+    """Before the model loads: a curriculum that needs the data's difficulty gets one for every sample."""
     missing = np.flatnonzero(np.isnan(split.difficulty))
-    if source == "data" and len(missing):
+    if needs.difficulty == "data" and len(missing):
         key = needs.difficulty_key
         raise DataError(
             f"curriculum={cfg.curriculum.name} needs a difficulty for every training sample ({key}=data) but "
             f"{len(missing)} of {len(split)} have none, first {split.describe(missing[0])}; set "
             f"data.difficulty_field, score the data with ct-train-score, or use {key}=initial_loss"
         )
-    if not (source == "initial_loss" or (source == "auto" and len(missing))):
-        return split.difficulty
+
+
+def initial_loss_difficulty(cfg: Config, engine: Engine, split, pad_id: int, output_dir: str) -> np.ndarray:
+    """The initial model's per-sample loss as the difficulty (`needs_model_difficulty`)."""
     # Cached in the output dir: a resumed run must see the bands of the first start, not the loss of
     # the resumed model.
     path = os.path.join(output_dir, INITIAL_LOSS_FILE)
@@ -388,12 +413,20 @@ def setup(cfg: Config, resolved: Dict[str, Any]) -> Run:
     )
     checkpointer = Checkpointer(cfg, output_dir)
     checkpointer.check_identity(run_identity(resolved, data))  # before the model loads
+    dist.on_main(lambda: check_wandb_login(cfg.logger))
     dist.on_main(lambda: write_config(output_dir, resolved))
+    # The curriculum sees cluster ids and difficulty only. Built before the model when it can be, so a
+    # bad curriculum setting (an unknown cluster name, a missing difficulty) fails in seconds, not after
+    # an 8B model loads; a difficulty it needs and the data lacks is the initial model's loss
+    # (computed before a checkpoint is loaded, and cached).
+    check_difficulty(cfg, needs, data.train)
+    late = needs_model_difficulty(needs, data.train)
+    if not late:
+        curriculum, curriculum_warnings = _build_curriculum(cfg, needs, data, data.train.difficulty)
     engine = Engine(cfg, tokenizer, load_universal=checkpointer.weights_dir is not None)
-    # The curriculum sees cluster ids and difficulty only; a difficulty it needs and the data lacks
-    # is the initial model's loss (computed before a checkpoint is loaded, and cached).
-    difficulty = curriculum_difficulty(cfg, needs, engine, data.train, tokenizer.pad_token_id, output_dir)
-    curriculum, curriculum_warnings = _build_curriculum(cfg, needs, data, difficulty)
+    if late:
+        difficulty = initial_loss_difficulty(cfg, engine, data.train, tokenizer.pad_token_id, output_dir)
+        curriculum, curriculum_warnings = _build_curriculum(cfg, needs, data, difficulty)
     schedule = StageSchedule(
         curriculum,
         trainer.max_steps,

@@ -28,7 +28,7 @@ from ct_train.errors import TrainingStopped
 from ct_train.evaluation import probe_loss
 from ct_train.logging import METRICS_FILE
 from ct_train.losses import objective_weights
-from ct_train.run import Run, setup
+from ct_train.run import Run, release_output_dir, setup
 from ct_train.signals import cluster_loss_metrics, measure, prediction_gain, reduce_together
 
 # The held-out probe (signal=lp) is scored in no-grad micro-batches this many times the training
@@ -40,7 +40,11 @@ PROBE_BATCH_FACTOR = 4
 def train(cfg: Config, resolved: Dict[str, Any], report: bool = True) -> Dict[str, Any]:
     """Run training as configured; returns the summary (final eval, paths). Call on every rank.
     `report`: print the end-of-run table (the interaction probes run many short trainings quietly)."""
-    run = setup(cfg, resolved)
+    try:
+        run = setup(cfg, resolved)
+    except BaseException:
+        release_output_dir()  # a refused or failed start leaves the directory free
+        raise
     state = run.state
     try:
         if state.step == 0 and not state.initial_eval:
@@ -50,8 +54,8 @@ def train(cfg: Config, resolved: Dict[str, Any], report: bool = True) -> Dict[st
         while state.step < run.schedule.max_steps:
             start_stage(run)
             step = train_step(run)
-            if step is not None:
-                end_step(run, log_metrics(run, step))
+            # (a skipped step has logged itself; its scheduled eval and checkpoint still happen)
+            end_step(run, log_metrics(run, step) if step is not None else {})
         final_dir = finish(run)
     except RuntimeError as e:
         if dist.world_size() == 1 or not dist.is_comm_failure(e):
@@ -62,6 +66,7 @@ def train(cfg: Config, resolved: Dict[str, Any], report: bool = True) -> Dict[st
         ) from None
     finally:
         run.log.close()
+        release_output_dir()
     summary = {
         "output_dir": run.output_dir,
         "final_dir": final_dir,

@@ -4,6 +4,7 @@ aside for the previous one, RNG state without pickle, a torn metrics line surviv
 import json
 import os
 import random
+import time
 
 import numpy as np
 import pytest
@@ -110,3 +111,71 @@ def _flip(path):
     data = bytearray(open(path, "rb").read())
     data[len(data) // 2] ^= 0xFF
     open(path, "wb").write(bytes(data))
+
+
+def test_a_second_job_on_the_same_output_dir_is_refused_naming_the_holder(tmp_path):
+    import subprocess
+    import sys
+
+    from ct_train.errors import ConfigError
+    from ct_train.io import DirLock
+
+    lock = DirLock(str(tmp_path))
+    probe = (
+        "import sys\nfrom ct_train.io import DirLock\nfrom ct_train.errors import ConfigError\n"
+        f"try:\n    DirLock({str(tmp_path)!r})\nexcept ConfigError as e:\n    print(e); sys.exit(2)\n"
+    )
+    other = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert other.returncode == 2, other.stderr
+    assert f"trainer.output_dir={tmp_path} is in use by pid {os.getpid()} on " in other.stdout
+    with pytest.raises(ConfigError, match="is in use by pid"):
+        DirLock(str(tmp_path))  # another handle in this process too
+    lock.release()
+    again = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stdout + again.stderr  # released: free for the next job
+    # A holder that is killed releases it (the kernel drops the flock): no stale lock after a kill.
+    hold = f"from ct_train.io import DirLock; DirLock({str(tmp_path)!r}); import time; time.sleep(60)"
+    held = subprocess.Popen([sys.executable, "-c", hold])
+    try:
+        deadline = time.time() + 60
+        while f"pid {held.pid} " not in (tmp_path / ".lock").read_text() and time.time() < deadline:
+            time.sleep(0.05)
+        with pytest.raises(ConfigError, match=f"in use by pid {held.pid} "):
+            DirLock(str(tmp_path))
+    finally:
+        held.kill()
+        held.wait()
+    DirLock(str(tmp_path)).release()
+
+
+def test_resuming_an_older_checkpoint_sets_the_newer_ones_aside(tmp_path):
+    for step in (2, 4, 6):
+        _save(tmp_path, step)
+    ckpt = str(tmp_path / "checkpoints")
+    assert checkpoint.set_aside_newer(ckpt, checkpoint.tag_for(2)) == [checkpoint.tag_for(4), checkpoint.tag_for(6)]
+    assert [t for _, t in checkpoint.complete_tags(ckpt)] == [checkpoint.tag_for(2)]
+    assert (tmp_path / "checkpoints" / (checkpoint.tag_for(6) + ".abandoned") / checkpoint.STATE_FILE).exists()
+    _save(tmp_path, 4)  # the resumed run's own step 4 is the newest now, and rotation keeps what was set aside
+    assert checkpoint.resolve_resume("auto", str(tmp_path))[1] == checkpoint.tag_for(4)
+    checkpoint.rotate(str(tmp_path), keep_last=1)
+    assert (tmp_path / "checkpoints" / (checkpoint.tag_for(6) + ".abandoned")).is_dir()
+
+
+def test_wandb_online_without_a_login_is_one_line_before_the_model(tmp_path, monkeypatch):
+    from ct_train.config import LoggerConfig
+    from ct_train.errors import ConfigError
+    from ct_train.logging import check_wandb_login
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    online = LoggerConfig(name="wandb", mode="online")
+    with pytest.raises(ConfigError, match=r"logger.mode=online needs a W&B login: run `wandb login`"):
+        check_wandb_login(online)
+    check_wandb_login(LoggerConfig(name="wandb", mode="offline"))  # offline needs no key
+    (tmp_path / "netrc").write_text("machine api.wandb.ai login user password abc\n")
+    (tmp_path / "netrc").chmod(0o600)
+    check_wandb_login(online)
+    (tmp_path / "netrc").write_text("")
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    check_wandb_login(online)

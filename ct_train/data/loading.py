@@ -7,6 +7,7 @@ neither the file nor the line.
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 from dataclasses import dataclass
@@ -89,6 +90,50 @@ def _first_json_error(path: str) -> Optional[str]:
     return None
 
 
+# Far beyond any instruction record (chat messages nest 3-4 levels); pyarrow's JSON reader crashes
+# the process (a segfault, no message) on records nested ~20,000 deep, so deeper ones are refused first.
+MAX_JSON_DEPTH = 200
+
+
+def _depth(line: bytes) -> int:
+    """Deepest bracket nesting of one JSON line, outside strings."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in line.decode("utf-8", "replace"):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def check_json_text(path: str) -> None:
+    """DataError naming file:line for text pyarrow would fail on inside a string (invalid UTF-8: an
+    uncaught UnicodeDecodeError later) or crash on (nesting deeper than MAX_JSON_DEPTH). One pass of
+    C-speed checks per line; the character scan runs only on lines with that many brackets."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    with open(path, "rb") as f:
+        for lineno, line in enumerate(f, 1):
+            try:
+                decoder.decode(line)
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not UTF-8 text ({e.reason} at byte {e.start} of the line)") from None
+            if line.count(b"{") + line.count(b"[") > MAX_JSON_DEPTH and _depth(line) > MAX_JSON_DEPTH:
+                raise DataError(
+                    f"{path}:{lineno}: a record nested deeper than {MAX_JSON_DEPTH} levels; not an instruction record"
+                )
+
+
 def read_raw(path: str) -> Any:
     """One file as a `datasets.Dataset` of its raw records."""
     import datasets
@@ -96,6 +141,8 @@ def read_raw(path: str) -> Any:
     builder = "parquet" if path.endswith(".parquet") else "json"
     if os.path.getsize(path) == 0:
         return datasets.Dataset.from_dict({})
+    if builder == "json":
+        check_json_text(path)
     try:
         return datasets.load_dataset(builder, data_files=path, split="train")
     except Exception as e:  # datasets wraps arrow/json errors in several types

@@ -89,6 +89,24 @@ def test_malformed_json_line_names_file_and_line(tmp_path):
         _load(f)
 
 
+def test_invalid_utf8_and_deep_nesting_name_file_and_line(tmp_path):
+    """Both reached pyarrow before: invalid UTF-8 inside a string was an uncaught UnicodeDecodeError
+    while reading the records, and ~20,000 levels of nesting crash pyarrow's reader outright."""
+    good = json.dumps({"instruction": "a", "output": "b"}) + "\n"
+    f = tmp_path / "latin.jsonl"
+    f.write_bytes(good.encode() * 2 + b'{"instruction": "caf\xe9", "output": "b"}\n')
+    with pytest.raises(DataError, match=r"latin.jsonl:3: not UTF-8 text \(invalid continuation byte at byte 20"):
+        _load(f)
+    deep = tmp_path / "deep.jsonl"
+    nested = "[" * 300 + "]" * 300
+    deep.write_text(good + json.dumps({"instruction": "a", "output": "b"})[:-1] + f', "x": {nested}}}\n')
+    with pytest.raises(DataError, match=r"deep.jsonl:2: a record nested deeper than 200 levels"):
+        _load(deep)
+    brackets_in_text = tmp_path / "text.jsonl"  # brackets inside strings are text, not nesting
+    _write_jsonl(brackets_in_text, [{"instruction": "[" * 500, "output": "{" * 500}])
+    assert len(_load(brackets_in_text)[0]) == 1
+
+
 def test_bad_records_skipped_and_counted_or_fatal(tmp_path):
     f = _write_jsonl(
         tmp_path / "b.jsonl",

@@ -116,6 +116,15 @@ def _bad_inputs(tmp: Path):
         ),
         "unwritable_output_dir": ([f"trainer.output_dir={blocker}/run"], "is not writable"),
         "bad_choice": (["trainer.lr_schedule=wavy"], "trainer.lr_schedule='wavy' is not valid"),
+        # Curriculum settings the data cannot serve: refused before the model is built (issue 18).
+        "mixture_unknown_cluster": (
+            ["curriculum=mixture", "curriculum.weights={nosuch: 1.0}"],
+            "curriculum.weights names unknown clusters ['nosuch']",
+        ),
+        "phased_without_difficulty": (
+            ["data=jsonl", f"data.path={_jsonl(tmp / 'p.jsonl', [good] * 4)}", "curriculum=phased"],
+            "needs a difficulty for every training sample (curriculum.difficulty=data)",
+        ),
     }
 
 
@@ -129,7 +138,10 @@ CASES = [
     "batch_not_divisible",
     "unwritable_output_dir",
     "bad_choice",
+    "mixture_unknown_cluster",
+    "phased_without_difficulty",
 ]
+BEFORE_THE_MODEL = {"mixture_unknown_cluster", "phased_without_difficulty"}
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -142,6 +154,8 @@ def test_bad_input_is_one_line_exit_2_before_training(tmp_path, case):
     assert len(errors) == 1 and needle in errors[0], proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     assert not (out / "metrics.jsonl").exists()  # nothing trained
+    if case in BEFORE_THE_MODEL:
+        assert "parameters, ZeRO" not in proc.stdout and "deepspeed" not in proc.stdout.lower(), proc.stdout[-2000:]
 
 
 def test_unknown_key_fails_with_hydra_message_via_console_script(tmp_path):

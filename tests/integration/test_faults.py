@@ -242,3 +242,14 @@ def test_a_different_experiment_in_the_same_dir_is_refused_and_an_allowed_lr_cha
     assert sorted(rows) == [1, 2, 3, 4]
     assert rows[2]["lr"] == pytest.approx(0.001) and rows[3]["lr"] == pytest.approx(0.004)
     assert (out / "config.1.yaml").read_text() == config and "lr: 0.004" in (out / "config.yaml").read_text()
+
+
+def test_a_skipped_nonfinite_step_still_writes_its_scheduled_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    args = SHORT + ["trainer.on_nonfinite=skip", "trainer.save_every_steps=2", "trainer.max_steps=3"]
+    proc = run_cli(args + ["trainer.export_final=false", f"trainer.output_dir={out}"], env={"CT_TRAIN_NAN_AT": "2"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "update skipped (1 so far)" in proc.stdout
+    assert (out / "checkpoints/step00000002/trainer_state.json").exists()
+    state = json.loads((out / "checkpoints/step00000002/trainer_state.json").read_text())
+    assert state["trainer"]["step"] == 2 and state["trainer"]["skipped_steps"] == 1
