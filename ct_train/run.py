@@ -367,17 +367,33 @@ def check_difficulty(cfg: Config, needs: Needs, split) -> None:
         )
 
 
-def initial_loss_difficulty(cfg: Config, engine: Engine, split, pad_id: int, output_dir: str) -> np.ndarray:
-    """The initial model's per-sample loss as the difficulty (`needs_model_difficulty`)."""
-    # Cached in the output dir: a resumed run must see the bands of the first start, not the loss of
-    # the resumed model.
+def initial_loss_difficulty(
+    cfg: Config, engine: Engine, split, pad_id: int, output_dir: str, identity: Dict[str, Any]
+) -> np.ndarray:
+    """The initial model's per-sample loss as the difficulty (`needs_model_difficulty`).
+
+    Cached in the output dir: a resumed run must see the bands of the first start, not the loss of
+    the resumed model. The cache is keyed by what the scores depend on (the tokenised data, the
+    model's config, the seed of its initial weights), so another model or data recomputes them."""
+    config = identity["config"]
+    key = json.dumps(
+        [identity["data"], {k: v for k, v in config.items() if k.startswith("model.")}, config.get("trainer.seed")],
+        sort_keys=True,
+        default=str,
+    )
     path = os.path.join(output_dir, INITIAL_LOSS_FILE)
     if os.path.exists(path):
         cached = np.load(path)
-        if len(cached) == len(split):
+        saved_key = open(path + ".key").read() if os.path.exists(path + ".key") else None
+        if len(cached) == len(split) and saved_key in (key, None):  # (None: a cache from before keys)
             return cached
     losses = sample_losses(engine, split, cfg.trainer.micro_batch_size, pad_id)
-    dist.on_main(lambda: io.save_npy(path, losses))
+
+    def write() -> None:
+        io.save_npy(path, losses)
+        io.write_atomic(path + ".key", key)
+
+    dist.on_main(write)
     return losses
 
 
@@ -425,7 +441,9 @@ def setup(cfg: Config, resolved: Dict[str, Any]) -> Run:
         curriculum, curriculum_warnings = _build_curriculum(cfg, needs, data, data.train.difficulty)
     engine = Engine(cfg, tokenizer, load_universal=checkpointer.weights_dir is not None)
     if late:
-        difficulty = initial_loss_difficulty(cfg, engine, data.train, tokenizer.pad_token_id, output_dir)
+        difficulty = initial_loss_difficulty(
+            cfg, engine, data.train, tokenizer.pad_token_id, output_dir, checkpointer.identity
+        )
         curriculum, curriculum_warnings = _build_curriculum(cfg, needs, data, difficulty)
     schedule = StageSchedule(
         curriculum,
