@@ -1,5 +1,6 @@
 """Every shipped YAML composes and validates; bad keys and values fail with a message naming them."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -103,7 +104,13 @@ def test_defaults_are_the_tiny_cpu_run():
         "iid",
         3,
     )
-    assert cfg.trainer.output_dir == "outputs/tiny-skills-iid"
+    # One directory per run (issue 18): the default ends in a hash of the training-relevant config,
+    # the same for the same command, another for another lr or data, the same for a longer run.
+    assert re.fullmatch(r"outputs/tiny-skills-iid-[0-9a-f]{8}", cfg.trainer.output_dir), cfg.trainer.output_dir
+    assert to_typed(_compose([])).trainer.output_dir == cfg.trainer.output_dir
+    assert to_typed(_compose(["trainer.lr=0.01"])).trainer.output_dir != cfg.trainer.output_dir
+    assert to_typed(_compose(["data.skills.seed=7"])).trainer.output_dir != cfg.trainer.output_dir
+    assert to_typed(_compose(["trainer.max_steps=7"])).trainer.output_dir == cfg.trainer.output_dir
 
 
 def test_unknown_key_fails_at_compose():
