@@ -6,7 +6,8 @@ The deepspeed launcher (without --no_local_rank) appends `--local_rank=N`, which
 as an override; it is stripped here before Hydra parses and LOCAL_RANK is taken from the environment
 (set by every launcher) or from that argument. User errors (bad config value, bad data file, an
 unwritable checkpoint) print one line on rank 0 and exit with status 2, no traceback; a run stopped
-on purpose (non-finite loss) likewise with status 3.
+on purpose (non-finite loss) likewise with status 3; a run saved and stopped on SIGTERM/SIGUSR1
+(preemption) with status 4.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import List
 
 EXIT_USER_ERROR = 2
 EXIT_STOPPED = 3
+EXIT_PREEMPTED = 4  # saved on a stop signal: rerun (or requeue) the same command to resume
 _LOCAL_RANK = re.compile(r"^--local[_-]rank(=(\d+))?$")
 
 
@@ -45,7 +47,7 @@ def _run(cfg) -> None:
 
     from ct_train import distributed as dist
     from ct_train.compose import to_typed
-    from ct_train.errors import TrainingStopped, UserError
+    from ct_train.errors import Preempted, TrainingStopped, UserError
 
     try:
         typed = to_typed(cfg)
@@ -68,6 +70,11 @@ def _run(cfg) -> None:
             from ct_train.trainer import train
 
             train(typed, resolved)
+    except Preempted as e:
+        if dist.rank() == 0:
+            print(f"ct-train: stopped: {e}", file=sys.stderr, flush=True)
+        dist.shutdown(wait_for_all=False)
+        sys.exit(EXIT_PREEMPTED)
     except (UserError, TrainingStopped) as e:
         if dist.rank() == 0:
             print(f"ct-train: error: {e}", file=sys.stderr, flush=True)

@@ -9,11 +9,15 @@ needs a process group even then.
 
 from __future__ import annotations
 
+import ctypes
 import datetime
 import math
 import os
 import pickle
+import signal
 import socket
+import sys
+import threading
 from typing import Any, Callable, List
 
 import numpy as np
@@ -236,3 +240,35 @@ def rank_micro_batches(
     mine = indices[rank::world_size]
     n_batches = math.ceil(math.ceil(len(indices) / world_size) / micro_batch_size)
     return [mine[b * micro_batch_size : (b + 1) * micro_batch_size] for b in range(n_batches)]
+
+
+# --- preemption: a signal asks the run to save and stop at the next step boundary -------------------
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # SIGTERM: what SLURM/k8s send; SIGUSR1: sbatch --signal
+_stop_signal = [0]
+
+
+def install_stop_handlers() -> None:
+    """SIGTERM/SIGUSR1 set a flag instead of killing the process; the trainer reads it at the step
+    boundary (ranks agree on it inside the step's signal all-reduce), saves and exits. A rank also
+    gets SIGTERM when the launcher that started it dies (Linux PR_SET_PDEATHSIG), so no rank runs on
+    orphaned. Main thread only (Python's rule for signal handlers); idempotent."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, lambda signum, frame: _stop_signal.__setitem__(0, signum))
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):
+            pass
+
+
+def stop_requested() -> int:
+    """The stop signal this rank received (0: none)."""
+    return _stop_signal[0]
+
+
+def restore_default_signals() -> None:
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+    _stop_signal[0] = 0

@@ -24,3 +24,8 @@ class CheckpointError(UserError):
 
 class TrainingStopped(Exception):
     """Training cannot go on (non-finite loss, a lost rank); the message says what to do next."""
+
+
+class Preempted(Exception):
+    """A stop signal (SIGTERM, SIGUSR1) arrived: the run saved a checkpoint at a step boundary and
+    stops; the same command resumes it with no step lost (exit status 4, which the SLURM script requeues)."""

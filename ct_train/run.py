@@ -102,6 +102,7 @@ class Checkpointer:
     def __init__(self, cfg: Config, output_dir: str) -> None:
         self.output_dir, self.cfg = output_dir, cfg
         self.identity: Optional[Dict[str, Any]] = None
+        self.last_saved = -1  # the step of this attempt's last save
         # Checked before the model loads; a damaged newest checkpoint is set aside (rank 0 reads the files).
         self.resume_from, self.notes = dist.on_main(lambda: checkpoint.pick_resume(cfg.trainer.resume, output_dir))
         own = os.path.abspath(checkpoint.checkpoints_dir(output_dir))
@@ -174,6 +175,7 @@ class Checkpointer:
 
     def save(self, run: Run) -> None:
         """A complete checkpoint of the run at its current step (a collective), then rotation."""
+        self.last_saved = run.state.step
         checkpoint.save(
             run.engine,
             self.output_dir,
@@ -284,6 +286,7 @@ class Run:
     probe_every: int  # steps between held-out probe passes (signal=lp), 0 for none
     accumulators: Dict[str, ClusterLossAccumulator]
     drills: FaultDrills
+    stop_signal: int = 0  # a stop signal some rank received, agreed on at the last step (0: none)
 
     @property
     def pad_id(self) -> int:
@@ -420,6 +423,7 @@ def setup(cfg: Config, resolved: Dict[str, Any]) -> Run:
     data -> engine -> curriculum -> stages -> resumed state -> samplers -> log."""
     trainer = cfg.trainer
     dist.init(trainer.dist_timeout_s)
+    dist.install_stop_handlers()  # from here a SIGTERM/SIGUSR1 saves at the next step boundary
     grad_accum_steps = trainer.grad_accum_steps(dist.world_size())  # fails here, before any data work
     output_dir = prepare_output_dir(cfg, resolved)
     needs = cfg.curriculum.needs()

@@ -16,7 +16,7 @@ Prediction gain (`curriculum.signal`, Graves et al. 2017):
 
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -45,10 +45,20 @@ class ClusterLossAccumulator:
         return reduce_together([self])[0]
 
 
-def reduce_together(accumulators: Sequence[ClusterLossAccumulator]) -> List[ClusterStats]:
-    """All-reduce several accumulators with ONE collective (stacked), reset them, return their stats."""
-    table = dist.all_reduce_sum(torch.cat([a.table for a in accumulators]))  # sync point, (2k, C) float64
+def reduce_together(accumulators: Sequence[ClusterLossAccumulator], flags: Optional[list] = None) -> List[ClusterStats]:
+    """All-reduce several accumulators with ONE collective (stacked), reset them, return their stats.
+
+    `flags`: small per-rank numbers summed in the same collective (the preemption flag: any rank that
+    got a stop signal); replaced in place by their sums over ranks."""
+    tables = [a.table for a in accumulators]
+    if flags:
+        row = torch.zeros(1, tables[0].shape[1], dtype=torch.float64, device=tables[0].device)
+        row[0, : len(flags)] = torch.tensor(flags, dtype=torch.float64)
+        tables.append(row)
+    table = dist.all_reduce_sum(torch.cat(tables))  # sync point, (2k [+1], C) float64
     table = table.cpu().numpy()
+    if flags:
+        flags[:] = table[-1, : len(flags)].tolist()
     out = []
     for i, acc in enumerate(accumulators):
         out.append(ClusterStats(acc.clusters, table[2 * i].copy(), table[2 * i + 1].copy()))

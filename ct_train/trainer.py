@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
@@ -21,10 +22,11 @@ import torch
 
 from ct_train import distributed as dist
 from ct_train import io
+from ct_train.checkpoint import tag_for as checkpoint_tag
 from ct_train.config import Config
 from ct_train.curriculum import ClusterStats, Plan
 from ct_train.data import collate
-from ct_train.errors import TrainingStopped
+from ct_train.errors import Preempted, TrainingStopped
 from ct_train.evaluation import probe_loss
 from ct_train.logging import METRICS_FILE
 from ct_train.losses import objective_weights
@@ -44,6 +46,7 @@ def train(cfg: Config, resolved: Dict[str, Any], report: bool = True) -> Dict[st
         run = setup(cfg, resolved)
     except BaseException:
         release_output_dir()  # a refused or failed start leaves the directory free
+        dist.restore_default_signals()
         raise
     state = run.state
     try:
@@ -56,6 +59,8 @@ def train(cfg: Config, resolved: Dict[str, Any], report: bool = True) -> Dict[st
             step = train_step(run)
             # (a skipped step has logged itself; its scheduled eval and checkpoint still happen)
             end_step(run, log_metrics(run, step) if step is not None else {})
+            if run.stop_signal and state.step < run.schedule.max_steps:
+                preempt(run)
         final_dir = finish(run)
     except RuntimeError as e:
         if dist.world_size() == 1 or not dist.is_comm_failure(e):
@@ -67,6 +72,7 @@ def train(cfg: Config, resolved: Dict[str, Any], report: bool = True) -> Dict[st
     finally:
         run.log.close()
         release_output_dir()
+        dist.restore_default_signals()
     summary = {
         "output_dir": run.output_dir,
         "final_dir": final_dir,
@@ -111,7 +117,12 @@ def train_step(run: Run) -> Optional[StepResult]:
     # The signal is reduced before the boundary step, so a non-finite loss stops the run before the
     # optimizer applies its gradients: the weights and checkpoints stay clean.
     accumulators = [run.accumulators["train"]] + ([run.accumulators["probe"]] if probe_micro is not None else [])
-    stats, *probe_before = reduce_together(accumulators)
+    # A stop signal on any rank rides in the same collective: every rank learns it at the same step.
+    # ([ranks stopped, sum of their signal numbers]: the signal's name is their mean when they agree)
+    received = dist.stop_requested()
+    stop = [float(received > 0), float(received)]
+    stats, *probe_before = reduce_together(accumulators, flags=stop)
+    run.stop_signal = round(stop[1] / stop[0]) if stop[0] else 0
     skip = None
     if not np.isfinite(stats.loss_sum).all():
         bad = ~torch.isfinite(torch.cat(step_losses)).cpu().numpy()
@@ -262,6 +273,20 @@ def end_step(run: Run, metrics: Dict[str, Any]) -> None:
         trainer.save_every_steps and state.step % trainer.save_every_steps == 0 and before_end
     ):
         run.checkpointer.save(run)
+
+
+def preempt(run: Run) -> None:
+    """A stop signal reached a rank: save at this step boundary (unless end_step just did) and stop.
+    The same command resumes from this step: nothing trained is lost."""
+    if run.checkpointer.last_saved != run.state.step:  # (the same answer on every rank: no file check)
+        run.checkpointer.save(run)
+    known = {s.value: s.name for s in signal.Signals}
+    name = known.get(run.stop_signal, "a stop signal")
+    run.log.write(f"{name} received: checkpoint {checkpoint_tag(run.state.step)} saved at step {run.state.step}")
+    raise Preempted(
+        f"{name} at step {run.state.step}: checkpoint {checkpoint_tag(run.state.step)} saved in "
+        f"{run.output_dir}; run the same command to resume"
+    )
 
 
 def finish(run: Run) -> Optional[str]:

@@ -1,0 +1,90 @@
+"""Preemption: SIGTERM (what SLURM and Kubernetes send) makes the run save at the next step boundary
+and exit 4; the same command resumes with no step lost. On 2 ranks the signal reaches ONE rank: the
+ranks agree on it inside the step's signal all-reduce, so both save the same step."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FAST, REPO, cli_env, free_port, run_cli
+from tests.helpers import train_rows
+
+pytestmark = pytest.mark.distributed
+
+ARGS = FAST + [
+    "trainer.max_steps=20",
+    "trainer.global_batch_size=8",
+    "trainer.micro_batch_size=4",
+    "trainer.eval_every_steps=0",
+    "trainer.save_every_steps=0",  # only the preemption saves
+    "trainer.export_final=false",
+    "trainer.log_samples=true",
+]
+
+
+def _start(args, nproc):
+    bindir = Path(sys.executable).parent
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "ct_train"]
+    else:
+        cmd = [str(bindir / "deepspeed"), "--num_gpus", str(nproc), "--master_port", str(free_port())]
+        cmd += ["--module", "ct_train"]
+    return subprocess.Popen(
+        cmd + args, cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _rank_pid(out: Path, rank: int) -> int:
+    """The pid of the training process of `rank` (its environment says RANK=<rank>) for this run."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        launcher = any(b"deepspeed" in part and b"launch" in part for part in cmdline)
+        if f"trainer.output_dir={out}".encode() in cmdline and not launcher and f"RANK={rank}".encode() in environ:
+            return int(pid)
+    raise AssertionError(f"no rank {rank} process for {out}")
+
+
+def _wait_for_step(out: Path, step: int, proc, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if any(s >= step for s in train_rows(out)) if (out / "metrics.jsonl").exists() else False:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the run never reached step {step}")
+
+
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_sigterm_saves_at_the_step_boundary_and_the_same_command_resumes_with_no_lost_step(tmp_path, nproc):
+    out = tmp_path / "run"
+    args = ARGS + [f"trainer.output_dir={out}"]
+    proc = _start(args, nproc)
+    try:
+        _wait_for_step(out, 3, proc)
+        target = proc.pid if nproc == 1 else _rank_pid(out, 1)  # 2 ranks: only rank 1 is told
+        os.kill(target, signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = stdout + stderr
+    assert proc.returncode == 4, log[-3000:]
+    stopped = [line for line in stderr.splitlines() if line.startswith("ct-train: stopped: SIGTERM at step ")]
+    assert len(stopped) == 1 and "saved in" in stopped[0] and "Traceback" not in log, log[-3000:]
+    at = int(stopped[0].split("at step ")[1].split(":")[0])
+    assert 3 <= at < 20
+    assert (out / "checkpoints" / f"step{at:08d}" / "trainer_state.json").exists()
+    assert sorted(train_rows(out)) == list(range(1, at + 1))  # every step up to the save, none after
+
+    again = run_cli(args, launcher=None if nproc == 1 else "deepspeed", nproc=nproc)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"at step {at}" in again.stdout + again.stderr and "resumed from" in again.stdout + again.stderr
+    assert sorted(train_rows(out)) == list(range(1, 21))  # no step lost, none twice
