@@ -240,6 +240,9 @@ class TrainerConfig:
     # Keys a resume=auto may find changed (e.g. [trainer.lr]); any other difference from the run in
     # the output dir is refused (run identity, run.py). A prefix allows a section: [curriculum].
     resume_allow: List[str] = field(default_factory=list)
+    # More types DeepSpeed's checkpoint files may hold (module.Name), beyond those ct_train knows;
+    # any other pickled global makes a resume refuse the checkpoint (engine.check_checkpoint_files).
+    checkpoint_globals: List[str] = field(default_factory=list)
     seed: int = 42
     log_samples: bool = False
     export_final: bool = True

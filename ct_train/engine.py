@@ -315,3 +315,44 @@ def to_universal(ckpt_dir: str, tag: str, output_dir: str) -> str:
 
     dist.on_main(convert)
     return root
+
+
+# The non-tensor types DeepSpeed 0.19 pickles into its checkpoint files (ZeRO-1/2/3 on CPU, measured:
+# an optimizer state holds its stage enum, loss scaler and, under ZeRO-1/2, fragment addresses).
+DEEPSPEED_GLOBALS = (
+    "deepspeed.runtime.zero.config.ZeroStageEnum",
+    "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+    "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
+    "deepspeed.utils.tensor_fragment.fragment_address",
+)
+
+
+def check_checkpoint_files(path: str, extra_globals: Sequence[str] = ()) -> None:
+    """Refuse a checkpoint whose DeepSpeed files would run code when loaded. DeepSpeed loads them with
+    torch.load(weights_only=False), which executes any pickled callable; here each file is first
+    unpickled with torch's weights-only loader (tensors, containers and primitives) plus the types
+    DeepSpeed itself writes (DEEPSPEED_GLOBALS, and `trainer.checkpoint_globals`), memory-mapped so
+    the tensors are not read. CheckpointError naming the file and the foreign type otherwise."""
+    import importlib
+    import re
+
+    allowed = []
+    for dotted in (*DEEPSPEED_GLOBALS, *extra_globals):
+        module, _, name = dotted.rpartition(".")
+        try:
+            allowed.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            continue  # not in this DeepSpeed version: it cannot be in its files either
+    for name in sorted(os.listdir(path)):
+        if not name.endswith(".pt") or name.startswith("rng_rank"):  # (rng_rank*.pt: an old RNG file, never read)
+            continue
+        try:
+            with torch.serialization.safe_globals(allowed):
+                torch.load(os.path.join(path, name), weights_only=True, mmap=True, map_location="cpu")
+        except Exception as e:  # an UnpicklingError names the global; anything else: not a torch file
+            found = re.search(r"GLOBAL ([\w.]+)", str(e))
+            what = f"it holds {found.group(1)}" if found else f"it does not load ({str(e).splitlines()[0][:120]})"
+            raise CheckpointError(
+                f"refusing checkpoint {path}: {name}: {what}, which a checkpoint of ours never holds (code run on "
+                "load?); if that type is DeepSpeed's own, add it to trainer.checkpoint_globals"
+            ) from None

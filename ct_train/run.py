@@ -26,7 +26,7 @@ from ct_train.curriculum.base import Curriculum, Staged, stage_at
 from ct_train.data import PreparedData, load_tokenizer, prepare_data
 from ct_train.data.prepare import data_fingerprint
 from ct_train.drills import FaultDrills
-from ct_train.engine import Engine, to_universal
+from ct_train.engine import Engine, check_checkpoint_files, to_universal
 from ct_train.errors import ConfigError, DataError
 from ct_train.evaluation import evaluate, sample_losses
 from ct_train.logging import RunLogger, check_wandb_login
@@ -56,7 +56,7 @@ OPERATIONAL_KEYS = (
     "trainer.output_dir", "trainer.resume", "trainer.resume_allow", "trainer.max_steps",
     "trainer.save_every_steps", "trainer.keep_last_checkpoints", "trainer.eval_every_steps",
     "trainer.log_every_steps", "trainer.log_samples", "trainer.export_final", "trainer.save_final",
-    "trainer.dist_timeout_s", "trainer.on_nonfinite", "trainer.max_skipped_steps",
+    "trainer.dist_timeout_s", "trainer.on_nonfinite", "trainer.max_skipped_steps", "trainer.checkpoint_globals",
 )  # fmt: skip
 
 
@@ -149,6 +149,8 @@ class Checkpointer:
             moved = dist.on_main(lambda: checkpoint.set_aside_newer(self.resume_from[0], self.resumed_tag))
             self.notes += [f"warning: {tag} is newer than the checkpoint resumed from: moved to {tag}.abandoned"
                            for tag in moved]  # fmt: skip
+        # DeepSpeed unpickles its files with weights_only=False: check they hold no foreign code first.
+        check_checkpoint_files(os.path.join(*self.resume_from), self.cfg.trainer.checkpoint_globals)
         saved = checkpoint.load(engine, *self.resume_from, weights_dir=self.weights_dir)
         if saved["clusters"] != clusters:
             raise ConfigError(

@@ -179,3 +179,32 @@ def test_wandb_online_without_a_login_is_one_line_before_the_model(tmp_path, mon
     (tmp_path / "netrc").write_text("")
     monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
     check_wandb_login(online)
+
+
+def test_deepspeed_files_holding_foreign_code_are_refused_before_deepspeed_unpickles_them(tmp_path):
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    from ct_train.engine import check_checkpoint_files
+
+    ok = tmp_path / "ok"
+    ok.mkdir()
+    # what a ZeRO-2 optimizer state holds besides tensors (measured on DeepSpeed 0.19's own files)
+    state = {"zero_stage": ZeroStageEnum.gradients, "loss_scaler": LossScaler(1.0), "base": torch.ones(3)}
+    state["param_slice_mappings"] = [{"w": fragment_address(numel=3, start=0)}]
+    torch.save(state, ok / "zero_pp_rank_0_mp_rank_00_optim_states.pt")
+    check_checkpoint_files(str(ok))
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    torch.save({"optimizer_state_dict": Payload()}, bad / "zero_pp_rank_0_mp_rank_00_optim_states.pt")
+    with pytest.raises(CheckpointError, match=r"zero_pp_rank_0_mp_rank_00_optim_states.pt: it holds .*open"):
+        check_checkpoint_files(str(bad))
+    assert not marker.exists()
