@@ -208,3 +208,20 @@ def test_deepspeed_files_holding_foreign_code_are_refused_before_deepspeed_unpic
     with pytest.raises(CheckpointError, match=r"zero_pp_rank_0_mp_rank_00_optim_states.pt: it holds .*open"):
         check_checkpoint_files(str(bad))
     assert not marker.exists()
+
+
+def test_run_identity_names_what_differs_and_leaves_out_what_does_not_change_a_run():
+    from ct_train.run import identity_differences
+
+    base = {"config": {"trainer.lr": 0.001, "model.architecture.hidden_size": 64, "curriculum.eta": None}, "data": "a"}
+    same = {"config": dict(base["config"]), "data": "a"}
+    assert identity_differences(base, same) == []
+    other_model = {"config": {**base["config"], "model.architecture.hidden_size": 128}, "data": "a"}
+    assert identity_differences(base, other_model) == ["model.architecture.hidden_size 64 -> 128"]
+    assert identity_differences(base, other_model, allowed=["model"]) == []  # a section prefix allows it
+    other_data = {"config": {**base["config"], "trainer.lr": 0.002}, "data": "b"}
+    assert identity_differences(base, other_data, allowed=["trainer.lr"]) == [
+        "the data changed (its tokenised fingerprint differs)"
+    ]
+    new_key = {"config": {**base["config"], "curriculum.signal": "lp"}, "data": "a"}
+    assert identity_differences(base, new_key) == ["curriculum.signal '(unset)' -> 'lp'"]

@@ -46,12 +46,18 @@ def test_on_nonfinite_skip_discards_that_update_and_goes_on(tmp_path):
     LR schedule; the run finishes with finite weights. A second NaN with max_skipped_steps=1 stops it."""
     out = tmp_path / "run"
     args = SHORT + ["trainer.on_nonfinite=skip", "trainer.warmup_steps=10", "trainer.lr_schedule=constant"]
-    proc = run_cli(args + ["trainer.max_steps=4", f"trainer.output_dir={out}"], env={"CT_TRAIN_NAN_AT": "2"})
+    proc = run_cli(
+        args + ["trainer.max_steps=4", "trainer.save_every_steps=2", f"trainer.output_dir={out}"],
+        env={"CT_TRAIN_NAN_AT": "2"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "non-finite loss at step 2 in samples [" in proc.stdout and "update skipped (1 so far)" in proc.stdout
     rows = train_rows(out)
     assert sorted(rows) == [1, 3, 4]
     assert [r.get("skipped_nonfinite") for r in metrics(out) if r["step"] == 2] == [1]
+    # the skipped step's scheduled checkpoint is still written (issue 18: it was skipped with the step)
+    saved = json.loads((out / "checkpoints/step00000002/trainer_state.json").read_text())
+    assert saved["trainer"]["step"] == 2 and saved["trainer"]["skipped_steps"] == 1
     # Linear warm-up: lr after k applied updates is lr0 * (k + 1) / 10. Step 3 follows 2 applied updates.
     assert rows[3]["lr"] == pytest.approx(rows[1]["lr"] * 3 / 2)
     assert all(v == v for v in rows[4].values() if isinstance(v, float))  # no NaN reached the weights
@@ -242,14 +248,3 @@ def test_a_different_experiment_in_the_same_dir_is_refused_and_an_allowed_lr_cha
     assert sorted(rows) == [1, 2, 3, 4]
     assert rows[2]["lr"] == pytest.approx(0.001) and rows[3]["lr"] == pytest.approx(0.004)
     assert (out / "config.1.yaml").read_text() == config and "lr: 0.004" in (out / "config.yaml").read_text()
-
-
-def test_a_skipped_nonfinite_step_still_writes_its_scheduled_checkpoint(tmp_path):
-    out = tmp_path / "run"
-    args = SHORT + ["trainer.on_nonfinite=skip", "trainer.save_every_steps=2", "trainer.max_steps=3"]
-    proc = run_cli(args + ["trainer.export_final=false", f"trainer.output_dir={out}"], env={"CT_TRAIN_NAN_AT": "2"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "update skipped (1 so far)" in proc.stdout
-    assert (out / "checkpoints/step00000002/trainer_state.json").exists()
-    state = json.loads((out / "checkpoints/step00000002/trainer_state.json").read_text())
-    assert state["trainer"]["step"] == 2 and state["trainer"]["skipped_steps"] == 1
