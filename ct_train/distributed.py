@@ -18,6 +18,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from typing import Any, Callable, List
 
 import numpy as np
@@ -261,6 +262,46 @@ def install_stop_handlers() -> None:
             ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
         except (OSError, AttributeError):
             pass
+        # The `deepspeed` command a user signals or closes starts a per-node launcher that starts the
+        # ranks; it forwards no signal on one node, so its death is watched here too.
+        runner = _deepspeed_runner()
+        if runner is not None:
+            watch_pids([runner])
+
+
+def _proc(pid: int, what: str) -> str:
+    try:
+        with open(f"/proc/{pid}/{what}", "rb") as f:
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _deepspeed_runner() -> Any:
+    """The pid of the `deepspeed` runner above this rank's launcher (deepspeed.launcher.launch), or None."""
+    parent = os.getppid()
+    if "deepspeed.launcher.launch" not in _proc(parent, "cmdline").replace("\0", " "):
+        return None
+    stat = _proc(parent, "stat")
+    fields = stat.rsplit(")", 1)[-1].split()  # (the command name may hold spaces: cut after it)
+    grandparent = int(fields[1]) if len(fields) > 1 else 0
+    return grandparent if grandparent > 1 and "deepspeed" in _proc(grandparent, "cmdline") else None
+
+
+def watch_pids(pids: List[int], interval_s: float = 1.0) -> threading.Thread:
+    """A daemon thread that raises the stop flag (as SIGTERM) once any of `pids` is gone: the run
+    then saves at the next step boundary and exits, instead of training on with nobody to report to."""
+
+    def watch() -> None:
+        while not _stop_signal[0]:
+            if any(not os.path.exists(f"/proc/{pid}") or _proc(pid, "stat").split(") ")[-1][:1] == "Z" for pid in pids):
+                _stop_signal[0] = int(signal.SIGTERM)
+                return
+            time.sleep(interval_s)
+
+    thread = threading.Thread(target=watch, name="ct_train-launcher-watch", daemon=True)
+    thread.start()
+    return thread
 
 
 def stop_requested() -> int:

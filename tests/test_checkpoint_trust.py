@@ -225,3 +225,30 @@ def test_run_identity_names_what_differs_and_leaves_out_what_does_not_change_a_r
     ]
     new_key = {"config": {**base["config"], "curriculum.signal": "lp"}, "data": "a"}
     assert identity_differences(base, new_key) == ["curriculum.signal '(unset)' -> 'lp'"]
+
+
+def test_a_rank_whose_launcher_is_gone_raises_the_stop_flag():
+    """The `deepspeed` runner forwards no signal on one node: a rank watches it and, once it is gone
+    (here: a stand-in process, killed and left unreaped, then reaped), stops at the next step boundary
+    as on SIGTERM."""
+    import signal
+    import subprocess
+    import sys
+
+    from ct_train import distributed as dist
+
+    stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        dist.watch_pids([stand_in.pid], interval_s=0.05)
+        time.sleep(0.3)
+        assert dist.stop_requested() == 0  # alive: nothing happens
+        stand_in.kill()
+        deadline = time.time() + 10
+        while not dist.stop_requested() and time.time() < deadline:
+            time.sleep(0.05)
+        assert dist.stop_requested() == signal.SIGTERM
+    finally:
+        stand_in.kill()
+        stand_in.wait()
+        dist.restore_default_signals()
+    assert dist.stop_requested() == 0
