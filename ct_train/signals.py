@@ -51,14 +51,13 @@ def reduce_together(accumulators: Sequence[ClusterLossAccumulator], flags: Optio
     `flags`: small per-rank numbers summed in the same collective (the preemption flag: any rank that
     got a stop signal); replaced in place by their sums over ranks."""
     tables = [a.table for a in accumulators]
+    device = tables[0].device
+    extra = torch.tensor(list(flags or []), dtype=torch.float64, device=device)
+    flat = dist.all_reduce_sum(torch.cat([t.reshape(-1) for t in tables] + [extra]))  # sync point, 2kC [+ flags]
+    flat = flat.cpu().numpy()
     if flags:
-        row = torch.zeros(1, tables[0].shape[1], dtype=torch.float64, device=tables[0].device)
-        row[0, : len(flags)] = torch.tensor(flags, dtype=torch.float64)
-        tables.append(row)
-    table = dist.all_reduce_sum(torch.cat(tables))  # sync point, (2k [+1], C) float64
-    table = table.cpu().numpy()
-    if flags:
-        flags[:] = table[-1, : len(flags)].tolist()
+        flags[:] = flat[len(flat) - len(flags) :].tolist()
+    table = flat[: len(flat) - len(extra)].reshape(-1, tables[0].shape[1])  # (2k, C)
     out = []
     for i, acc in enumerate(accumulators):
         out.append(ClusterStats(acc.clusters, table[2 * i].copy(), table[2 * i + 1].copy()))
