@@ -198,3 +198,24 @@ def test_a_saved_run_config_loads_back_with_its_curriculum_schema(tmp_path):
     (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(composed, resolve=True))
     cfg = load_config(tmp_path / "config.yaml")
     assert cfg.curriculum.name == "it2acl" and cfg.curriculum.signal == "loss"
+
+
+def test_lr_default_follows_where_the_weights_come_from():
+    """Pretrained weights (model.path) take 2e-5 (TRL's SFT default; 3e-3 diverged SmolLM2-135M), a
+    model built at random init keeps 3e-3; the user's trainer.lr and an experiment's own win."""
+    assert to_typed(_compose([])).trainer.lr == 3e-3
+    assert to_typed(_compose(["model=hf", "model.path=/m"])).trainer.lr == 2e-5
+    assert to_typed(_compose(["model=llama3_8b", "model.path=/m"])).trainer.lr == 2e-5
+    assert to_typed(_compose(["model=llama3_8b"])).trainer.lr == 3e-3  # (random init: throughput runs)
+    assert to_typed(_compose(["model=hf", "model.path=/m", "trainer.lr=1e-4"])).trainer.lr == 1e-4
+    assert to_typed(_compose(["experiment=phased_ift_llama2_7b", "data.path=a", "model.path=/m"])).trainer.lr == 5e-6
+
+
+def test_the_readme_multi_gpu_example_composes_for_8_ranks():
+    """README's `deepspeed --num_gpus 8 ... model=llama3_8b` line: its batch split must divide on 8 ranks."""
+    readme = (CONF.parent / "README.md").read_text()
+    line = re.search(r"deepspeed --num_gpus 8 --no_local_rank --module ct_train (.+?)\n(?!\s)", readme, re.S)
+    args = [a for a in line.group(1).replace("\\\n", " ").split() if "=" in a]
+    cfg = to_typed(_compose(args))
+    assert cfg.trainer.grad_accum_steps(8) >= 1 and cfg.trainer.lr == 2e-5
+    assert cfg.trainer.keep_last_checkpoints > 0  # 8B checkpoints are ~100 GB each with optimizer state
