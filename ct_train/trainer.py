@@ -26,6 +26,7 @@ from ct_train.checkpoint import tag_for as checkpoint_tag
 from ct_train.config import Config
 from ct_train.curriculum import ClusterStats, Plan
 from ct_train.data import collate
+from ct_train.data.templates import with_chat_template
 from ct_train.errors import Preempted, TrainingStopped
 from ct_train.evaluation import probe_loss
 from ct_train.logging import METRICS_FILE
@@ -259,14 +260,17 @@ def end_step(run: Run, metrics: Dict[str, Any]) -> None:
     state, trainer, schedule = run.state, run.cfg.trainer, run.schedule
     stage_end = schedule.ending(state.step)
     before_end = state.step < schedule.max_steps  # (the run's end evaluates and saves anyway)
-    if stage_end is not None or (
-        trainer.eval_every_steps and state.step % trainer.eval_every_steps == 0 and before_end
-    ):
+    periodic = bool(trainer.eval_every_steps and state.step % trainer.eval_every_steps == 0 and before_end)
+    if stage_end is not None or periodic:
         state.last_eval = run.evaluate()
         metrics.update(state.last_eval)
     if stage_end is not None:
         metrics["curriculum/stage_end"] = stage_end + 1
         run.log.write(f"{schedule.name(stage_end)} ends at step {state.step}: {_brief(state.last_eval)}")
+    elif periodic:  # one line per eval on the terminal; the per-cluster values go to metrics.jsonl / W&B
+        start = state.initial_eval.get("eval/loss")
+        since = f" (start {start:.4f})" if start is not None else ""
+        run.log.write(f"eval at step {state.step}: {_brief(state.last_eval)}{since}")
     if metrics:
         run.log.log(state.step, metrics)
     if stage_end is not None or (
@@ -299,7 +303,9 @@ def finish(run: Run) -> Optional[str]:
     if not trainer.export_final:
         return None
     final_dir = os.path.join(run.output_dir, "final")
-    run.engine.export_hf(final_dir, run.tokenizer)
+    # A tokenizer without a chat template gets one that renders the training prompt (inference
+    # through apply_chat_template then sees the text the model was trained on).
+    run.engine.export_hf(final_dir, with_chat_template(run.tokenizer, run.data.template))
     return final_dir
 
 

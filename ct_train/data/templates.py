@@ -95,6 +95,56 @@ def _chat(ex: Dict[str, Any], tokenizer: Any) -> List[Segment]:
     return segs
 
 
+def _literal(text: str) -> str:
+    """`text` as a Jinja string literal."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+
+
+def chat_template_for(template: str) -> str:
+    """A Jinja chat template that renders messages exactly as `template` rendered them in training
+    (BOS first, as `tokenize_example` adds it), so `apply_chat_template` at inference gives the
+    training text; with add_generation_prompt the prompt already ends where the response starts."""
+    bos = "{% if bos_token %}{{ bos_token }}{% endif %}"
+    if template == "bare":
+        turns = (
+            "{% for m in messages %}{% if m.role == 'user' %}{{ m.content + " + _literal("\n") + " }}"
+            "{% elif m.role == 'assistant' %}{{ m.content + eos_token }}{% endif %}{% endfor %}"
+        )
+        return bos + turns
+    if template not in ("alpaca", "simple"):
+        raise ValueError(f"no chat template for data.template={template}")
+    preamble = _literal(ALPACA_PREAMBLE) if template == "alpaca" else None
+    return (
+        bos
+        + ("{{ " + preamble + " }}" if preamble else "")
+        + "{% for m in messages %}"
+        + "{% if m.role == 'system' %}{{ m.content + "
+        + _literal("\n\n")
+        + " }}"
+        + "{% elif m.role == 'user' %}{{ "
+        + _literal("### Instruction:\n")
+        + " + m.content + "
+        + _literal("\n\n### Response:\n")
+        + " }}"
+        + "{% else %}{{ m.content + eos_token }}{% if not loop.last %}{{ "
+        + _literal("\n\n")
+        + " }}{% endif %}{% endif %}"
+        + "{% endfor %}"
+    )
+
+
+def with_chat_template(tokenizer: Any, template: str) -> Any:
+    """The tokenizer to export: as it is when it has a chat template (training used it), else a copy
+    whose chat template renders the training template."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer
+    import copy
+
+    out = copy.deepcopy(tokenizer)
+    out.chat_template = chat_template_for(template)
+    return out
+
+
 def resolve_template(name: str, tokenizer: Any) -> str:
     """`auto` -> `chat` when the tokenizer has a chat template, else `alpaca`."""
     has_chat = bool(getattr(tokenizer, "chat_template", None))

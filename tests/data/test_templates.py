@@ -2,7 +2,7 @@
 
 import pytest
 
-from ct_train.data.templates import resolve_template, tokenize_example
+from ct_train.data.templates import chat_template_for, resolve_template, tokenize_example, with_chat_template
 from ct_train.data.tokenizer import byte_tokenizer
 from ct_train.errors import ConfigError
 
@@ -88,3 +88,43 @@ def test_truncation_keeps_length_and_counts(tok):
     assert out["n_target"] == sum(1 for t in out["labels"][1:] if t != -100)
     short = tokenize_example(_ex(prompt="p" * 60), "simple", tok, max_seq_len=20)
     assert short["n_target"] == 0  # the response was cut off entirely
+
+
+def _inference_ids(tok, messages, **kw):
+    out = tok.apply_chat_template(messages, tokenize=True, **kw)
+    return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+
+MULTI_TURN = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Add 2 and 2."},
+    {"role": "assistant", "content": "4"},
+    {"role": "user", "content": "And 3 more?"},
+    {"role": "assistant", "content": "7"},
+]
+
+
+@pytest.mark.parametrize("template", ["alpaca", "simple", "bare"])
+def test_exported_chat_template_renders_the_training_tokens(tok, template):
+    """final/'s tokenizer gets a chat template when it has none: apply_chat_template gives the ids
+    training saw (BOS included), and the generation prompt is the training prompt."""
+    exported = with_chat_template(tok, template)
+    assert exported is not tok and not getattr(tok, "chat_template", None)  # the run's tokenizer is untouched
+    single = [{"role": "user", "content": "Reverse: abc"}, {"role": "assistant", "content": "cba"}]
+    records = [(_ex(prompt="Reverse: abc", response="cba"), single)]
+    if template != "bare":  # (bare takes no chat messages in training)
+        records.append((_ex(messages=MULTI_TURN), MULTI_TURN))
+    for record, messages in records:
+        trained = tokenize_example(record, template, tok, max_seq_len=4096)
+        assert _inference_ids(exported, messages) == trained["input_ids"]
+    prompt = _inference_ids(exported, single[:1], add_generation_prompt=True)
+    first = tokenize_example(records[0][0], template, tok, 4096)
+    start = next(i for i, label in enumerate(first["labels"]) if label != -100)
+    assert prompt == first["input_ids"][:start]
+
+
+def test_a_tokenizer_with_a_chat_template_is_exported_as_it_is(tok):
+    tok2 = with_chat_template(tok, "alpaca")
+    assert with_chat_template(tok2, "simple") is tok2
+    with pytest.raises(ValueError, match="data.template=chatml"):
+        chat_template_for("chatml")

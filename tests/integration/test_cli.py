@@ -54,6 +54,17 @@ def test_single_process_run_writes_every_output(tmp_path):
     assert ids[0]["ids"][0].split("-")[0] in ("add", "reverse", "brackets", "cjk_reverse")
     assert list((out / "wandb").glob("offline-run-*")), "W&B offline run directory missing"
     assert (out / "final" / "model.safetensors").exists() and (out / "final" / "tokenizer.json").exists()
+    assert "eval at step 2: eval/loss" in proc.stdout  # the periodic eval's one line
+    # The byte tokenizer has no chat template: final/ gets one rendering the training prompt (simple).
+    from transformers import AutoTokenizer
+
+    from ct_train.data.templates import tokenize_example
+
+    exported = AutoTokenizer.from_pretrained(out / "final")
+    chat = [{"role": "user", "content": "Reverse: abc"}, {"role": "assistant", "content": "cba"}]
+    record = dict(prompt="Reverse: abc", input="", response="cba", messages=[])
+    ids = exported.apply_chat_template(chat, tokenize=True, return_dict=True)["input_ids"]
+    assert ids == tokenize_example(record, "simple", exported, 128)["input_ids"]
     plot = subprocess.run(
         [sys.executable, "-m", "ct_train.plot", str(out)], capture_output=True, text=True, env=cli_env()
     )
