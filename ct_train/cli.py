@@ -12,15 +12,17 @@ on purpose (non-finite loss) likewise with status 3; a run saved and stopped on 
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import sys
 import warnings
-from typing import List
+from typing import Dict, List, Optional
 
 EXIT_USER_ERROR = 2
 EXIT_STOPPED = 3
 EXIT_PREEMPTED = 4  # saved on a stop signal: rerun (or requeue) the same command to resume
+PROG_NAMES = {"ct-train-score": "ct-train-score", "ct-train-bench": "ct-train-bench"}
 _LOCAL_RANK = re.compile(r"^--local[_-]rank(=(\d+))?$")
 
 
@@ -40,6 +42,103 @@ def strip_local_rank(argv: List[str]) -> List[str]:
             out.append(argv[i])
         i += 1
     return out
+
+
+USAGE_EXAMPLES = """\
+examples:
+  ct-train                                             tiny model, bundled skill suite, IID (CPU is fine)
+  ct-train curriculum=it2acl trainer.max_steps=200     IT2ACL's bandit over the skill clusters
+  ct-train model=hf model.path=/models/SmolLM2-135M-Instruct data=jsonl data.path=train.jsonl \\
+      curriculum=phased                                a pretrained model on your data (lr 2e-5 by default)
+  deepspeed --num_gpus 8 --no_local_rank --module ct_train model=llama3_8b model.path=/models/Meta-Llama-3-8B \\
+      data=jsonl data.path=/data/mix.jsonl trainer.micro_batch_size=4 trainer.global_batch_size=128
+  ct-train-score data=jsonl data.path=train.jsonl scoring=ifd model=hf model.path=/models/base
+  ct-train-bench --quick                               every strategy x seeds on the benchmark suite
+
+any key can be set with key=value (trainer.lr=1e-4 data.max_seq_len=1024); `--cfg job` prints the
+composed config; README.md lists the keys. Exit status: 2 bad config or data, 3 training stopped,
+4 saved on SIGTERM/SIGUSR1 (rerun to resume)."""
+
+DESCRIPTIONS = {
+    "ct-train": "Instruction-tune a causal LM on DeepSpeed ZeRO with a curriculum (IT2ACL, Phased IFT, TAPIR, "
+    "Beyond IID, ODM, mixtures, IID).",
+    "ct-train-score": "Write the data back with a difficulty per record (scoring=field|length|loss|ifd|judge_gap).",
+    "ct-train-bench": "Run every curriculum x seeds at the same budget and write report.md (--quick: CI's grid).",
+}
+
+
+def config_groups() -> Dict[str, List[str]]:
+    """The Hydra groups a user picks from and their options (the `<name>_schema` entries that type the
+    curriculum YAMLs are internal and left out)."""
+    from importlib.resources import files
+
+    root = files("ct_train.hydra_conf")
+    return {
+        group.name: sorted(f.name[: -len(".yaml")] for f in group.iterdir() if f.name.endswith(".yaml"))
+        for group in sorted(root.iterdir(), key=lambda p: p.name)
+        if group.is_dir() and not group.name.startswith("_")
+    }
+
+
+def help_text(prog: str) -> str:
+    groups = "\n".join(f"  {g:<11} {', '.join(opts)}" for g, opts in config_groups().items())
+    return (
+        f"usage: {prog} [GROUP=OPTION ...] [KEY=VALUE ...]\n\n{DESCRIPTIONS.get(prog, DESCRIPTIONS['ct-train'])}\n\n"
+        f"config groups (GROUP=OPTION):\n{groups}\n\n{USAGE_EXAMPLES}"
+    )
+
+
+def override_error(args: List[str]) -> Optional[str]:
+    """One line for an override Hydra cannot compose (a mistyped group option, an unknown key, a value
+    of the wrong type, bad syntax), else None. Hydra's own report is several lines and exits 1; ours
+    exits 2 like every other user error, before anything starts."""
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException, MissingConfigException
+
+    from ct_train.compose import register_configs
+
+    register_configs()
+    try:
+        with initialize_config_module("ct_train.hydra_conf", version_base="1.3"):
+            compose("config", overrides=args, return_hydra_config=True)
+    except MissingConfigException as e:
+        group, _, option = (e.missing_cfg_file or "").partition("/")
+        options = config_groups().get(group)
+        if not options:
+            return str(e).splitlines()[0]
+        close = difflib.get_close_matches(option, options, n=1)
+        hint = f" (did you mean {group}={close[0]}?)" if close else ""
+        return f"{group}={option}: no such {group}{hint}; choose one of: {', '.join(options)}"
+    except HydraException as e:
+        lines = str(e).splitlines()
+        cause = str(e.__cause__) if e.__cause__ else ""
+        unknown = re.search(r"full_key: (\S+)", cause) if cause.startswith("Key ") else None
+        if unknown:
+            return _unknown_key(unknown.group(1), args)
+        bad = re.match(r"Error (?:merging|parsing) override '?([^']+?)'?$", lines[0])
+        why = cause.splitlines()[0] if cause else (lines[1] if len(lines) > 1 else "")
+        return f"{bad.group(1)}: {why}" if bad else f"{lines[0]} {why}".strip()
+    return None
+
+
+def _unknown_key(key: str, args: List[str]) -> str:
+    """`trainer.max_step: no such key (did you mean trainer.max_steps?)`, the keys of its section read
+    from the config composed without the offending override."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import DictConfig, OmegaConf
+
+    parent, _, name = key.rpartition(".")
+    hint = ""
+    try:
+        rest = [a for a in args if a.lstrip("+~").split("=", 1)[0] != key]
+        with initialize_config_module("ct_train.hydra_conf", version_base="1.3"):
+            section = OmegaConf.select(compose("config", overrides=rest), parent) if parent else None
+        if isinstance(section, DictConfig):
+            close = difflib.get_close_matches(name, list(section.keys()), n=1)
+            hint = f" (did you mean {parent}.{close[0]}?)" if close else f" ({parent} has: {', '.join(section)})"
+    except Exception:  # the hint is a courtesy: the one-line error stands without it
+        pass
+    return f"{key}: no such key{hint}"
 
 
 def _run(cfg) -> None:
@@ -87,12 +186,24 @@ def main() -> None:
     # DeepSpeed 0.19 calls collectives torch 2.13 renamed; the warning repeats every step and says
     # nothing a user can act on.
     warnings.filterwarnings("ignore", message=r".*`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
-    sys.argv = [sys.argv[0]] + strip_local_rank(sys.argv[1:])
+    args = strip_local_rank(sys.argv[1:])
+    prog = PROG_NAMES.get(os.path.basename(sys.argv[0]), "ct-train")
+    if "--help" in args or "-h" in args:
+        print(help_text(prog))  # (Hydra's own help, with its config dump: --hydra-help)
+        return
+    sys.argv = [sys.argv[0]] + args
     import hydra
 
     from ct_train.compose import register_configs
 
     register_configs()
+    # Checked here only for a plain run: Hydra's flags (--cfg, -m sweeps, ...) keep Hydra's handling.
+    if not any(a.startswith("-") for a in args):
+        error = override_error(args)
+        if error:
+            if int(os.environ.get("RANK", 0)) == 0:
+                print(f"{prog}: error: {error}", file=sys.stderr, flush=True)
+            sys.exit(EXIT_USER_ERROR)
     app = hydra.main(version_base="1.3", config_path="pkg://ct_train.hydra_conf", config_name="config")(_run)
     app()
 
