@@ -195,6 +195,7 @@ class Needs:
     sets_length: bool = False  # its stages fix the run's length (trainer.max_steps may be -1)
     loss_weights: Optional[Dict[str, float]] = None  # cluster -> weight of its losses in the objective
     inputs: Dict[str, str] = field(default_factory=dict)  # config key -> JSON file the caller loads
+    chooses_clusters: bool = False  # it learns which cluster to train on (a bandit): one cluster leaves no choice
 
 
 @dataclass

@@ -48,6 +48,19 @@ def resolve_dtype(name: str) -> torch.dtype:
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
 
 
+def max_positions(cfg: ModelConfig) -> Optional[int]:
+    """The model's `max_position_embeddings` (its config.json, or model.architecture), read without
+    loading weights; None when it has none."""
+    if not cfg.path:
+        return cfg.architecture.get("max_position_embeddings")
+    from transformers import AutoConfig
+
+    try:
+        return getattr(AutoConfig.from_pretrained(cfg.path, local_files_only=True), "max_position_embeddings", None)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"model.path={cfg.path}: no loadable config.json ({str(e).splitlines()[0]})") from None
+
+
 def build_hf_model(cfg: ModelConfig, tokenizer: Any, dtype: torch.dtype) -> Any:
     """The causal LM. Under ZeRO-3 transformers builds it inside `zero.Init` (HfDeepSpeedConfig alive)."""
     from transformers import AutoConfig, AutoModelForCausalLM

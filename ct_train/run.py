@@ -30,6 +30,7 @@ from ct_train.engine import Engine, check_checkpoint_files, to_universal
 from ct_train.errors import ConfigError, DataError
 from ct_train.evaluation import evaluate, sample_losses
 from ct_train.logging import RunLogger, check_wandb_login
+from ct_train.modeling import max_positions
 from ct_train.sampler import CurriculumSampler
 from ct_train.signals import ClusterLossAccumulator
 
@@ -420,6 +421,33 @@ def _build_curriculum(cfg: Config, needs: Needs, data: PreparedData, difficulty:
     return curriculum, [str(w.message) for w in caught]
 
 
+def data_warnings(cfg: Config, needs: Needs, data: PreparedData, positions: Optional[int]) -> List[str]:
+    """What in this data and model setting a user would want to know before a long run (`positions`:
+    the model's max_position_embeddings)."""
+    out = []
+    note = data.skipped_note()
+    if note:
+        out.append(note)
+    if not data.eval or len(data.eval) == 0:
+        out.append("no held-out samples (data.eval_fraction / data.eval_path give none): eval/* metrics are not logged")
+    counts = np.bincount(data.train.cluster_ids, minlength=len(data.clusters))
+    single = [c for c, n in zip(data.clusters, counts) if n == 1]
+    if single:
+        shown = ", ".join(single[:5]) + (", ..." if len(single) > 5 else "")
+        out.append(f"{len(single)} of {len(data.clusters)} clusters have one training sample ({shown})")
+    if needs.chooses_clusters and int((counts > 0).sum()) == 1:
+        out.append(
+            f"curriculum={cfg.curriculum.name} chooses among clusters, but the data has one ({data.clusters[0]}): "
+            "it trains like iid; name clusters with data.cluster_field or data.sources"
+        )
+    if positions is not None and cfg.data.max_seq_len > positions:
+        out.append(
+            f"data.max_seq_len={cfg.data.max_seq_len} exceeds the model's max_position_embeddings={positions}: "
+            "positions past it were never trained (set data.max_seq_len <= it)"
+        )
+    return out
+
+
 def setup(cfg: Config, resolved: Dict[str, Any]) -> Run:
     """Build the run, in the order the parts depend on each other (call on every rank): output dir ->
     data -> engine -> curriculum -> stages -> resumed state -> samplers -> log."""
@@ -442,6 +470,7 @@ def setup(cfg: Config, resolved: Dict[str, Any]) -> Run:
     # an 8B model loads; a difficulty it needs and the data lacks is the initial model's loss
     # (computed before a checkpoint is loaded, and cached).
     check_difficulty(cfg, needs, data.train)
+    warned = data_warnings(cfg, needs, data, max_positions(cfg.model))
     late = needs_model_difficulty(needs, data.train)
     if not late:
         curriculum, curriculum_warnings = _build_curriculum(cfg, needs, data, data.train.difficulty)
@@ -492,7 +521,7 @@ def setup(cfg: Config, resolved: Dict[str, Any]) -> Run:
         accumulators={n: ClusterLossAccumulator(data.clusters, engine.device) for n in ("train", "probe", "after")},
         drills=FaultDrills(dist.rank()),
     )
-    _log_start(run, grad_accum_steps, curriculum_warnings, stage_info, saved)
+    _log_start(run, grad_accum_steps, warned + curriculum_warnings, stage_info, saved)
     return run
 
 
@@ -502,7 +531,8 @@ def _log_start(run: Run, grad_accum_steps: int, caught: List[str], stage_info: O
         f"ct_train: {world} rank(s), {run.engine.num_parameters():,} parameters, ZeRO-{run.engine.zero_stage}, "
         f"{len(data.train):,} train / {len(data.eval) if data.eval else 0:,} eval samples in "
         f"{len(data.clusters)} clusters, global batch {trainer.global_batch_size} = {world} ranks x "
-        f"{trainer.micro_batch_size} x {grad_accum_steps} accumulation steps; data counts: "
+        f"{trainer.micro_batch_size} x {grad_accum_steps} accumulation steps, lr {trainer.lr:g}, "
+        f"template {data.template}; data counts: "
         f"{ {k: v for k, v in data.stats.items() if v} }"
     )
     for message in caught:

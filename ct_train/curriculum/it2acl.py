@@ -151,6 +151,7 @@ class IT2ACLConfig(CurriculumConfig):
             difficulty_key="curriculum.phase2_difficulty",
             probe_per_cluster=self.probe_per_cluster if lp else 0,
             probe_every_steps=self.probe_every_steps if lp else 0,
+            chooses_clusters=True,
         )
 
 

@@ -22,7 +22,7 @@ from typing import Any, Dict
 
 import numpy as np
 
-from ct_train.config import CurriculumConfig
+from ct_train.config import CurriculumConfig, Needs
 from ct_train.curriculum.base import ClusterStats, DataIndex, Plan, check_state, draw_arms, register, step_rng
 from ct_train.errors import ConfigError
 
@@ -41,6 +41,9 @@ class ODMConfig(CurriculumConfig):
             raise ConfigError(f"curriculum.alpha={self.alpha!r} must be in [0, 1)")
         if self.clusters_per_batch < 1:
             raise ConfigError(f"curriculum.clusters_per_batch={self.clusters_per_batch!r} must be >= 1")
+
+    def needs(self) -> Needs:
+        return Needs(chooses_clusters=True)
 
 
 def exploration_rate(t: int, k: int) -> float:

@@ -174,7 +174,7 @@ def _normalizer(fmt: str, src: SourceInfo, on_bad_record: str, part: str):
                         cluster="",
                         difficulty=None,
                         source=src.name,
-                        _error=str(e),
+                        _error=f"{index + 1}:{e}",  # the record's line/position, then why
                     )
                 ]
             for ex in examples:
@@ -195,8 +195,11 @@ def load_examples(
     on_bad_record: str,
     num_proc: int = 1,
     judge_fields: Optional[List[str]] = None,
+    skipped: Optional[Dict[str, List[str]]] = None,
 ) -> Tuple[Any, Dict[str, int]]:
-    """All files as one dataset of example records, and counts (`records`, `skipped_bad`)."""
+    """All files as one dataset of example records, and counts (`records`, `skipped_bad`).
+
+    `skipped`, when given, collects the skipped records by reason: reason -> [`file:record`, ...]."""
     import datasets
 
     parts = []
@@ -226,7 +229,11 @@ def load_examples(
             num_proc=num_proc if num_proc > 1 else None,
             desc=f"normalise {name}",
         )
-        bad = sum(1 for err in examples["_error"] if err)
+        errors = [err for err in examples["_error"] if err]
+        bad = len(errors)
+        for err in errors if skipped is not None else ():
+            record, reason = err.split(":", 1)
+            skipped.setdefault(reason, []).append(f"{name}:{record}")
         if bad:
             examples = examples.filter(lambda e: not e["_error"], num_proc=num_proc if num_proc > 1 else None)
         stats["skipped_bad"] += bad
@@ -236,6 +243,6 @@ def load_examples(
         names = ", ".join(s.path for s in specs)
         raise DataError(
             f"no usable record in {names}"
-            + (f" ({stats['skipped_bad']} malformed records skipped)" if stats["skipped_bad"] else "")
+            + (f" ({stats['skipped_bad']} unusable records skipped)" if stats["skipped_bad"] else "")
         )
     return datasets.concatenate_datasets(parts), stats

@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 import ct_train.data.skills as skill_suite
+from ct_train import distributed as dist
 from ct_train.config import DataConfig, as_path_list
 from ct_train.data.loading import FileSpec, expand, load_examples
 from ct_train.data.templates import resolve_template, tokenize_example
@@ -58,6 +59,18 @@ class PreparedData:
     template: str
     stats: Dict[str, int] = field(default_factory=dict)
     probe: Optional[TokenizedSplit] = None  # held out of train and eval for a curriculum's signal (lp)
+    skipped: Dict[str, List[str]] = field(default_factory=dict)  # reason -> skipped records (`file:record`)
+
+    def skipped_note(self, shown: int = 3) -> Optional[str]:
+        """One line: the skipped records counted by reason, the first few of each named."""
+        if not self.skipped:
+            return None
+        total = sum(len(v) for v in self.skipped.values())
+        parts = [
+            f"{reason} {len(where)} ({', '.join(where[:shown])}{', ...' if len(where) > shown else ''})"
+            for reason, where in sorted(self.skipped.items(), key=lambda kv: -len(kv[1]))
+        ]
+        return f"skipped {total} records: " + "; ".join(parts)
 
 
 def _specs(cfg: DataConfig) -> Dict[str, List[FileSpec]]:
@@ -152,8 +165,11 @@ def _tokenize(
     return tok.select_columns(TOKEN_COLUMNS + (TEXT_COLUMNS if keep_text else []))
 
 
-def _load_splits(cfg: DataConfig, parts: Optional[Dict[str, List[str]]], probe_per_cluster: int) -> tuple:
-    """The records of each split before tokenisation: ({train, eval}, probe records or None, counts)."""
+def _load_splits(
+    cfg: DataConfig, parts: Optional[Dict[str, List[str]]], probe_per_cluster: int, skipped: Dict[str, List[str]]
+) -> tuple:
+    """The records of each split before tokenisation: ({train, eval}, probe records or None, counts).
+    `skipped` collects the records left out, by reason."""
     import datasets
 
     specs = _specs(cfg)
@@ -164,6 +180,7 @@ def _load_splits(cfg: DataConfig, parts: Optional[Dict[str, List[str]]], probe_p
         on_bad_record=cfg.on_bad_record,
         num_proc=cfg.num_proc,
         judge_fields=cfg.judge_fields,
+        skipped=skipped,
     )
     examples, stats = load_examples(specs["train"], **load)
     if specs["eval"]:
@@ -212,8 +229,23 @@ def prepare_data(
     `probe_per_cluster`: hold that many training records per cluster out as `PreparedData.probe`
     (never trained on, not in the eval split): the held-out probe of `curriculum.signal=lp`.
     """
+    import datasets
+
+    # The other ranks repeat rank 0's work from its cache: one set of progress bars is enough.
+    quiet = dist.rank() != 0 and datasets.is_progress_bar_enabled()
+    if quiet:
+        datasets.disable_progress_bars()
+    try:
+        return _prepare(cfg, tokenizer, parts, response_only, keep_text, probe_per_cluster)
+    finally:
+        if quiet:
+            datasets.enable_progress_bars()
+
+
+def _prepare(cfg: DataConfig, tokenizer: Any, parts, response_only: bool, keep_text: bool, probe_per_cluster: int):
     template = resolve_template(cfg.template, tokenizer)
-    split, probe_examples, stats = _load_splits(cfg, parts, probe_per_cluster)
+    skipped: Dict[str, List[str]] = {}
+    split, probe_examples, stats = _load_splits(cfg, parts, probe_per_cluster, skipped)
     train = _tokenize(split["train"], template, tokenizer, cfg, stats, "train", response_only, keep_text)
     if len(train) == 0:
         raise DataError(
@@ -243,6 +275,7 @@ def prepare_data(
         template=template,
         stats=stats,
         probe=_split(probe, clusters) if probe is not None else None,
+        skipped=skipped,
     )
 
 

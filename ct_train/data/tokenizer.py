@@ -8,6 +8,7 @@ real `tokenizers` BPE with no merges wrapped in a fast tokenizer, so it saves wi
 
 from __future__ import annotations
 
+import os
 from functools import cache
 from typing import Any, Dict, Optional
 
@@ -55,10 +56,16 @@ def load_tokenizer(tokenizer_path: Optional[str], model_path: Optional[str]) -> 
 
     from ct_train.errors import ConfigError
 
+    key = "model.tokenizer" if tokenizer_path else "model.path"
+    if not os.path.isdir(path):
+        # (transformers would read a missing local path as a hub repo id and say so, which misleads.)
+        raise ConfigError(
+            f"{key}={path} does not exist: expected a local Hugging Face model directory "
+            "(config.json, weights, tokenizer files); nothing is downloaded"
+        )
     try:
         tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as e:
-        key = "model.tokenizer" if tokenizer_path else "model.path"
         raise ConfigError(
             f"{key}={path}: no loadable Hugging Face tokenizer there ({str(e).splitlines()[0]})"
         ) from None

@@ -118,6 +118,25 @@ def test_bad_records_skipped_and_counted_or_fatal(tmp_path):
         _load(f, on_bad_record="error")
 
 
+def test_skipped_records_are_counted_by_reason_and_named(tmp_path):
+    from ct_train.data.prepare import PreparedData
+
+    rows = [{"instruction": "a", "output": "b"}] + [{"instruction": f"q{i}", "output": ""} for i in range(5)]
+    rows.insert(2, {"instruction": "", "output": "x"})
+    skipped = {}
+    ds, stats = _load(_write_jsonl(tmp_path / "c.jsonl", rows), skipped=skipped)
+    assert len(ds) == 1 and stats["skipped_bad"] == 6
+    assert skipped == {
+        "empty response/output": ["c.jsonl:2", "c.jsonl:4", "c.jsonl:5", "c.jsonl:6", "c.jsonl:7"],
+        "empty prompt/instruction": ["c.jsonl:3"],
+    }
+    note = PreparedData(train=None, eval=None, clusters=[], template="alpaca", skipped=skipped).skipped_note()
+    assert note == (
+        "skipped 6 records: empty response/output 5 (c.jsonl:2, c.jsonl:4, c.jsonl:5, ...); "
+        "empty prompt/instruction 1 (c.jsonl:3)"
+    )
+
+
 def test_non_numeric_difficulty_names_record(tmp_path):
     f = _write_jsonl(tmp_path / "d.jsonl", [{"instruction": "a", "output": "b", "difficulty": "hard"}])
     with pytest.raises(
