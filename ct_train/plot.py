@@ -61,19 +61,22 @@ def plot_run(output_dir: str) -> List[str]:
 
     clusters = sorted({k.split("/")[1] for k in series if k.startswith(("cluster/", "eval/")) and k.count("/") == 2})
     if clusters:
-        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+        named = set(_named(clusters, series, "eval/{}/loss"))
+        fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), sharey=True)
         for name in clusters:
+            style = {"label": name, "lw": 1} if name in named else {"color": "0.75", "lw": 0.5, "zorder": 0}
             for ax, key in zip(axes, (f"cluster/{name}/loss", f"eval/{name}/loss")):
                 if key in series:
-                    ax.plot(*series[key], "-" if key.startswith("cluster") else "o-", label=name, lw=1)
+                    ax.plot(*series[key], "-" if key.startswith("cluster") else "o-", ms=3, **style)
         for ax in axes:
             _mark_stages(ax, bounds)
         axes[0].set_title("training loss per cluster")
         axes[1].set_title("held-out loss per cluster")
+        axes[0].set_ylabel("loss (mean per-sample response-token CE)")
         for ax in axes:
             ax.set_xlabel("optimizer step")
             ax.grid(alpha=0.3)
-        axes[1].legend(fontsize=7, ncol=2)
+        _legend(axes[1], len(named), len(clusters), "highest final held-out loss")
         paths.append(os.path.join(plots, "clusters.png"))
         fig.tight_layout()
         fig.savefig(paths[-1], dpi=120)
@@ -83,6 +86,29 @@ def plot_run(output_dir: str) -> List[str]:
     if timeline:
         paths.append(_curriculum_timeline(plt, series, timeline, os.path.join(plots, "curriculum.png")))
     return paths
+
+
+# More clusters than this are drawn in grey without a legend entry (the self-instruct seed tasks are
+# 174 clusters: a legend of all of them covered the figure); the ones that matter most are named.
+MAX_LEGEND = 12
+
+
+def _named(clusters: List[str], series, key: str) -> List[str]:
+    """The clusters given a colour and a legend entry: all when few, else the MAX_LEGEND with the
+    largest last value of `key` (e.g. the final held-out loss)."""
+    if len(clusters) <= MAX_LEGEND:
+        return clusters
+    last = {c: series[key.format(c)][1][-1] for c in clusters if key.format(c) in series}
+    return sorted(last, key=lambda c: -last[c])[:MAX_LEGEND]
+
+
+def _legend(ax, shown: int, total: int, ranked_by: str, source=None) -> None:
+    """The legend beside `ax` (never over the curves) with `source`'s entries (default: its own),
+    saying which clusters it names."""
+    title = "cluster" if shown == total else f"{shown} of {total} clusters\n({ranked_by};\nthe rest grey)"
+    handles, labels = (source or ax).get_legend_handles_labels()
+    ax.legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title=title,
+              title_fontsize=7, borderaxespad=0)  # fmt: skip
 
 
 def stage_boundaries(rows: List[dict]) -> List[Tuple[int, str]]:
@@ -110,20 +136,26 @@ def _curriculum_timeline(plt, series, clusters: List[str], path: str) -> str:
     for j, c in enumerate(clusters):
         for s, p in zip(*series[f"curriculum/prob/{c}"]):
             probs[j, at[s]] = p
-    colors = plt.get_cmap("tab20")(np.linspace(0, 1, max(len(clusters), 2)))
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
-    axes[0].stackplot(steps, probs, labels=clusters, colors=colors, linewidth=0)
+    # Named: the clusters the curriculum gave the most probability over the run.
+    named = clusters if len(clusters) <= MAX_LEGEND else [clusters[j] for j in np.argsort(-probs.mean(1))[:MAX_LEGEND]]
+    palette = iter(plt.get_cmap("tab20")(np.linspace(0, 1, max(len(named), 2))))
+    colors = {c: next(palette) if c in named else ("0.8" if j % 2 else "0.7") for j, c in enumerate(clusters)}
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.8))
+    axes[0].stackplot(steps, probs, labels=[c if c in named else "_" for c in clusters],
+                      colors=[colors[c] for c in clusters], linewidth=0)  # fmt: skip
     axes[0].set_ylim(0, 1)
     axes[0].set_title("curriculum: probability of each cluster")
-    for c, color in zip(clusters, colors):
+    axes[0].set_ylabel("probability of drawing from the cluster")
+    for c in clusters:
         key = f"cluster/{c}/loss"
-        if key in series:
-            axes[1].plot(*series[key], ".-", color=color, ms=2, lw=0.8, label=c)
+        if key in series and c in named:
+            axes[1].plot(*series[key], ".-", color=colors[c], ms=2, lw=0.8, label=c)
     axes[1].set_title("training loss of each cluster (steps it was trained)")
+    axes[1].set_ylabel("loss (mean per-sample response-token CE)")
     for ax in axes:
         ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, ncol=2, loc="upper left", framealpha=0.6)
+    _legend(axes[1], len(named), len(clusters), "most probability", source=axes[0])
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
