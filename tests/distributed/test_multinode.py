@@ -81,6 +81,8 @@ def test_two_nodes_match_one_node_survive_a_lost_node_and_resume(tmp_path, recor
     assert rewards and all(b[6][k] == pytest.approx(v, abs=1e-6) for k, v in rewards.items())
 
 
+# make test-slow (marker `extended`): kept out of make test's 20-minute budget
+@pytest.mark.extended
 def test_hung_node_ends_the_job_after_the_collective_timeout(tmp_path):
     """A node that stops answering (SIGSTOP: alive, silent) fails the others after trainer.dist_timeout_s."""
     out = tmp_path / "run"

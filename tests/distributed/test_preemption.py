@@ -62,7 +62,9 @@ def _wait_for_step(out: Path, step: int, proc, timeout=300):
     raise AssertionError(f"the run never reached step {step}")
 
 
-@pytest.mark.parametrize("nproc", [1, 2])
+# 1 rank in make test-slow (marker `extended`): the 2-rank case covers the same save-and-resume path
+# and the agreement between ranks, within make test's 20-minute budget.
+@pytest.mark.parametrize("nproc", [pytest.param(1, marks=pytest.mark.extended), 2])
 def test_sigterm_saves_at_the_step_boundary_and_the_same_command_resumes_with_no_lost_step(tmp_path, nproc):
     out = tmp_path / "run"
     args = ARGS + [f"trainer.output_dir={out}"]

@@ -127,6 +127,7 @@ def test_interaction_matrix_shows_the_planted_dependency_and_beyond_iid_trains_o
 
 
 @pytest.mark.distributed
+@pytest.mark.extended  # make test-slow: kept out of make test's 20-minute budget
 def test_gradient_estimate_on_two_zero3_ranks_equals_one_rank(measured, tmp_path):
     """The same warmed model, samples and sketch on 2 ranks (each parameter's gradient gathered alone
     from its ZeRO-3 partitions) gives the 1-rank matrix."""
