@@ -7,7 +7,9 @@ as an override; it is stripped here before Hydra parses and LOCAL_RANK is taken 
 (set by every launcher) or from that argument. User errors (bad config value, bad data file, an
 unwritable checkpoint) print one line on rank 0 and exit with status 2, no traceback; a run stopped
 on purpose (non-finite loss) likewise with status 3; a run saved and stopped on SIGTERM/SIGUSR1
-(preemption) with status 4.
+(preemption) with status 4. The overrides are composed once before Hydra runs the app, so a mistyped
+group option or key is one line with the nearest match, exit 2 (`override_error`); `--help` is ours
+(groups and examples), Hydra's is `--hydra-help`.
 """
 
 from __future__ import annotations
