@@ -25,6 +25,7 @@ def _ok(proc):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
 
+@pytest.mark.extended  # make test-slow: kept out of make test's 20-minute budget
 def test_spg_with_pacing_over_initial_loss_bands_resumes_into_another_directory(tmp_path):
     """phase2_difficulty=initial_loss: bands from the initial model's per-sample loss (a distributed
     scoring pass), cached in the output dir; SPG draws fresh batches from its own stream. A run

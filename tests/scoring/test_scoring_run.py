@@ -37,6 +37,8 @@ def _score(args, nproc=1, cwd=None):
     return proc
 
 
+# make test-slow (marker `extended`): the no-grad distributed pass is also make test's eval on 2 ranks
+@pytest.mark.extended
 def test_distributed_loss_scores_equal_one_process_and_are_cached(tmp_path, shared_data):
     lines = (shared_data / "alpaca52k-gpt4-scored-stage3.jsonl").read_text().splitlines()[:N_RECORDS]
     data = tmp_path / "alpaca.jsonl"
