@@ -440,7 +440,8 @@ def data_warnings(cfg: Config, needs: Needs, data: PreparedData, positions: Opti
             f"curriculum={cfg.curriculum.name} chooses among clusters, but the data has one ({data.clusters[0]}): "
             "it trains like iid; name clusters with data.cluster_field or data.sources"
         )
-    if positions is not None and cfg.data.max_seq_len > positions:
+    # (Only for loaded weights: a model trained from random init learns every position it is given.)
+    if cfg.model.path and positions is not None and cfg.data.max_seq_len > positions:
         out.append(
             f"data.max_seq_len={cfg.data.max_seq_len} exceeds the model's max_position_embeddings={positions}: "
             "positions past it were never trained (set data.max_seq_len <= it)"

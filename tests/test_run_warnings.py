@@ -30,13 +30,16 @@ def test_a_clean_setting_warns_of_nothing(tmp_path):
 def test_each_warning_names_what_to_change(tmp_path):
     rows = [{"instruction": f"q{i}", "output": "a"} for i in range(6)] + [{"instruction": "q", "output": ""}]
     data_cfg, data = _data(tmp_path, rows, eval_fraction=0.0, max_seq_len=2048)
-    cfg = Config(data=data_cfg, curriculum=IT2ACLConfig())
+    cfg = Config(model=ModelConfig(name="hf", path="/pretrained"), data=data_cfg, curriculum=IT2ACLConfig())
     found = data_warnings(cfg, cfg.curriculum.needs(), data, positions=1024)
     assert found[0] == "skipped 1 records: empty response/output 1 (d.jsonl:7)"
     assert found[1].startswith("no held-out samples")
     assert found[2].startswith("curriculum=it2acl chooses among clusters, but the data has one (d)")
     assert found[3].startswith("data.max_seq_len=2048 exceeds the model's max_position_embeddings=1024")
     assert len(found) == 4
+    # a model built at random init learns every position it is trained on: no positions warning
+    scratch = Config(data=data_cfg, curriculum=IT2ACLConfig())
+    assert not any("max_position" in w for w in data_warnings(scratch, scratch.curriculum.needs(), data, 1024))
     # iid chooses nothing: no bandit warning
     assert not any(
         "chooses" in w for w in data_warnings(Config(data=data_cfg), Config().curriculum.needs(), data, 1024)
