@@ -24,7 +24,7 @@ from typing import Dict, List, Optional
 EXIT_USER_ERROR = 2
 EXIT_STOPPED = 3
 EXIT_PREEMPTED = 4  # saved on a stop signal: rerun (or requeue) the same command to resume
-PROG_NAMES = {"ct-train-score": "ct-train-score", "ct-train-bench": "ct-train-bench"}
+PROGS = ("ct-train", "ct-train-score", "ct-train-bench")  # (python -m ct_train: ct-train)
 _LOCAL_RANK = re.compile(r"^--local[_-]rank(=(\d+))?$")
 
 
@@ -90,19 +90,25 @@ def help_text(prog: str) -> str:
     )
 
 
+def _compose(overrides: List[str], hydra_keys: bool = False):
+    """The config Hydra would compose from these overrides (raises Hydra's errors)."""
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module("ct_train.hydra_conf", version_base="1.3"):
+        return compose("config", overrides=overrides, return_hydra_config=hydra_keys)
+
+
 def override_error(args: List[str]) -> Optional[str]:
     """One line for an override Hydra cannot compose (a mistyped group option, an unknown key, a value
     of the wrong type, bad syntax), else None. Hydra's own report is several lines and exits 1; ours
     exits 2 like every other user error, before anything starts."""
-    from hydra import compose, initialize_config_module
     from hydra.errors import HydraException, MissingConfigException
 
     from ct_train.compose import register_configs
 
     register_configs()
     try:
-        with initialize_config_module("ct_train.hydra_conf", version_base="1.3"):
-            compose("config", overrides=args, return_hydra_config=True)
+        _compose(args, hydra_keys=True)  # (hydra.* overrides are legal too)
     except MissingConfigException as e:
         group, _, option = (e.missing_cfg_file or "").partition("/")
         options = config_groups().get(group)
@@ -126,15 +132,13 @@ def override_error(args: List[str]) -> Optional[str]:
 def _unknown_key(key: str, args: List[str]) -> str:
     """`trainer.max_step: no such key (did you mean trainer.max_steps?)`, the keys of its section read
     from the config composed without the offending override."""
-    from hydra import compose, initialize_config_module
     from omegaconf import DictConfig, OmegaConf
 
     parent, _, name = key.rpartition(".")
     hint = ""
     try:
         rest = [a for a in args if a.lstrip("+~").split("=", 1)[0] != key]
-        with initialize_config_module("ct_train.hydra_conf", version_base="1.3"):
-            section = OmegaConf.select(compose("config", overrides=rest), parent) if parent else None
+        section = OmegaConf.select(_compose(rest), parent) if parent else None
         if isinstance(section, DictConfig):
             close = difflib.get_close_matches(name, list(section.keys()), n=1)
             hint = f" (did you mean {parent}.{close[0]}?)" if close else f" ({parent} has: {', '.join(section)})"
@@ -189,7 +193,7 @@ def main() -> None:
     # nothing a user can act on.
     warnings.filterwarnings("ignore", message=r".*`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
     args = strip_local_rank(sys.argv[1:])
-    prog = PROG_NAMES.get(os.path.basename(sys.argv[0]), "ct-train")
+    prog = os.path.basename(sys.argv[0]) if os.path.basename(sys.argv[0]) in PROGS else "ct-train"
     if "--help" in args or "-h" in args:
         print(help_text(prog))  # (Hydra's own help, with its config dump: --hydra-help)
         return
