@@ -25,6 +25,7 @@ setup(
         "pyyaml",
         "matplotlib",
         "scipy",
+        "peft>=0.13",  # LoRA (model.lora)
     ],
     extras_require={
         "gpu": ["flash-attn>=2.5"],

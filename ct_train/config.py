@@ -49,6 +49,32 @@ def as_path_list(key: str, value: Any) -> List[str]:
     raise ConfigError(f"{key} must be a path or a list of paths, got {value!r}")
 
 
+LLAMA_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters through `peft` (model.lora.enabled=true): only the adapters train and have
+    optimizer state; the base weights, lm_head included, stay frozen."""
+
+    enabled: bool = False
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    # Module names peft wraps; the default suits Llama-style models (Llama, Mistral, Qwen, SmolLM2).
+    target_modules: List[str] = field(default_factory=lambda: list(LLAMA_LORA_TARGETS))
+    # final/ then also holds merged/: the adapters folded into the base, a plain HF model.
+    merge_on_export: bool = False
+
+    def validate(self) -> None:
+        _positive("model.lora.r", self.r)
+        _positive("model.lora.alpha", self.alpha)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.lora.dropout={self.dropout!r} must be in [0, 1)")
+        if self.enabled and not self.target_modules:
+            raise ConfigError("model.lora.target_modules is empty: name the modules to adapt (e.g. [q_proj, v_proj])")
+
+
 @dataclass
 class ModelConfig:
     """Which causal LM to train.
@@ -69,8 +95,10 @@ class ModelConfig:
     # Its gradients: recompute the logits in backward, or finish them in forward for the objective's
     # weights (known before the forward pass): no recompute, but dX and dW are held until backward.
     loss_grad_mode: str = "recompute"
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
     def validate(self) -> None:
+        self.lora.validate()
         check_choice("model.loss_backend", self.loss_backend, ("auto", "triton", "torch"))
         check_choice("model.loss_grad_mode", self.loss_grad_mode, ("recompute", "forward"))
         check_choice(
@@ -132,6 +160,12 @@ class DataConfig:
     # curricula over (task, level) categories such as beyond_iid's interaction matrix.
     split_by_difficulty: bool = False
     num_proc: int = 1
+    # Pack each micro-batch's samples into rows of max_seq_len tokens (positions restart per sample,
+    # attention stays inside a sample, one loss per sample): no padding compute. Training passes only.
+    packing: bool = False
+    # Micro-batches of similar lengths inside each rank's share of a step (HF's group_by_length):
+    # the step's samples and the stream do not change, the padding does.
+    group_by_length: bool = False
     skills: SkillsConfig = field(default_factory=SkillsConfig)
 
     def validate(self) -> None:

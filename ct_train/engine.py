@@ -138,6 +138,8 @@ class Engine:
             deepspeed.zero.register_external_parameter(model, model.output_weight())
         decay, no_decay = [], []
         for name, p in model.named_parameters():
+            if not p.requires_grad:  # frozen (LoRA's base): no optimizer state, no gradient partition
+                continue
             (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
         groups = [
             {"params": decay, "weight_decay": cfg.trainer.weight_decay},
@@ -206,8 +208,8 @@ class Engine:
         for p in params:
             yield safe_get_full_grad(p)
 
-    def num_parameters(self) -> int:
-        return self.full_numel(self.module.parameters())
+    def num_parameters(self, trainable: bool = False) -> int:
+        return self.full_numel(p for p in self.module.parameters() if p.requires_grad or not trainable)
 
     @staticmethod
     def full_numel(params: Any) -> int:
@@ -222,7 +224,17 @@ class Engine:
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Per-sample losses (B,) and argmax-correct token counts (B,) for a MicroBatch. Training passes
         the objective's weights (`losses.objective_weights`), which model.loss_grad_mode=forward uses."""
-        return self.ds(batch.input_ids, batch.attention_mask, batch.labels, objective_weights)
+        if batch.sample_index is None:
+            return self.ds(batch.input_ids, batch.attention_mask, batch.labels, objective_weights)
+        return self.ds(
+            batch.input_ids,
+            batch.attention_mask,
+            batch.labels,
+            objective_weights,
+            position_ids=batch.position_ids,
+            sample_index=batch.sample_index,
+            num_samples=batch.num_samples,
+        )
 
     def backward(self, loss: torch.Tensor) -> None:
         self.ds.backward(loss)
@@ -278,9 +290,62 @@ class Engine:
         if dist.is_main():
             state = {k[len("lm.") :]: v for k, v in state.items() if k.startswith("lm.")}
             os.makedirs(out_dir, exist_ok=True)
-            self.module.lm.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
+            if self.cfg.model.lora.enabled:
+                self._export_lora(out_dir, state, tokenizer)
+            else:
+                self.module.lm.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
             tokenizer.save_pretrained(out_dir)
         dist.barrier()
+
+    def _export_lora(self, out_dir: str, state: Dict[str, Any], tokenizer: Any) -> None:
+        """final/ as a PEFT adapter (adapter_config.json + adapter_model.safetensors; peft keeps only
+        the adapter tensors of `state`). A base from random init (no model.path) is written beside it
+        in base/, which the adapter then names; merged/ (model.lora.merge_on_export) is the base with
+        the adapters folded in by peft's merge_and_unload, a plain Hugging Face model."""
+        from peft import PeftModel
+        from transformers.integrations.deepspeed import set_hf_deepspeed_config, unset_hf_deepspeed_config
+
+        lm = self.module.lm
+        base_state = _base_state(state)
+        if self.cfg.model.path is None:
+            base_dir = os.path.join(out_dir, "base")
+            lm.get_base_model().save_pretrained(base_dir, state_dict=base_state, safe_serialization=True)
+            tokenizer.save_pretrained(base_dir)
+            lm.peft_config["default"].base_model_name_or_path = os.path.abspath(base_dir)
+        lm.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
+        if not self.cfg.model.lora.merge_on_export:
+            return
+        # A plain CPU copy of the base to merge into: built outside zero.Init (transformers would
+        # partition it while the run's DeepSpeed config is registered).
+        unset_hf_deepspeed_config()
+        try:
+            from transformers import AutoModelForCausalLM
+
+            base = AutoModelForCausalLM.from_config(lm.get_base_model().config, dtype=self.dtype)
+        finally:
+            if self._hf_ds_config is not None:
+                set_hf_deepspeed_config(self._hf_ds_config)
+        missing, unexpected = base.load_state_dict(base_state, strict=False)
+        base.tie_weights()  # a tied lm_head is not in the gathered state: it is the embedding
+        tied = {"lm_head.weight"} if getattr(base.config, "tie_word_embeddings", False) else set()
+        if unexpected or set(missing) - tied:
+            raise RuntimeError(f"merging LoRA: base weights missing {sorted(set(missing) - tied)[:5]}, "
+                               f"unexpected {sorted(unexpected)[:5]}")  # fmt: skip
+        merged = PeftModel.from_pretrained(base, out_dir).merge_and_unload()
+        merged.save_pretrained(os.path.join(out_dir, "merged"), safe_serialization=True)
+        tokenizer.save_pretrained(os.path.join(out_dir, "merged"))
+
+
+def _base_state(state: Dict[str, Any]) -> Dict[str, Any]:
+    """The base model's own tensors in a peft model's state dict, under the base's key names:
+    `base_model.model.` dropped, `.base_layer` unwrapped, the adapters left out."""
+    out = {}
+    for key, value in state.items():
+        if ".lora_" in key:
+            continue
+        key = key.removeprefix("base_model.model.").replace(".base_layer.", ".")
+        out[key] = value
+    return out
 
 
 def to_universal(ckpt_dir: str, tag: str, output_dir: str) -> str:

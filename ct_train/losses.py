@@ -29,6 +29,8 @@ def per_sample_loss(
     backend: str = "auto",
     grad_mode: str = "recompute",
     upstream_grad: Optional[torch.Tensor] = None,
+    sample_index: Optional[torch.Tensor] = None,
+    num_samples: Optional[int] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Mean response-token cross-entropy of every sample, and its number of argmax-correct tokens.
 
@@ -40,6 +42,9 @@ def per_sample_loss(
         backend: `ct_train.kernels` backend: auto (Triton on CUDA), triton, torch.
         grad_mode, upstream_grad: "forward" finishes the gradients in forward for the upstream
             gradient (B,) that backward will bring (the objective's weights); see ct_train.kernels.
+        sample_index, num_samples: packed rows (`data.packing`): the sample of each token, -1 on
+            padding, and how many samples there are (B above is then their number, not the rows').
+            A label is predicted only from a token of the same sample.
 
     Returns:
         (loss, n_correct), both (B,) in fp32 (fp64 for fp64 inputs). A sample with no response
@@ -48,14 +53,21 @@ def per_sample_loss(
     """
     b, t, h = hidden.shape
     # Shift the labels, not the hidden states: (B*T, H) stays a view, the last position gets -100.
-    shifted = torch.cat([labels[:, 1:], labels.new_full((b, 1), IGNORE_INDEX)], dim=1).reshape(-1)
-    rows_sample = torch.arange(b, device=hidden.device).repeat_interleave(t)
+    following = labels[:, 1:]
+    if sample_index is not None:  # the next token of a packed row may start another sample
+        following = following.masked_fill(sample_index[:, 1:] != sample_index[:, :-1], IGNORE_INDEX)
+    shifted = torch.cat([following, labels.new_full((b, 1), IGNORE_INDEX)], dim=1).reshape(-1)
+    if sample_index is None:
+        rows_sample, num_samples = torch.arange(b, device=hidden.device).repeat_interleave(t), b
+    else:  # padding (-1) has no label left: any valid sample number will do
+        rows_sample = sample_index.clamp(min=0).reshape(-1)
+        num_samples = int(sample_index.max()) + 1 if num_samples is None else num_samples
     return linear_cross_entropy(
         hidden.reshape(b * t, h),
         weight,
         shifted,
         rows_sample,
-        num_samples=b,
+        num_samples=num_samples,
         ignore_index=IGNORE_INDEX,
         reduction="sample",
         backend=backend,

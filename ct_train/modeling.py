@@ -9,12 +9,12 @@ an external parameter of this wrapper so ZeRO gathers it for our forward and bac
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
-from ct_train.config import ModelConfig
+from ct_train.config import LoraConfig, ModelConfig
 from ct_train.errors import ConfigError
 from ct_train.losses import per_sample_loss
 
@@ -93,8 +93,47 @@ def build_hf_model(cfg: ModelConfig, tokenizer: Any, dtype: torch.dtype) -> Any:
         model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype, attn_implementation=attn)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.lora.enabled:  # frozen embeddings: checkpointed blocks need an input that asks for grad
+            model.enable_input_require_grads()
     model.config.use_cache = False
-    return model
+    return apply_lora(model, cfg.lora) if cfg.lora.enabled else model
+
+
+def apply_lora(model: Any, lora: LoraConfig) -> Any:
+    """`model` wrapped by peft with LoRA adapters on `lora.target_modules`; everything else frozen
+    (lm_head included: the fused loss then computes no weight gradient for it). Called after the
+    base is built (under ZeRO-3 inside zero.Init, so the base is partitioned; the adapters are made
+    here, outside it, from the same torch seed on every rank, and deepspeed.initialize partitions them)."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [t for t in lora.target_modules if t not in names]
+    if missing:
+        raise ConfigError(
+            f"model.lora.target_modules: {missing} name no module of this model; its linear layers are "
+            f"named {_linear_names(model)}"
+        )
+    peft_config = PeftLoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, peft_config)
+
+
+def _linear_names(model: nn.Module) -> List[str]:
+    return sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+
+
+def flatten_packed(*rows: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    """(R, T) packed tensors as one (1, N) row of their real tokens (`rows[-1]` is the sample index,
+    -1 on padding), in order: the layout flash-attn's varlen path reads from the position ids."""
+    keep = rows[-1] >= 0
+    return tuple(t[keep][None] for t in rows)
 
 
 class SampleLossModel(nn.Module):
@@ -118,10 +157,24 @@ class SampleLossModel(nn.Module):
         attention_mask: torch.Tensor,
         labels: torch.Tensor,
         objective_weights: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.Tensor] = None,
+        sample_index: Optional[torch.Tensor] = None,
+        num_samples: Optional[int] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """`objective_weights` (B,): d(objective)/d(per-sample loss), for loss_grad_mode="forward"."""
+        """`objective_weights` (B,): d(objective)/d(per-sample loss), for loss_grad_mode="forward".
+        `position_ids`, `sample_index` (R, T), `num_samples` B: packed rows (data.batching)."""
         body = self.lm.get_decoder()
-        hidden = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        if sample_index is not None and self.lm.config._attn_implementation == "flash_attention_2":
+            # flash-attn's varlen kernels: transformers finds the samples from the position ids'
+            # restarts, but only in a single row, so the rows become one, without their padding.
+            flat = flatten_packed(input_ids, position_ids, labels, sample_index)
+            input_ids, position_ids, labels, sample_index = flat
+            attention_mask = None
+        elif sample_index is not None:
+            attention_mask = self.packed_attention(sample_index)
+        hidden = body(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state
         forward_mode = self.loss_grad_mode == "forward" and objective_weights is not None
         return per_sample_loss(
             hidden,
@@ -131,4 +184,21 @@ class SampleLossModel(nn.Module):
             self.loss_backend,
             grad_mode="forward" if forward_mode else "recompute",
             upstream_grad=objective_weights if forward_mode else None,
+            sample_index=sample_index,
+            num_samples=num_samples,
+        )
+
+    def packed_attention(self, sample_index: torch.Tensor) -> torch.Tensor:
+        """Attention for packed rows (sdpa, eager) that never crosses samples: a block-diagonal causal
+        (R, 1, T, T) mask, which transformers uses as given: boolean for sdpa, additive for eager.
+        Padding (-1) attends to padding, so no query row is empty."""
+        t = sample_index.shape[1]
+        causal = torch.ones(t, t, dtype=torch.bool, device=sample_index.device).tril()
+        allowed = (sample_index[:, :, None] == sample_index[:, None, :]) & causal
+        allowed = allowed[:, None]
+        if self.lm.config._attn_implementation == "sdpa":
+            return allowed
+        dtype = self.output_weight().dtype
+        return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
+            ~allowed, torch.finfo(dtype).min
         )

@@ -9,6 +9,7 @@ algorithm because everything here is set up before its loop starts.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import warnings
@@ -23,7 +24,7 @@ from ct_train import distributed as dist
 from ct_train.config import Config, Needs
 from ct_train.curriculum import DataIndex, build_curriculum
 from ct_train.curriculum.base import Curriculum, Staged, stage_at
-from ct_train.data import PreparedData, load_tokenizer, prepare_data
+from ct_train.data import PreparedData, group_by_length, load_tokenizer, prepare_data
 from ct_train.data.prepare import data_fingerprint
 from ct_train.drills import FaultDrills
 from ct_train.engine import Engine, check_checkpoint_files, to_universal
@@ -89,7 +90,16 @@ def identity_differences(saved: Dict[str, Any], current: Dict[str, Any], allowed
     """What differs between a checkpoint's run and this one, as `key old -> new` (or "the data
     changed"), leaving out the keys in `allowed` (trainer.resume_allow)."""
     old, new = saved.get("config", {}), current["config"]
-    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and not _covered(k, allowed))
+    # A key added to the schema after the checkpoint was written, left at its default, computes what
+    # the older code did (data.packing, model.lora.*): no difference.
+    defaults = _flatten(dataclasses.asdict(Config()))
+    keys = sorted(
+        k
+        for k in set(old) | set(new)
+        if old.get(k) != new.get(k)
+        and not _covered(k, allowed)
+        and not (k not in old and k in defaults and new[k] == defaults[k])
+    )
     out = [f"{k} {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}" for k in keys]
     if saved.get("data") != current["data"] and not _covered("data", allowed):
         out.append("the data changed (its tokenised fingerprint differs)")
@@ -294,6 +304,17 @@ class Run:
     @property
     def pad_id(self) -> int:
         return self.tokenizer.pad_token_id
+
+    @property
+    def packing(self) -> bool:
+        """Training micro-batches are packed rows (data.packing), not padded ones."""
+        return self.cfg.data.packing
+
+    def micro_batches(self, global_batch: np.ndarray) -> List[np.ndarray]:
+        """This rank's micro-batches of a global batch (the sampler's slice), grouped by length when
+        data.group_by_length is set."""
+        micro = dist.rank_micro_batches(global_batch, dist.rank(), dist.world_size(), self.cfg.trainer.micro_batch_size)
+        return group_by_length(micro, self.data.train.lengths) if self.cfg.data.group_by_length else micro
 
     def evaluate(self) -> Dict[str, float]:
         if self.data.eval is None:
@@ -528,8 +549,9 @@ def setup(cfg: Config, resolved: Dict[str, Any]) -> Run:
 
 def _log_start(run: Run, grad_accum_steps: int, caught: List[str], stage_info: Optional[dict], saved) -> None:
     trainer, data, log, world = run.cfg.trainer, run.data, run.log, dist.world_size()
+    lora = f" ({run.engine.num_parameters(trainable=True):,} trainable (LoRA))" if run.cfg.model.lora.enabled else ""
     log.write(
-        f"ct_train: {world} rank(s), {run.engine.num_parameters():,} parameters, ZeRO-{run.engine.zero_stage}, "
+        f"ct_train: {world} rank(s), {run.engine.num_parameters():,} parameters{lora}, ZeRO-{run.engine.zero_stage}, "
         f"{len(data.train):,} train / {len(data.eval) if data.eval else 0:,} eval samples in "
         f"{len(data.clusters)} clusters, global batch {trainer.global_batch_size} = {world} ranks x "
         f"{trainer.micro_batch_size} x {grad_accum_steps} accumulation steps, lr {trainer.lr:g}, "

@@ -71,14 +71,17 @@ def prediction_gain(before: ClusterStats, after: ClusterStats) -> np.ndarray:
 
 
 @torch.no_grad()
-def measure(engine, split, micro_batches: List[np.ndarray], pad_id: int, acc: ClusterLossAccumulator) -> None:
-    """No-grad forwards of `micro_batches` (in training mode, as the step saw them) into `acc`.
+def measure(
+    engine, split, micro_batches: List[np.ndarray], pad_id: int, acc: ClusterLossAccumulator, pack: bool = False
+) -> None:
+    """No-grad forwards of `micro_batches` (in training mode, as the step saw them, packed when the step
+    was) into `acc`.
 
     Every rank passes the same number of micro-batches (its slice of the global batch), so ZeRO-3's
     parameter gathers stay matched across ranks.
     """
     for idx in micro_batches:
-        batch = collate(split, idx, pad_id).to(engine.device)
+        batch = collate(split, idx, pad_id, pack).to(engine.device)
         per_sample, _ = engine.forward(batch)
         acc.add(batch.cluster_ids, per_sample, batch.n_target)
 

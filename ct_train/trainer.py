@@ -77,6 +77,7 @@ def train(cfg: Config, resolved: Dict[str, Any], report: bool = True) -> Dict[st
     summary = {
         "output_dir": run.output_dir,
         "final_dir": final_dir,
+        "final_kind": final_kind(run.cfg),
         "step": state.step,
         "initial_eval": state.initial_eval,
         "final_eval": state.last_eval,
@@ -108,13 +109,13 @@ def train_step(run: Run) -> Optional[StepResult]:
     global_batch = run.sampler.global_batch(state.step, plan)
     curriculum_s = time.perf_counter() - t0
     denominator, share = loss_denominator(run, global_batch)
-    micro = dist.rank_micro_batches(global_batch, dist.rank(), dist.world_size(), run.cfg.trainer.micro_batch_size)
+    micro = run.micro_batches(global_batch)
     trained_ids, step_losses = forward_backward(run, micro, denominator)
     probe_micro = None
     if run.probe_sampler is not None:  # SPG: a fresh batch of the plan's pools, before the update
         probe = run.probe_sampler.global_batch(state.step, plan)
-        probe_micro = dist.rank_micro_batches(probe, dist.rank(), dist.world_size(), run.cfg.trainer.micro_batch_size)
-        measure(run.engine, split, probe_micro, run.pad_id, run.accumulators["probe"])
+        probe_micro = run.micro_batches(probe)
+        measure(run.engine, split, probe_micro, run.pad_id, run.accumulators["probe"], run.packing)
     # The signal is reduced before the boundary step, so a non-finite loss stops the run before the
     # optimizer applies its gradients: the weights and checkpoints stay clean.
     accumulators = [run.accumulators["train"]] + ([run.accumulators["probe"]] if probe_micro is not None else [])
@@ -134,7 +135,7 @@ def train_step(run: Run) -> Optional[StepResult]:
         skip_update(run, skip, skipped_before, trained_ids, plan)
         return None
     if run.needs.signal in ("pg", "spg"):  # the same samples after the update: prediction gain
-        measure(run.engine, split, probe_micro or micro, run.pad_id, run.accumulators["after"])
+        measure(run.engine, split, probe_micro or micro, run.pad_id, run.accumulators["after"], run.packing)
         stats.gain = prediction_gain(probe_before[0] if probe_before else stats, run.accumulators["after"].reduce())
     stats.share = share
     if run.probe_every and (state.step + 1) % run.probe_every == 0:  # held-out learning progress (lp)
@@ -179,7 +180,7 @@ def forward_backward(run: Run, micro: List[np.ndarray], denominator: float) -> t
         sample_weights = None if weights_t is None else weights_t[batch.cluster_ids]
         return objective_weights(batch.n_target, trainer.loss_normalization, denominator, grad_scale, sample_weights)
 
-    batches = [collate(run.data.train, idx, run.pad_id).to(run.engine.device) for idx in micro]
+    batches = [collate(run.data.train, idx, run.pad_id, run.packing).to(run.engine.device) for idx in micro]
     trained_ids, step_losses = [], []
     for batch, per_sample in run.engine.accumulate(batches, weights_of, run.drills.perturb(run.state.step + 1)):
         run.accumulators["train"].add(batch.cluster_ids, per_sample, batch.n_target)
@@ -309,6 +310,13 @@ def finish(run: Run) -> Optional[str]:
     return final_dir
 
 
+def final_kind(cfg: Config) -> str:
+    lora = cfg.model.lora
+    if not lora.enabled:
+        return "Hugging Face model"
+    return "PEFT LoRA adapter" + (" + merged/ Hugging Face model" if lora.merge_on_export else "")
+
+
 def train_cached(cfg: Config, resolved: Dict[str, Any], key: Any, result_file: str) -> Dict[str, Any]:
     """Train `cfg` unless its output dir already holds the result of the same `key`; returns the
     result ({key, wall_s, final_eval}, with `cached` when it was kept). The benchmark's runs and the
@@ -368,7 +376,7 @@ def format_summary(summary: Dict[str, Any]) -> str:
         lines.append(row)
     lines.append(
         f"\noutputs: {summary['output_dir']}  (metrics.jsonl, checkpoints/"
-        + (", final/ = Hugging Face model" if summary["final_dir"] else "")
+        + (f", final/ = {summary.get('final_kind', 'Hugging Face model')}" if summary["final_dir"] else "")
         + ")"
     )
     return "\n".join(lines)

@@ -225,6 +225,11 @@ def test_run_identity_names_what_differs_and_leaves_out_what_does_not_change_a_r
     ]
     new_key = {"config": {**base["config"], "curriculum.signal": "lp"}, "data": "a"}
     assert identity_differences(base, new_key) == ["curriculum.signal '(unset)' -> 'lp'"]
+    # keys newer than the checkpoint: at their default they change nothing; set, they do
+    newer = {"config": {**base["config"], "data.packing": False, "model.lora.enabled": False}, "data": "a"}
+    assert identity_differences(base, newer) == []
+    packed = {"config": {**base["config"], "data.packing": True}, "data": "a"}
+    assert identity_differences(base, packed) == ["data.packing '(unset)' -> True"]
 
 
 def test_a_rank_whose_launcher_is_gone_raises_the_stop_flag():

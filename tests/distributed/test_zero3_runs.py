@@ -103,6 +103,9 @@ def _check_ranks_agree(run: Path):
     assert any(k.startswith("curriculum/gain/") for k in rows[12])
 
 
+# make test-slow (marker `extended`): make test keeps a 2-rank checkpoint resumed on 1 rank in
+# tests/distributed/test_lora.py (the universal conversion; the continued run equals an uninterrupted one)
+@pytest.mark.extended
 def test_resume_on_one_rank_continues_the_two_rank_global_stream(tmp_path):
     """A 2-rank run's step-4 checkpoint resumed by 1 rank (same global batch, 4 accumulation steps):
     the global sample stream and the curriculum's decisions continue exactly as on 2 ranks."""

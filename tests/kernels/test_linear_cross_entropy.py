@@ -121,6 +121,32 @@ def test_torch_backend_matches_fp64_reference(reduction, option, ignore_index, g
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
 
 
+@pytest.mark.parametrize("grad_mode", ["recompute", "forward"])
+def test_frozen_weight_gets_no_gradient_and_the_hidden_one_is_unchanged(grad_mode, monkeypatch):
+    """LoRA freezes lm_head: the torch backend must not compute dW (the V x H product per chunk) and
+    dX must stay what it is with a trainable weight."""
+    hidden, weight, labels, samples, _ = make_case()
+    _, grad_h_ref, _ = _run("torch", hidden, weight, labels, samples, "sample", -100, {}, grad_mode)
+    products = []
+    real_mm = torch.Tensor.__matmul__
+
+    def counting(a, b):
+        products.append(tuple(a.shape) + tuple(b.shape))
+        return real_mm(a, b)
+
+    monkeypatch.setattr(torch.Tensor, "__matmul__", counting)
+    h = hidden.clone().requires_grad_(True)
+    up = _upstream("sample", len(labels))
+    out = linear_cross_entropy(h, weight, labels, samples, num_samples=5, reduction="sample", backend="torch",
+                               chunk_tokens=7, grad_mode=grad_mode,
+                               upstream_grad=up if grad_mode == "forward" else None)  # fmt: skip
+    (out * up).sum().backward()
+    monkeypatch.undo()
+    torch.testing.assert_close(h.grad, grad_h_ref)
+    # dW would be d^T (V x n_c) @ h_c (n_c x H); no such product ran
+    assert products and not any(p[0] == weight.shape[0] and p[-1] == hidden.shape[1] for p in products)
+
+
 def test_masked_sample_is_zero_and_cu_seqlens_equals_sample_index():
     hidden, weight, labels, samples, cuts = make_case()
     by_index = linear_cross_entropy(hidden, weight, labels, samples, backend="torch")
