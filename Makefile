@@ -23,7 +23,7 @@ STAMP := $(VENV)/.installed-$(shell cksum setup.py | cut -d' ' -f1)
 RUN_DIR ?= outputs/make-train-$(shell date +%Y%m%d-%H%M%S)
 ARGS ?=
 
-.PHONY: setup train test test-fast test-slow real-model lint bench bench-quick bench-throughput bench-curriculum clean
+.PHONY: setup train test test-fast test-slow real-model lint bench bench-quick bench-throughput bench-curriculum bench-batching bench-lora clean
 
 setup: $(STAMP)
 
@@ -103,3 +103,14 @@ bench-curriculum: $(STAMP)
 	$(BIN)/python -m ct_train.plot --throughput outputs/bench-iid outputs/bench-it2acl-loss outputs/bench-it2acl-pg \
 		outputs/bench-it2acl-lp
 	$(BIN)/python benchmarks/curriculum_micro.py sampler
+
+# Padded vs length-grouped vs packed micro-batches on the same Alpaca stage-3 samples (1 rank), with the
+# tiny model and with SmolLM2-135M; then LoRA vs full tuning on SmolLM2 (trainable parameters,
+# optimizer-state bytes, tokens/s). ~30 minutes on 2 cores; figures in docs/benchmarks.md.
+bench-batching: real-model
+	$(BIN)/python benchmarks/batching.py --model tiny --steps 6
+	$(BIN)/python benchmarks/batching.py --model smollm2 --steps 3 --records 256
+	$(BIN)/python benchmarks/batching.py --model smollm2 --steps 3 --records 256 --micro 16 --variants padded,packed
+
+bench-lora: real-model
+	$(BIN)/python benchmarks/lora.py --steps 4
