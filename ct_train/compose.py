@@ -28,7 +28,7 @@ def run_hash(*, _root_: Any) -> str:
     when a run resumes: the same files with other content are refused there.)"""
     from omegaconf import DictConfig, ListConfig, OmegaConf
 
-    from ct_train.run import OPERATIONAL_KEYS
+    from ct_train.run import NEWER_KEYS, OPERATIONAL_KEYS, _covered, schema_defaults
 
     flat = {}
 
@@ -45,6 +45,10 @@ def run_hash(*, _root_: Any) -> str:
                 flat[name] = OmegaConf.to_container(value, resolve=True) if isinstance(value, ListConfig) else value
 
     walk(_root_, "")
+    defaults = schema_defaults()
+    for key in [k for k in flat if _covered(k, NEWER_KEYS)]:  # at their default: what older code did
+        if key in defaults and flat[key] == defaults[key]:
+            del flat[key]
     return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
@@ -52,13 +56,19 @@ def run_hash(*, _root_: Any) -> str:
 # take TRL's SFT default: the from-scratch tiny model's 3e-3 made SmolLM2-135M diverge within six
 # steps (loss 1.95 -> 4.68) and its answers degrade. Random-init models (no path) keep 3e-3, which
 # the skill-suite benchmark was tuned with.
+# LoRA on pretrained weights takes 10x that (TRL's PEFT guide: 2e-4): at 2e-5 SmolLM2's adapters
+# barely moved the held-out loss in 12 steps (docs/benchmarks.md).
 PRETRAINED_LR = 2.0e-5
+LORA_LR = 2.0e-4
 SCRATCH_LR = 3.0e-3
 
 
-def default_lr(model_path: Any) -> float:
-    """`${ct_default_lr:${model.path}}`, trainer.lr's default (a user's trainer.lr=... replaces it)."""
-    return PRETRAINED_LR if model_path else SCRATCH_LR
+def default_lr(model_path: Any, lora: Any = False) -> float:
+    """`${ct_default_lr:${model.path},${model.lora.enabled}}`, trainer.lr's default (a user's
+    trainer.lr=... replaces it)."""
+    if not model_path:
+        return SCRATCH_LR
+    return LORA_LR if lora in (True, "true", "True") else PRETRAINED_LR
 
 
 def register_configs() -> None:

@@ -62,6 +62,18 @@ OPERATIONAL_KEYS = (
 )  # fmt: skip
 
 
+# Keys added to the schema after runs were first identified (issue 20). At their default they
+# compute what the older code did: left out of the default output dir's hash (compose.run_hash), so
+# the same command keeps finding, and resuming, the directory an earlier version made. (A resume
+# check leaves out any key a checkpoint lacks while it is at its default: identity_differences.)
+NEWER_KEYS = ("data.packing", "data.group_by_length", "model.lora")
+
+
+def schema_defaults() -> Dict[str, Any]:
+    """Every key of the typed schema at its default, flattened (`model.lora.r`: 16, ...)."""
+    return _flatten(dataclasses.asdict(Config()))
+
+
 def _flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
     out: Dict[str, Any] = {}
     for key, value in tree.items():
@@ -92,7 +104,7 @@ def identity_differences(saved: Dict[str, Any], current: Dict[str, Any], allowed
     old, new = saved.get("config", {}), current["config"]
     # A key added to the schema after the checkpoint was written, left at its default, computes what
     # the older code did (data.packing, model.lora.*): no difference.
-    defaults = _flatten(dataclasses.asdict(Config()))
+    defaults = schema_defaults()
     keys = sorted(
         k
         for k in set(old) | set(new)
