@@ -35,7 +35,7 @@ def run_hash(*, _root_: Any) -> str:
     def walk(node: Any, prefix: str) -> None:
         for key in node.keys():
             name = f"{prefix}{key}"
-            if any(name == k or name.startswith(k + ".") for k in OPERATIONAL_KEYS):
+            if _covered(name, OPERATIONAL_KEYS):
                 continue  # (trainer.output_dir among them: resolving it here would recurse)
             child = node._get_node(key)
             if isinstance(child, DictConfig):

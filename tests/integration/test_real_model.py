@@ -37,10 +37,16 @@ def _answer(path, messages, tokens=12):
     return tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
-def test_smollm2_trains_on_two_zero3_ranks_with_its_chat_template(smollm2, shared_data, tmp_path):
-    records = (shared_data / "alpaca52k-gpt4-scored-stage3.jsonl").read_text().splitlines()[:120]
+def _alpaca(shared_data, tmp_path, n=120):
+    """The first n real Alpaca stage-3 records as a file of their own."""
+    records = (shared_data / "alpaca52k-gpt4-scored-stage3.jsonl").read_text().splitlines()[:n]
     data = tmp_path / "alpaca.jsonl"
     data.write_text("\n".join(records) + "\n")
+    return data
+
+
+def test_smollm2_trains_on_two_zero3_ranks_with_its_chat_template(smollm2, shared_data, tmp_path):
+    data = _alpaca(shared_data, tmp_path)
     out = tmp_path / "run"
     proc = run_cli(
         [
@@ -86,9 +92,7 @@ def test_smollm2_lora_with_packing_exports_an_adapter_and_a_merged_model(smollm2
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    records = (shared_data / "alpaca52k-gpt4-scored-stage3.jsonl").read_text().splitlines()[:120]
-    data = tmp_path / "alpaca.jsonl"
-    data.write_text("\n".join(records) + "\n")
+    data = _alpaca(shared_data, tmp_path)
     out = tmp_path / "run"
     proc = run_cli(
         [
