@@ -125,6 +125,13 @@ def apply_lora(model: Any, lora: LoraConfig) -> Any:
     return get_peft_model(model, peft_config)
 
 
+def block_class_names(model: nn.Module) -> List[str]:
+    """The class names of the model's repeated transformer blocks (`LlamaDecoderLayer`, ...): what
+    transformers lists as the model's `_no_split_modules`, found among its modules."""
+    declared = {name for m in model.modules() for name in (getattr(m, "_no_split_modules", None) or [])}
+    return sorted({type(m).__name__ for m in model.modules() if type(m).__name__ in declared})
+
+
 def _linear_names(model: nn.Module) -> List[str]:
     return sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
 

@@ -59,6 +59,7 @@ OPERATIONAL_KEYS = (
     "trainer.save_every_steps", "trainer.keep_last_checkpoints", "trainer.eval_every_steps",
     "trainer.log_every_steps", "trainer.log_samples", "trainer.export_final", "trainer.save_final",
     "trainer.dist_timeout_s", "trainer.on_nonfinite", "trainer.max_skipped_steps", "trainer.checkpoint_globals",
+    "deepspeed.gather_per_block",
 )  # fmt: skip
 
 
@@ -563,7 +564,7 @@ def _log_start(run: Run, grad_accum_steps: int, caught: List[str], stage_info: O
     trainer, data, log, world = run.cfg.trainer, run.data, run.log, dist.world_size()
     lora = f" ({run.engine.num_parameters(trainable=True):,} trainable (LoRA))" if run.cfg.model.lora.enabled else ""
     log.write(
-        f"ct_train: {world} rank(s), {run.engine.num_parameters():,} parameters{lora}, ZeRO-{run.engine.zero_stage}, "
+        f"ct_train: {world} rank(s), {run.engine.num_parameters():,} parameters{lora}, {run.engine.describe_zero()}, "
         f"{len(data.train):,} train / {len(data.eval) if data.eval else 0:,} eval samples in "
         f"{len(data.clusters)} clusters, global batch {trainer.global_batch_size} = {world} ranks x "
         f"{trainer.micro_batch_size} x {grad_accum_steps} accumulation steps, lr {trainer.lr:g}, "

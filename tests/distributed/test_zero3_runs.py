@@ -153,16 +153,12 @@ def _check_hf_export_reproduces_eval_loss(run: Path):
     assert metrics(run)[0]["step"] == 0  # the before-training eval is logged too
 
 
-def test_fused_zero3_step_equals_unfused_pytorch_step_with_tied_embeddings(tmp_path):
-    """2 ranks, ZeRO-3, fused per-sample loss (torch backend) vs plain transformers with its own
-    unfused loss on the same global batch: one SGD step gives the same weights. The model ties its
-    input and output embeddings, so the fused loss must see ZeRO-3's gathered embedding weight."""
+def _hf_init(init: Path, tie: bool):
+    """A small Llama at random init saved as a Hugging Face directory, with the byte tokenizer."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from ct_train.compose import load_config
-    from ct_train.data import byte_tokenizer, collate, prepare_data
+    from ct_train.data import byte_tokenizer
 
-    init = tmp_path / "init"
     tok = byte_tokenizer()
     arch = dict(
         vocab_size=264,
@@ -171,7 +167,7 @@ def test_fused_zero3_step_equals_unfused_pytorch_step_with_tied_embeddings(tmp_p
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        tie_word_embeddings=True,
+        tie_word_embeddings=tie,
         pad_token_id=tok.pad_token_id,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
@@ -179,7 +175,68 @@ def test_fused_zero3_step_equals_unfused_pytorch_step_with_tied_embeddings(tmp_p
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(AutoConfig.for_model("llama", **arch)).save_pretrained(init)
     tok.save_pretrained(init)
+    return init, tok
 
+
+def test_one_rank_zero3_adamw_steps_equal_pytorch_adamw(tmp_path):
+    """The one-rank fast path (fused AdamW, no reduce-scatter, each block gathered in one call)
+    computes what plain PyTorch does: two AdamW steps (weight decay on the matrices only) on the
+    same batches, against transformers' own loss and torch's unfused AdamW, give the same weights."""
+    from transformers import AutoModelForCausalLM
+
+    from ct_train.compose import load_config
+    from ct_train.data import collate, prepare_data
+
+    init, tok = _hf_init(tmp_path / "init", tie=False)
+    out = tmp_path / "run"
+    lr, decay = 1e-3, 0.1
+    proc = run_cli(
+        FAST_DATA
+        + ["model=hf", f"model.path={init}", "trainer.max_steps=2", "trainer.global_batch_size=8",
+           "trainer.micro_batch_size=2", f"trainer.lr={lr}", f"trainer.weight_decay={decay}",
+           "trainer.warmup_steps=0", "trainer.lr_schedule=constant", "trainer.grad_clip=0",
+           "trainer.log_samples=true", "trainer.eval_every_steps=0", f"trainer.output_dir={out}"]
+    )  # fmt: skip
+    _ok(proc)
+    assert "ZeRO-3 (gathered per block: 2 x LlamaDecoderLayer)" in proc.stdout
+
+    cfg = load_config(out / "config.yaml")
+    data = prepare_data(cfg.data, tok)
+    position = {sample_id: i for i, sample_id in enumerate(data.train.dataset["id"])}
+    model = AutoModelForCausalLM.from_pretrained(init)
+    start = {k: p.detach().clone() for k, p in model.named_parameters()}
+    params = dict(model.named_parameters())
+    no_decay = [k for k, p in params.items() if p.ndim < 2 or "norm" in k.lower()]
+    groups = [
+        {"params": [p for k, p in params.items() if k not in no_decay], "weight_decay": decay},
+        {"params": [params[k] for k in no_decay], "weight_decay": 0.0},
+    ]
+    opt = torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.trainer.adam_betas), eps=cfg.trainer.adam_eps, foreach=False)
+    for step in samples(out, 0):
+        batch = collate(data.train, [position[i] for i in step["ids"]], tok.pad_token_id)
+        model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    trained = dict(AutoModelForCausalLM.from_pretrained(out / "final").named_parameters())
+    assert trained.keys() == params.keys()
+    for k, p in params.items():
+        # Adam divides each element by its own gradient's size: elements whose gradient is ~0 move
+        # by a noisy fraction of lr, so the tolerance is a tenth of one step's size.
+        torch.testing.assert_close(trained[k], p.detach(), rtol=0, atol=lr / 10, msg=k)
+    moved = max((trained[k] - start[k]).abs().max().item() for k in start)
+    assert moved > lr  # two steps of ~lr each: the equality is not the starting weights'
+
+
+def test_fused_zero3_step_equals_unfused_pytorch_step_with_tied_embeddings(tmp_path):
+    """2 ranks, ZeRO-3, fused per-sample loss (torch backend) vs plain transformers with its own
+    unfused loss on the same global batch: one SGD step gives the same weights. The model ties its
+    input and output embeddings, so the fused loss must see ZeRO-3's gathered embedding weight."""
+    from transformers import AutoModelForCausalLM
+
+    from ct_train.compose import load_config
+    from ct_train.data import collate, prepare_data
+
+    init, tok = _hf_init(tmp_path / "init", tie=True)
     out = tmp_path / "run"
     proc = run_cli(
         FAST_DATA
