@@ -23,7 +23,7 @@ STAMP := $(VENV)/.installed-$(shell cksum setup.py | cut -d' ' -f1)
 RUN_DIR ?= outputs/make-train-$(shell date +%Y%m%d-%H%M%S)
 ARGS ?=
 
-.PHONY: setup train test test-fast test-slow real-model lint bench bench-quick bench-throughput bench-curriculum bench-batching bench-lora clean
+.PHONY: setup train test test-fast test-slow real-model lint bench bench-quick bench-throughput bench-curriculum bench-batching bench-lora bench-peer clean
 
 setup: $(STAMP)
 
@@ -114,3 +114,11 @@ bench-batching: real-model
 
 bench-lora: real-model
 	$(BIN)/python benchmarks/lora.py --steps 4
+
+# ct_train against TRL's SFTTrainer on identical batches (the same samples, tokens and micro-batches),
+# tiny model and SmolLM2-135M, interleaved rounds; TRL comes from the optional `peer` group (make
+# test does not need it). ~45 minutes on 2 cores; figures in docs/benchmarks.md.
+bench-peer: real-model
+	$(BIN)/python -m pip install -q -e ".[peer]"
+	$(BIN)/python benchmarks/peer.py --model tiny --steps 12 --rounds 3
+	$(BIN)/python benchmarks/peer.py --model smollm2 --steps 6 --rounds 3

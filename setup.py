@@ -31,6 +31,8 @@ setup(
         "gpu": ["flash-attn>=2.5"],
         # triton: CI runs the kernel's own code on CPU under TRITON_INTERPRET=1 (CUDA torch builds ship it).
         "dev": ["pytest>=8", "ruff>=0.6", "triton>=3.0"],
+        # make bench-peer: the same batches through TRL's SFTTrainer (benchmarks/peer.py)
+        "peer": ["trl>=1.16"],
     },
     entry_points={
         "console_scripts": [
