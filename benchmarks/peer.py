@@ -5,9 +5,11 @@
 Every variant is one fresh process on this machine's cores (1 rank, fp32, lr 2e-5, global batch 8 =
 micro-batches of 4 x 2 accumulation steps, `curriculum=iid`):
 
-- `ct_train`: `ct-train` with its defaults (ZeRO-3); `ct_train zero2`: `deepspeed=zero2`.
-- `trl`: TRL's SFTTrainer with its defaults (activation checkpointing on, fused AdamW);
-  `trl no-ckpt`: `gradient_checkpointing=False`.
+- `ct_train`: `ct-train` with its defaults (ZeRO-3, packed micro-batches); `ct_train zero2`:
+  `deepspeed=zero2`; `ct_train padded`: `data.packing=false` (rows padded as TRL pads them).
+- `trl`: TRL's SFTTrainer with its defaults (activation checkpointing on, fused AdamW, padded rows);
+  `trl no-ckpt`: `gradient_checkpointing=False`; `trl padding-free`: that and `padding_free=True`
+  (each micro-batch flattened into one row; sdpa's mask from the restarting position ids).
 
 Identical batches: the first ct_train run of a round logs its sample order (`trainer.log_samples`); TRL
 gets exactly those samples in that order (a sequential sampler, no shuffling), tokenised by ct_train
@@ -34,8 +36,9 @@ from batching import ALPACA, REPO, run  # noqa: E402
 
 MICRO, ACCUM, LR = 4, 2, 2e-5
 LENGTH = {"smollm2": 256, "tiny": 512}  # data.max_seq_len per model (the issue's lengths)
-CT_VARIANTS = {"ct_train": [], "ct_train zero2": ["deepspeed=zero2"]}
-TRL_VARIANTS = {"trl": True, "trl no-ckpt": False}  # name -> gradient_checkpointing
+CT_VARIANTS = {"ct_train": [], "ct_train zero2": ["deepspeed=zero2"], "ct_train padded": ["data.packing=false"]}
+# name -> (gradient_checkpointing, padding_free)
+TRL_VARIANTS = {"trl": (True, False), "trl no-ckpt": (False, False), "trl padding-free": (False, True)}
 
 
 def ct_run(out: Path, model: str, records: Path, steps: int, extra: list) -> list:
@@ -91,21 +94,34 @@ def trl_worker(args: argparse.Namespace) -> None:
         gradient_accumulation_steps=ACCUM, learning_rate=LR, gradient_checkpointing=args.checkpointing,
         train_sampling_strategy="sequential", max_length=None, use_cpu=True, bf16=False, report_to="none",
         logging_steps=1, save_strategy="no", seed=cfg.trainer.seed, disable_tqdm=True,
-        include_num_input_tokens_seen="non_padding",
+        include_num_input_tokens_seen="non_padding", padding_free=args.padding_free,
     )  # fmt: skip
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tok, callbacks=[StepClock()])
+    fed = [0]  # padding-free rows hold no padding: every position is a real token
+    if args.padding_free:
+        # TRL counts "non_padding" tokens without an attention mask as those != pad id, and SmolLM2's
+        # pad is its <|im_end|>, in every sample: count what the collator actually feeds instead.
+        collate = trainer.data_collator
+
+        def counting(examples):
+            batch = collate(examples)
+            fed[0] += batch["input_ids"].numel()
+            return batch
+
+        trainer.data_collator = counting
     trainer.train()
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
     result = {"seconds": [b - a for a, b in zip(ends, ends[1:])], "losses": losses,
-              "tokens": trainer.state.num_input_tokens_seen,
+              "tokens": fed[0] if args.padding_free else trainer.state.num_input_tokens_seen,
               "checkpointing": model.is_gradient_checkpointing}  # fmt: skip
     Path(args.out, "steps.json").write_text(json.dumps(result))
 
 
-def trl_run(out: Path, ct_dir: Path, checkpointing: bool) -> list:
+def trl_run(out: Path, ct_dir: Path, checkpointing: bool, padding_free: bool) -> list:
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, __file__, "--trl-worker", "--ct-run", str(ct_dir), "--out", str(out)]
     cmd += ["--checkpointing"] if checkpointing else []
+    cmd += ["--padding-free"] if padding_free else []
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": str(os.cpu_count())}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -127,6 +143,7 @@ def main() -> None:
     parser.add_argument("--trl-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--ct-run", help=argparse.SUPPRESS)
     parser.add_argument("--checkpointing", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--padding-free", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.trl_worker:
         return trl_worker(args)
@@ -147,7 +164,7 @@ def main() -> None:
         for name in ["ct_train", *others]:
             out = root / f"round{r}" / name.replace(" ", "-")
             if name in TRL_VARIANTS:
-                trl = trl_run(out, root / f"round{r}" / "ct_train", TRL_VARIANTS[name])
+                trl = trl_run(out, root / f"round{r}" / "ct_train", *TRL_VARIANTS[name])
                 losses, steps = trl["losses"], trl["seconds"]
                 if trl["tokens"] != all_tokens:  # the same samples, so the same real tokens
                     raise SystemExit(f"{name}: {trl['tokens']:,} tokens seen, ct_train trained {all_tokens:,}")

@@ -60,6 +60,11 @@ OPERATIONAL_KEYS = (
     "trainer.log_every_steps", "trainer.log_samples", "trainer.export_final", "trainer.save_final",
     "trainer.dist_timeout_s", "trainer.on_nonfinite", "trainer.max_skipped_steps", "trainer.checkpoint_globals",
     "deepspeed.gather_per_block",
+    # Layout only: packed rows hold the same samples in the same micro-batches as padded ones and give
+    # the same per-sample losses and gradients up to float order (tests/test_packing.py), so a run
+    # may resume with packing switched either way. (Its default went from off to on: runs made
+    # before then keep their output directory and resume.)
+    "data.packing",
 )  # fmt: skip
 
 
@@ -67,7 +72,7 @@ OPERATIONAL_KEYS = (
 # compute what the older code did: left out of the default output dir's hash (compose.run_hash), so
 # the same command keeps finding, and resuming, the directory an earlier version made. (A resume
 # check leaves out any key a checkpoint lacks while it is at its default: identity_differences.)
-NEWER_KEYS = ("data.packing", "data.group_by_length", "model.lora")
+NEWER_KEYS = ("data.group_by_length", "model.lora")
 
 
 def schema_defaults() -> Dict[str, Any]:
@@ -104,13 +109,15 @@ def identity_differences(saved: Dict[str, Any], current: Dict[str, Any], allowed
     changed"), leaving out the keys in `allowed` (trainer.resume_allow)."""
     old, new = saved.get("config", {}), current["config"]
     # A key added to the schema after the checkpoint was written, left at its default, computes what
-    # the older code did (data.packing, model.lora.*): no difference.
+    # the older code did (data.group_by_length, model.lora.*): no difference. A key that has become
+    # operational since (data.packing) is still in older checkpoints' identity: not a difference.
     defaults = schema_defaults()
     keys = sorted(
         k
         for k in set(old) | set(new)
         if old.get(k) != new.get(k)
         and not _covered(k, allowed)
+        and not _covered(k, OPERATIONAL_KEYS)
         and not (k not in old and k in defaults and new[k] == defaults[k])
     )
     out = [f"{k} {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}" for k in keys]

@@ -226,10 +226,15 @@ def test_run_identity_names_what_differs_and_leaves_out_what_does_not_change_a_r
     new_key = {"config": {**base["config"], "curriculum.signal": "lp"}, "data": "a"}
     assert identity_differences(base, new_key) == ["curriculum.signal '(unset)' -> 'lp'"]
     # keys newer than the checkpoint: at their default they change nothing; set, they do
-    newer = {"config": {**base["config"], "data.packing": False, "model.lora.enabled": False}, "data": "a"}
+    newer = {"config": {**base["config"], "data.group_by_length": False, "model.lora.enabled": False}, "data": "a"}
     assert identity_differences(base, newer) == []
-    packed = {"config": {**base["config"], "data.packing": True}, "data": "a"}
-    assert identity_differences(base, packed) == ["data.packing '(unset)' -> True"]
+    grouped = {"config": {**base["config"], "data.group_by_length": True}, "data": "a"}
+    assert identity_differences(base, grouped) == ["data.group_by_length '(unset)' -> True"]
+    # a key operational since the checkpoint was written (data.packing, a layout): never a difference,
+    # whichever side has it and whatever its value
+    packed_then = {"config": {**base["config"], "data.packing": False}, "data": "a"}
+    assert identity_differences(packed_then, base) == []
+    assert identity_differences(packed_then, {"config": {**base["config"], "data.packing": True}, "data": "a"}) == []
 
 
 def test_a_rank_whose_launcher_is_gone_raises_the_stop_flag():

@@ -116,12 +116,15 @@ def test_defaults_are_the_tiny_cpu_run():
 def test_keys_newer_than_a_run_keep_its_default_output_dir():
     """The same command finds the directory an earlier version made: these are the hashes before
     data.packing, data.group_by_length and model.lora existed (commit d1c71fd); a key added since
-    is left out of the hash while at its default (run.NEWER_KEYS). Set, it makes another run."""
+    is left out of the hash while at its default (run.NEWER_KEYS). Set, it makes another run.
+    data.packing (a layout, operational since its default turned on) is never in the hash."""
     assert to_typed(_compose([])).trainer.output_dir == "outputs/tiny-skills-iid-d647c721"
     jsonl = ["model=hf", "model.path=/m", "data=jsonl", "data.path=/d.jsonl"]
     assert to_typed(_compose(jsonl)).trainer.output_dir == "outputs/hf-jsonl-iid-115a11a4"
-    for key in ("data.packing=true", "data.group_by_length=true", "model.lora.enabled=true", "model.lora.r=8"):
+    for key in ("data.group_by_length=true", "model.lora.enabled=true", "model.lora.r=8"):
         assert to_typed(_compose([key])).trainer.output_dir != "outputs/tiny-skills-iid-d647c721", key
+    for key in ("data.packing=true", "data.packing=false"):
+        assert to_typed(_compose([key])).trainer.output_dir == "outputs/tiny-skills-iid-d647c721", key
 
 
 def test_unknown_key_fails_at_compose():
