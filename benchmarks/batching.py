@@ -23,9 +23,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 ALPACA = REPO.parent / "shared" / "data" / "alpaca52k-gpt4-scored-stage3.jsonl"
-VARIANTS = {
-    "padded": [],
-    "grouped": ["data.group_by_length=true"],
+VARIANTS = {  # each names its layout: packing is the default since 2026-12-02
+    "padded": ["data.packing=false"],
+    "grouped": ["data.packing=false", "data.group_by_length=true"],
     "packed": ["data.packing=true"],
     "packed+grouped": ["data.packing=true", "data.group_by_length=true"],
 }
