@@ -163,7 +163,8 @@ class DataConfig:
     # Pack each micro-batch's samples into rows as long as its longest sample (positions restart per
     # sample, attention stays inside a sample, one loss per sample): the same samples, micro-batches
     # and per-sample losses as padded rows (up to float order), without the padding's compute. On by
-    # default: 1.3-1.6x the padded tokens/s (docs/benchmarks.md). Training and probe passes only.
+    # default: up to 1.6x the padded tokens/s, ~1.0x on short samples of even length (docs/benchmarks.md).
+    # Training and probe passes only.
     packing: bool = True
     # Micro-batches of similar lengths inside each rank's share of a step (HF's group_by_length):
     # the step's samples and the stream do not change, the padding does.
