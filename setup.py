@@ -6,10 +6,12 @@ setup(
     description="Curriculum-learning instruction tuning for LLMs on DeepSpeed ZeRO-3",
     python_requires=">=3.10",
     packages=["ct_train", "ct_train.data", "ct_train.curriculum", "ct_train.scoring", "ct_train.interaction", "ct_train.bench", "ct_train.hydra_conf", "ct_train.kernels"],
-    # hydra_conf/ and kernels/ live at the top level (the design card's layout) but install inside the
-    # package: Hydra finds pkg://ct_train.hydra_conf from any directory, and a top-level `kernels`
-    # would shadow the `kernels` package that transformers probes for.
-    package_dir={"ct_train": "ct_train", "ct_train.hydra_conf": "hydra_conf", "ct_train.kernels": "kernels"},
+    # hydra_conf/ lives at the top level (the design card's layout) but installs inside the package, so
+    # Hydra finds pkg://ct_train.hydra_conf from any directory. kernels/ is a folder without
+    # __init__.py, reached as the namespace subpackage ct_train.kernels through the symlink
+    # ct_train/kernels: a regular top-level package `kernels` would shadow the PyPI `kernels` that
+    # transformers >= 5.25 imports (kernels/README.md).
+    package_dir={"ct_train": "ct_train", "ct_train.hydra_conf": "hydra_conf"},
     package_data={"ct_train.hydra_conf": ["*.yaml", "*/*.yaml"]},
     install_requires=[
         "torch>=2.4",

@@ -16,7 +16,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from ct_train.kernels import linear_cross_entropy
+from ct_train.kernels.cross_entropy import linear_cross_entropy
 
 IGNORE_INDEX = -100
 

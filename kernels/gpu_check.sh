@@ -16,8 +16,6 @@ if [ -d .whl ]; then
 else
     export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 fi
-# Without an install, ct_train.kernels is what setup.py's package_dir makes of kernels/: a link does it.
-[ -e ct_train/kernels ] || ln -s ../kernels ct_train/kernels
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || echo "no nvidia-smi"; python3 -c \
     "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"; } | tee "$out/gpu.txt"
 python3 -m pytest -q -s -m gpu -p no:cacheprovider tests/kernels 2>&1 | tee "$out/pytest_gpu.txt" || true

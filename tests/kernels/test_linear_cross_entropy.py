@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ct_train.kernels import linear_cross_entropy
+from ct_train.kernels.cross_entropy import linear_cross_entropy
 
 
 def reference(
