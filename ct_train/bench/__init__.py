@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ct_train import distributed as dist
 from ct_train import io
+from ct_train.bench.targets import BALANCED
 from ct_train.config import Config
 from ct_train.data.skills import GENERATED
 
@@ -142,6 +143,8 @@ def run(cfg: Config, resolved: Dict[str, Any], overrides: List[str]) -> Dict[str
     names = list(bench.strategies) or list(strategies)
     if "iid" not in names:
         names = ["iid"] + names  # the reference every ratio is taken against
+    if BALANCED not in names:  # what adaptivity adds shows only against the uniform mix
+        names.insert(1, BALANCED)
     # The bench command's own trainer.seed (dropped from the runs' shared overrides, which set their own).
     seeds = [cfg.trainer.seed + s for s in range(min(bench.seeds, QUICK_SEEDS) if bench.quick else bench.seeds)]
     dist.print0(

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from ct_train import io
-from ct_train.bench.targets import LEARNABLE_KEY, add_learnable_loss, gate_lines, pilot_gate, targets
+from ct_train.bench.targets import LEARNABLE_KEY, add_learnable_loss, gate_lines, paired_lines, pilot_gate, targets
 from ct_train.logging import METRICS_FILE, read_jsonl
 
 _CELL = re.compile(r"^eval/(.+)/L([0-9.]+)/(loss|exact_match)$")
@@ -336,6 +336,8 @@ def markdown(a: Dict[str, Any], meta: Dict[str, Any], plots: List[str]) -> str:
     if meta.get("failed"):
         lines += ["", "Did not run (a configuration or data error; fix the key and re-run the same command):", ""]
         lines += [f"- {name}: {error}" for name, error in meta["failed"].items()]
+    against_balanced = paired_lines(a)
+    lines += ([""] + against_balanced) if against_balanced else []
     lines += ["", "## Targets", ""] + (targets(a, meta["data"]) or ["- (no target applies to this grid)"])
     for metric in (["exact_match"] if has_em else []) + ["loss"]:
         lines += ["", f"## Held-out {'exact match (%)' if metric == 'exact_match' else 'loss'} per cluster", ""]

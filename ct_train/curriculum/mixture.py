@@ -9,10 +9,15 @@ Each sample of the global batch picks its cluster independently from these proba
 `curriculum.exact=true` every batch is split in proportion to them instead (each cluster's share
 rounded down or up, unbiased), which removes the composition noise of short runs (the interaction
 probes use it).
+
+`curriculum=balanced` is the same draw with every cluster alike (uniform over clusters, whatever their
+sizes): stratified sampling, the static mix the data-mixing literature finds hardest to beat. It is
+the baseline an adaptive curriculum must beat, so `ct-train-bench` always runs it.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Dict
 
@@ -21,6 +26,8 @@ import numpy as np
 from ct_train.config import CurriculumConfig, check_cluster_weights
 from ct_train.curriculum.base import ClusterStats, DataIndex, Plan, register
 from ct_train.errors import ConfigError
+
+BALANCED = "balanced"
 
 
 @dataclass
@@ -76,6 +83,41 @@ class MixtureCurriculum:
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         if state.get("probs") != self.probs:
             raise ValueError(f"mixture state has probabilities {state.get('probs')}, this run has {self.probs}")
+
+    def describe(self) -> str:
+        return ""
+
+
+@dataclass
+class BalancedConfig(CurriculumConfig):
+    name: str = BALANCED
+    exact: bool = False  # split every batch evenly (systematic rounding), not a draw per sample
+
+
+@register(BALANCED, BalancedConfig)
+class BalancedCurriculum:
+    """Uniform over the clusters that have training samples: a mixture whose weights are all 1."""
+
+    def __init__(
+        self, cfg: BalancedConfig, index: DataIndex, seed: int = 0, total_steps: int = 0, global_batch_size: int = 0
+    ) -> None:
+        # size ** (1 / inf) = size ** 0 = 1 for every cluster: exactly uniform.
+        self.mix = MixtureCurriculum(MixtureConfig(temperature=math.inf, exact=cfg.exact), index)
+
+    def pools(self) -> Dict[str, np.ndarray]:
+        return self.mix.pools()
+
+    def plan(self, step: int) -> Plan:
+        return self.mix.plan(step)
+
+    def observe(self, step: int, stats: ClusterStats) -> Dict[str, float]:
+        return {}
+
+    def state_dict(self) -> Dict[str, Any]:
+        return self.mix.state_dict()
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.mix.load_state_dict(state)
 
     def describe(self) -> str:
         return ""

@@ -9,7 +9,7 @@ import pytest
 
 from ct_train.bench import quick_overrides, report, user_overrides
 from ct_train.bench.strategies import registered
-from ct_train.bench.targets import pilot_gate, targets
+from ct_train.bench.targets import paired_lines, pilot_gate, targets
 from ct_train.config import Config
 from ct_train.curriculum import CURRICULA
 
@@ -179,23 +179,31 @@ def test_pilot_gate_checks_the_chain_and_saturation_on_the_first_two_iid_seeds()
     assert pilot_gate(runs, report.suite_structure(["a", "b"], "jsonl"), 100) is None
 
 
-def test_targets_compare_it2acl_with_mixture_and_the_distractor_share():
+def test_targets_compare_it2acl_with_balanced_paired_by_seed_and_the_distractor_share():
     def summary(loss, sd, shares):
         return {
             "learnable_loss": (loss, sd),
-            "steps_ratio": (0.6, 0.05),
-            "worst_ratio": 0.65,
+            "steps_ratio": (0.4, 0.05),
+            "worst_ratio": 0.45,
             "reached": 3,
             "n": 3,
             "distractor": {"noise": shares},
         }
 
+    def rows(name, losses, ems):
+        return [
+            {"strategy": name, "seed": k, "learnable_loss": x, "exact_match": e}
+            for k, (x, e) in enumerate(zip(losses, ems))
+        ]
+
     a = {
         "summary": {
             "iid": summary(2.0, 0.01, [0.2] * 4),
-            "mixture": summary(1.9, 0.02, [0.1] * 4),
-            "it2acl": summary(1.8, 0.03, [0.1, 0.05, 0.04, 0.03]),
+            "balanced": summary(1.9, 0.02, [0.25] * 4),
+            "it2acl": summary(1.8, 0.01, [0.1, 0.12, 0.04, 0.03]),
         },
+        "rows": rows("balanced", [1.88, 1.90, 1.92], [0.50, 0.52, 0.54])
+        + rows("it2acl", [1.79, 1.80, 1.81], [0.53, 0.55, 0.57]),
         "structure": {"distractors": ["noise"]},
         "clusters": ["a", "b", "c", "noise"],
         "chained": [],
@@ -203,14 +211,29 @@ def test_targets_compare_it2acl_with_mixture_and_the_distractor_share():
         "hardest": None,
     }
     t = targets(a, "bench")
-    assert "**met** (mean 0.60x, worst 0.65x, 3/3" in t[0]
-    assert "**met** (1.8000 vs 1.9000: +0.1000, spread 0.0300)" in t[1]
-    assert "below their uniform share (0.250) after the first quarter: **met**" in t[2] and len(t) == 3
-    a["summary"]["it2acl"]["learnable_loss"] = (1.88, 0.03)  # within the spread of mixture
-    a["summary"]["it2acl"]["worst_ratio"] = 0.8
+    assert "**met** (mean 0.40x, worst 0.45x, 3/3" in t[0]
+    # 0.1 better than balanced; bar 2 x 0.02; every seed better by 0.09-0.11: p small; EM +3 points
+    assert "beats `balanced`" in t[1] and "**met** (1.8000 vs 1.9000: -0.1000, bar 0.0400, paired p=0.00" in t[1]
+    assert "EM +3.0 points" in t[1]
+    assert "half their uniform share (0.125) from the second quarter on: **met**" in t[2] and len(t) == 3
+    lines = paired_lines(a)
+    assert lines[0].startswith("## Against `balanced`") and any(row.startswith("| it2acl | -0.1000") for row in lines)
+    # EM only +1 point: the exact-match half of the bar is missed
+    a["rows"] = rows("balanced", [1.88, 1.90, 1.92], [0.50, 0.52, 0.54]) + rows(
+        "it2acl", [1.79, 1.80, 1.81], [0.51, 0.53, 0.55]
+    )
+    assert "**missed**" in targets(a, "bench")[1]
+    # better on average but one seed worse: the paired test does not pass
+    a["rows"] = rows("balanced", [1.88, 1.90, 1.92], [0.5, 0.5, 0.5]) + rows("it2acl", [1.70, 1.95, 1.75], [0.6] * 3)
+    a["summary"]["it2acl"]["learnable_loss"] = (1.8, 0.01)
+    t = targets(a, "bench")
+    assert "**missed**" in t[1] and "paired p=0.314" in t[1]  # diffs -0.18, +0.05, -0.17: t = -1.33, 2 df
+    a["summary"]["it2acl"]["worst_ratio"] = 0.6  # over 0.5x on one seed
+    a["summary"]["it2acl"]["distractor"]["noise"] = [0.1, 0.13, 0.1, 0.1]  # Q2 over half of uniform
     t = targets(a, "bench_v1")
-    assert "**missed** (mean 0.60x, worst 0.80x" in t[0] and "**missed**" in t[1]
-    assert "no worse than IID beyond the seed spread: **met**" in t[3]
+    assert "**missed** (mean 0.40x, worst 0.60x" in t[0] and "**missed**" in t[2]
+    assert "no worse than `balanced` beyond the seed spread: **met**" in t[3]
+    assert "no worse than IID beyond the seed spread: **met**" in t[4]
 
 
 def test_phased_gets_one_phase_per_difficulty_value_of_a_suite_that_scores_its_skills():

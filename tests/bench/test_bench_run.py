@@ -22,7 +22,7 @@ def _bench(args, timeout=600):
 
 
 def test_quick_bench_runs_the_strategies_and_writes_the_report(tmp_path):
-    # Two strategies besides IID (which always joins as the reference): one with a bandit timeline and
+    # Two strategies besides IID and balanced (which always join as the references): one with a bandit timeline and
     # the one with a prepare step. That every registered curriculum is a strategy is tested in
     # test_bench_report.py; Phased IFT's staged runs in tests/integration, its refusal below.
     out = tmp_path / "bench"
@@ -30,7 +30,7 @@ def test_quick_bench_runs_the_strategies_and_writes_the_report(tmp_path):
     args += ["logger.progress_bar=false"]
     proc = _bench(args)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    names = ["iid", "it2acl", "beyond_iid"]
+    names = ["iid", "balanced", "it2acl", "beyond_iid"]
 
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
@@ -67,6 +67,8 @@ def test_quick_bench_runs_the_strategies_and_writes_the_report(tmp_path):
         assert f"| {n} | " in text
     assert "**Winner: " in text and "## Targets" in text and "IT2ACL reaches IID's final learnable-cluster" in text
     assert "hop1 -> hop2 -> hop3" in text and "Pilot gate (IID, 2 seeds, exact match)" in text
+    assert "## Against `balanced`, paired by seed" in text and "| it2acl | " in text.split("## Against")[1]
+    assert "IT2ACL beats `balanced` on the learnable loss" in text
     assert "bench: Pilot gate" in proc.stdout  # printed after IID's runs, before the others
     assert "chained None" not in text  # no per-level column for a suite without levels
     for png in ["loss_vs_tokens.png"] + [f"timeline_{n}.png" for n in names if n != "iid"]:
@@ -100,8 +102,9 @@ def test_bench_on_a_users_jsonl_reports_loss_and_a_strategy_the_data_cannot_serv
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [(r["strategy"], r["seed"]) for r in rows] == [("iid", "42")]  # iid joins as the reference
-    assert float(rows[0]["loss"]) > 0 and rows[0]["exact_match"] == "nan"
+    # iid and balanced join as the references
+    assert [(r["strategy"], r["seed"]) for r in rows] == [("iid", "42"), ("balanced", "42")]
+    assert all(float(r["loss"]) > 0 and r["exact_match"] == "nan" for r in rows)
     text = (out / "report.md").read_text()
     assert "Did not run" in text and "- phased: " in text and "difficulty" in text.split("- phased: ")[1]
-    assert "EM %" not in text and "Only iid ran." in text
+    assert "EM %" not in text and "**Winner: " in text

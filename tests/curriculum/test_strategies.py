@@ -222,10 +222,28 @@ def test_mixture_weights_temperature_and_errors():
     assert share_a == pytest.approx(0.75, abs=0.02)
 
 
+def test_balanced_is_exactly_uniform_over_clusters_whatever_their_sizes():
+    from ct_train.curriculum.mixture import BalancedConfig
+
+    index = DataIndex(["a", "b", "c", "d"], np.array([0] * 50 + [1] * 500 + [2] * 95 + [3] * 0), np.ones(645))
+    cur = build_curriculum(BalancedConfig(), index, seed=0, total_steps=0)
+    assert cur.plan(0).weights == {"a": 1 / 3, "b": 1 / 3, "c": 1 / 3}  # d has no sample
+    assert set(cur.pools()) == {"a", "b", "c"} and not cur.plan(0).exact
+    assert build_curriculum(BalancedConfig(exact=True), index, seed=0, total_steps=0).plan(0).exact
+    sampler = CurriculumSampler(cur.pools(), 30, seed=0)
+    share_b = np.mean([sampler.counts(s, cur.plan(s)).get("b", 0) / 30 for s in range(500)])
+    assert share_b == pytest.approx(1 / 3, abs=0.02)  # IID would give b 500/645
+    state = cur.state_dict()
+    cur.load_state_dict(state)
+    other = DataIndex(["a", "b"], np.array([0, 1]), np.ones(2))
+    with pytest.raises(ValueError, match="mixture state"):
+        build_curriculum(BalancedConfig(), other, seed=0, total_steps=0).load_state_dict(state)
+
+
 def test_every_registered_strategy_has_a_yaml_and_a_schema():
     from pathlib import Path
 
     conf = Path(__file__).resolve().parents[2] / "hydra_conf" / "curriculum"
-    assert {p.stem for p in conf.glob("*.yaml")} == set(CURRICULA) >= {"iid", "mixture", "odm", "it2acl"}
+    assert {p.stem for p in conf.glob("*.yaml")} == set(CURRICULA) >= {"iid", "mixture", "balanced", "odm", "it2acl"}
     for name in CURRICULA:
         assert f"- {name}_schema" in (conf / f"{name}.yaml").read_text()
