@@ -282,6 +282,17 @@ def rotate(output_dir: str, keep_last: int, protect: Iterable[Optional[str]] = (
     return sorted(doomed)
 
 
+def content_key(ckpt_dir: str, tag: str) -> str:
+    """A short key naming exactly this checkpoint: its real path and the bytes of its trainer_state.json,
+    whose manifest holds the sha256 of every other file. Another checkpoint with the same tag (another
+    run's, or step N rewritten after resuming an older one) gets another key."""
+    path = os.path.realpath(os.path.join(ckpt_dir, tag))
+    digest = hashlib.sha256(path.encode())
+    with open(os.path.join(path, STATE_FILE), "rb") as f:
+        digest.update(f.read())
+    return digest.hexdigest()[:16]
+
+
 def saved_world_size(ckpt_dir: str, tag: str) -> int:
     """How many ranks wrote the checkpoint (its ZeRO partitions are per rank)."""
     with open(os.path.join(ckpt_dir, tag, STATE_FILE)) as f:

@@ -405,14 +405,16 @@ def _base_state(state: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
-def to_universal(ckpt_dir: str, tag: str, output_dir: str) -> str:
+def to_universal(ckpt_dir: str, tag: str, output_dir: str, key: str) -> str:
     """DeepSpeed's universal checkpoint of (ckpt_dir, tag), for loading on another number of ranks.
 
     ZeRO partitions are per rank, so DeepSpeed refuses to load them on a different world size; its
     `ds_to_universal` converter re-slices them per parameter. Rank 0 converts once into
-    `<output_dir>/universal/<tag>` (reused when already there); returns that directory's parent.
+    `<output_dir>/universal/<key>/<tag>`, reused when already there; returns its parent (DeepSpeed loads
+    by directory and tag). `key` names the source's content (checkpoint.content_key): a cache keyed by
+    the tag alone once loaded another run's weights whose step-N checkpoint had been converted first.
     """
-    root = os.path.join(output_dir, "universal")
+    root = os.path.join(output_dir, "universal", key)
     done = os.path.join(root, tag, "universal_done")
 
     def convert() -> None:

@@ -146,7 +146,8 @@ class Checkpointer:
             dist.world_size(),
             0,
         ):
-            self.weights_dir = to_universal(*self.resume_from, output_dir)
+            key = dist.on_main(lambda: checkpoint.content_key(*self.resume_from))
+            self.weights_dir = to_universal(*self.resume_from, output_dir, key)
 
     def check_identity(self, identity: Dict[str, Any]) -> None:
         """Before the model loads: resume=auto continues only the same run (any difference but the

@@ -262,3 +262,42 @@ def test_a_rank_whose_launcher_is_gone_raises_the_stop_flag():
         stand_in.wait()
         dist.restore_default_signals()
     assert dist.stop_requested() == 0
+
+
+def test_the_universal_conversion_is_keyed_by_the_checkpoints_content_not_its_tag(tmp_path, monkeypatch):
+    """Issue 35: run C's step-4 checkpoint resumed on another number of ranks into a directory that
+    already held run B's step-4 conversion loaded B's weights. The cache now names the source."""
+    import subprocess
+
+    from ct_train import engine
+
+    calls = []
+
+    def fake_converter(cmd, **kw):  # ds_to_universal: writes which source it converted
+        src, out = cmd[cmd.index("--input_folder") + 1], cmd[cmd.index("--output_folder") + 1]
+        calls.append(src)
+        os.makedirs(out)
+        with open(os.path.join(out, "source"), "w") as f:
+            f.write(open(os.path.join(src, "weights")).read())
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(engine.subprocess, "run", fake_converter)
+
+    def make_ckpt(run, weights, step=4):
+        d = tmp_path / run / "checkpoints" / checkpoint.tag_for(step)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "weights").write_text(weights)
+        (d / checkpoint.STATE_FILE).write_text(json.dumps({"step": step, "manifest": {"weights": [1, weights]}}))
+        return str(d.parent), d.name
+
+    def convert(ckpt):
+        root = engine.to_universal(*ckpt, str(tmp_path / "vX"), checkpoint.content_key(*ckpt))
+        return (tmp_path / root / ckpt[1] / "source").read_text()
+
+    b, c = make_ckpt("vB", "B-weights"), make_ckpt("vC", "C-weights")
+    assert b[1] == c[1]  # the same tag
+    assert convert(b) == "B-weights"
+    assert convert(c) == "C-weights"  # was B's: the stale conversion was reused by tag
+    assert convert(b) == "B-weights" and len(calls) == 2  # each source converted once, then reused
+    make_ckpt("vB", "B-rewritten")  # step 4 rewritten after resuming an older checkpoint
+    assert convert(b) == "B-rewritten" and len(calls) == 3
