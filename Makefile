@@ -7,10 +7,11 @@
 #   make lint             ruff
 #   make upgrade-deps     re-resolve the dependencies to their newest releases, re-test, re-pin constraints.txt
 #   make bench            the curriculum benchmark: every strategy x 3 seeds on the benchmark suite, 2 ranks
-#                         (report.md, results.csv, plots in outputs/bench; docs/results.md); make bench-quick: CI's grid
+#                         (report.md, results.csv, plots in outputs/bench; docs/results.md); make bench-quick: CI's grid;
+#                         make bench-headline: iid, balanced, it2acl x 6 seeds
 # Variables: PYTHON (the interpreter to build .venv from), TORCH (the torch requirement installed
 # first: the default is the CPU build present on our machines; on a GPU box use e.g. TORCH=torch),
-# NPROC (ranks for `make train`), CURRICULUM (the strategy `make train` uses: it2acl, iid, mixture, odm, phased, tapir,
+# NPROC (ranks for `make train`), CURRICULUM (the strategy `make train` uses: it2acl, iid, balanced, mixture, odm, phased, tapir,
 # beyond_iid with ARGS="data.split_by_difficulty=true curriculum.interaction_file=..." from `ct-train mode=interaction`),
 # ARGS (extra Hydra overrides for `make train`).
 
@@ -26,7 +27,7 @@ STAMP := $(VENV)/.installed-$(shell cat setup.py $(CONSTRAINTS) | cksum | cut -d
 RUN_DIR ?= outputs/make-train-$(shell date +%Y%m%d-%H%M%S)
 ARGS ?=
 
-.PHONY: setup train test test-fast test-slow real-model lint bench bench-quick bench-throughput bench-curriculum bench-batching bench-lora bench-peer upgrade-deps clean
+.PHONY: setup train test test-fast test-slow real-model lint bench bench-headline bench-quick bench-throughput bench-curriculum bench-batching bench-lora bench-peer upgrade-deps clean
 
 setup: $(STAMP)
 
@@ -83,6 +84,12 @@ BENCH_ARGS ?= trainer.max_steps=600 trainer.eval_every_steps=50
 bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" MODULE=ct_train.bench NPROC=$(NPROC) bash launchers/local_cpu.sh \
 		trainer.output_dir=$(BENCH_DIR) logger.progress_bar=false $(BENCH_ARGS) $(ARGS)
+
+# The headline comparison (issue 32): iid, balanced and it2acl x 6 seeds (42-47), same budget as `make bench`.
+bench-headline: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" MODULE=ct_train.bench NPROC=$(NPROC) bash launchers/local_cpu.sh \
+		trainer.output_dir=$(BENCH_DIR)-headline logger.progress_bar=false $(BENCH_ARGS) \
+		"bench.strategies=[iid,balanced,it2acl]" bench.seeds=6 $(ARGS)
 
 bench-quick: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/ct-train-bench --quick trainer.output_dir=$(BENCH_DIR)-quick \

@@ -86,6 +86,11 @@ from ct_train.errors import ConfigError
 _SALT = 0x17AC1  # separates this strategy's per-step generator from the sampler's
 ETA_HORIZON = 4.0  # eta x bandit updates in the run, when curriculum.eta is null
 LEGACY_ETA = 0.1  # eta when the run's length is unknown (total_steps <= 0)
+# reward_scale=noise: each cluster's probe noise (residual sd around the window's line) is an EMA over
+# windows with this weight on the newest; and never taken below NOISE_FLOOR nats, so that a saturated
+# cluster's tiny, steady drift (0.010 -> 0.008) is not "significant" progress.
+NOISE_EMA = 0.2
+NOISE_FLOOR = 0.01
 
 
 @dataclass
@@ -100,6 +105,8 @@ class IT2ACLConfig(CurriculumConfig):
     reward_normalization: str = "pooled"  # pooled | relative (also divide by the cluster's loss)
     reward_history: int = 1000
     reward_quantiles: List[float] = field(default_factory=lambda: [20.0, 80.0])
+    reward_scale: str = "quantile"  # quantile (pooled percentiles) | noise (signal=lp: t-statistic of the slope)
+    reward_t_full: float = 3.0  # reward_scale=noise: the t-statistic that earns the full reward +-1
     clusters_per_batch: Optional[int] = None  # arms drawn per step; None: one per sample of the global batch
     probe_per_cluster: int = 16  # signal=lp: held-out probe samples per cluster
     probe_every_steps: int = 10  # signal=lp: steps between probe passes (one bandit update each)
@@ -119,6 +126,7 @@ class IT2ACLConfig(CurriculumConfig):
         for key, value, options in (
             ("signal", self.signal, ("lp", "pg", "spg", "loss")),
             ("reward_normalization", self.reward_normalization, ("pooled", "relative")),
+            ("reward_scale", self.reward_scale, ("quantile", "noise")),
             ("phase2", self.phase2, ("bandit", "pacing", "none")),
             ("phase2_difficulty", self.phase2_difficulty, ("auto", "data", "initial_loss")),
             ("pacing", self.pacing, ("sqrt", "linear")),
@@ -135,6 +143,13 @@ class IT2ACLConfig(CurriculumConfig):
         for key in ("reward_history", "clusters_per_batch", "phase2_bands", "probe_per_cluster", "probe_every_steps"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ConfigError(f"curriculum.{key}={getattr(self, key)!r} must be >= 1")
+        if self.reward_scale == "noise" and self.signal != "lp":
+            raise ConfigError(
+                f"curriculum.reward_scale=noise judges the held-out probe's slope against its noise: it needs "
+                f"curriculum.signal=lp (got {self.signal!r})"
+            )
+        if self.reward_t_full <= 0:
+            raise ConfigError(f"curriculum.reward_t_full={self.reward_t_full!r} must be > 0")
         if self.lp_window < 2:
             raise ConfigError(f"curriculum.lp_window={self.lp_window!r} must be >= 2 (a slope needs two probes)")
         for key in ("phase2_start_step", "pacing_steps"):
@@ -159,6 +174,24 @@ def lp_slope(steps: np.ndarray, losses: np.ndarray) -> np.ndarray:
     """Least-squares slope of each column of `losses` (P, A) over `steps` (P,): loss per step."""
     x = steps - steps.mean()
     return (x[:, None] * (losses - losses.mean(axis=0))).sum(axis=0) / max(float((x**2).sum()), 1e-12)
+
+
+def slope_t(steps: np.ndarray, losses: np.ndarray, noise_var: np.ndarray) -> tuple:
+    """Minus the probe-loss slope of each column over `steps`, as a t-statistic against the probe noise.
+
+    Returns (t, window_var): `window_var` is each column's residual variance around its least-squares
+    line (nan with fewer than 3 probes); `noise_var` is the caller's running estimate, used for the
+    standard error so that a 4-probe window (2 degrees of freedom) does not make t erratic.
+    """
+    x = steps - steps.mean()
+    sxx = max(float((x**2).sum()), 1e-12)
+    slope = lp_slope(steps, losses)
+    resid = losses - losses.mean(axis=0) - slope[None, :] * x[:, None]
+    dof = len(steps) - 2
+    window_var = (resid**2).sum(axis=0) / dof if dof > 0 else np.full(losses.shape[1], np.nan)
+    var = np.where(np.isfinite(noise_var), noise_var, window_var)
+    se = np.sqrt(np.maximum(np.nan_to_num(var, nan=0.0), NOISE_FLOOR**2) / sxx)
+    return -slope / se, window_var
 
 
 def competence(step: int, total: int, start: float, kind: str) -> float:
@@ -215,6 +248,7 @@ class IT2ACLCurriculum:
         self.probes: List[tuple] = []
         self.cum_share = np.zeros(len(self.arms))
         self.last_reward: Dict[str, float] = {}  # signal=lp: each cluster's latest held-out reward
+        self.noise_var = np.full(len(self.arms), np.nan)  # reward_scale=noise: each probe's noise (EMA)
         self._decision: Optional[tuple] = None
 
     @staticmethod
@@ -322,6 +356,21 @@ class IT2ACLCurriculum:
             return {}
         steps = np.array([p[0] for p in self.probes], dtype=np.float64)
         losses = np.stack([p[1] for p in self.probes])
+        if self.cfg.reward_scale == "noise":
+            # Progress judged against its own noise: the slope's t-statistic. Flat (saturated, or
+            # unlearnable at its entropy) scores ~0 and rising (fitting noise) below, however small the
+            # cluster or its share; the share confound is left to the uniform floor (t is scale-free).
+            t, window_var = slope_t(steps, losses, self.noise_var)
+            fresh = np.isfinite(window_var)
+            seen = np.isfinite(self.noise_var)
+            self.noise_var = np.where(
+                fresh & seen,
+                (1 - NOISE_EMA) * self.noise_var + NOISE_EMA * window_var,
+                np.where(fresh, window_var, self.noise_var),
+            )
+            if len(self.probes) < 3:
+                return {}
+            return {c: float(t[i]) for i, c in enumerate(self.arms) if np.isfinite(t[i])}
         mean_share = (self.probes[-1][2] - self.probes[0][2]) / max(steps[-1] - steps[0], 1.0)
         progress = -lp_slope(steps, losses)
         mean_loss = losses.mean(axis=0)
@@ -336,8 +385,11 @@ class IT2ACLCurriculum:
         share = self._shares(stats)
         lp = self.signal == "lp"
         gains = self._learning_progress(step, stats, share) if lp else self._raw_gains(stats, bands, share)
-        self.scaler.add(gains.values())
-        rewards = dict(zip(gains, self.scaler.scale_many(list(gains.values()))))
+        if self.cfg.reward_scale == "noise":  # t-statistics: +-reward_t_full standard errors is +-1
+            rewards = {c: float(np.clip(g / self.cfg.reward_t_full, -1.0, 1.0)) for c, g in gains.items()}
+        else:
+            self.scaler.add(gains.values())
+            rewards = dict(zip(gains, self.scaler.scale_many(list(gains.values()))))
         r = np.array([rewards.get(c, 0.0) for c in self.arms])
         if rewards and len(rewards) == len(self.arms):  # every arm measured: full information
             self.bandit.update_full(r)
@@ -372,6 +424,7 @@ class IT2ACLCurriculum:
             "probes": [[int(st), loss.tolist(), cum.tolist()] for st, loss, cum in self.probes],
             "cum_share": self.cum_share.tolist(),
             "last_reward": dict(self.last_reward),
+            "noise_var": [None if not np.isfinite(v) else float(v) for v in self.noise_var],
         }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
@@ -386,6 +439,8 @@ class IT2ACLCurriculum:
         self.probes = [(st, np.asarray(loss), np.asarray(cum)) for st, loss, cum in state.get("probes", [])]
         self.cum_share = np.asarray(state.get("cum_share", np.zeros(len(self.arms))), dtype=np.float64)
         self.last_reward = dict(state.get("last_reward", {}))
+        saved = state.get("noise_var") or [None] * len(self.arms)
+        self.noise_var = np.array([np.nan if v is None else v for v in saved], dtype=np.float64)
         self._decision = None
 
     def describe(self) -> str:

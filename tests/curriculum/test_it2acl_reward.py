@@ -9,7 +9,7 @@ import pytest
 from benchmarks.curriculum_micro import simulate
 from ct_train.curriculum import ClusterStats, DataIndex, build_curriculum
 from ct_train.curriculum.bandit import Exp3S
-from ct_train.curriculum.it2acl import ETA_HORIZON, LEGACY_ETA, IT2ACLConfig, lp_slope
+from ct_train.curriculum.it2acl import ETA_HORIZON, LEGACY_ETA, IT2ACLConfig, lp_slope, slope_t
 
 N = 14
 LEGACY = dict(eta=0.1, uniform_mix=0.0, reward_per_share=False, clusters_per_batch=8)  # the 2026-11 defaults
@@ -161,3 +161,54 @@ def test_lp_state_round_trip_continues_the_identical_stream():
     b.load_state_dict(json.loads(json.dumps(a.state_dict())))  # through trainer_state.json
     assert drive(a, 20, 25) == drive(b, 20, 25)
     np.testing.assert_array_equal(a.policy(), b.policy())
+
+
+def test_slope_t_judges_progress_against_the_probe_noise():
+    steps = np.arange(6, dtype=np.float64) * 10
+    rng = np.random.default_rng(0)
+    wiggle = 0.05 * rng.normal(size=(6, 4))
+    losses = np.stack([2.0 - 0.01 * steps, np.full(6, 2.3), 1.0 + 0.005 * steps, 0.010 - 4e-5 * steps], 1) + wiggle
+    losses[:, 3] = 0.010 - 4e-5 * steps  # saturated: a steady drift of 0.002 nats, no noise
+    t, var = slope_t(steps, losses, np.full(4, np.nan))
+    assert t[0] > 5  # learning: 0.5 nats over the window against 0.05 noise
+    assert abs(t[1]) < 2.5  # flat at its entropy: noise only
+    assert t[2] < -2  # rising: fitting noise
+    assert 0 < t[3] < 1  # the drift is below the NOISE_FLOOR, not "significant" progress
+    assert var[3] == pytest.approx(0.0, abs=1e-12) and var[0] == pytest.approx(0.05**2, rel=0.8)
+    # a known noise level replaces the window's own estimate
+    t_known, _ = slope_t(steps, losses, np.full(4, 0.5**2))
+    assert abs(t_known[0]) < abs(t[0]) / 4
+
+
+def test_noise_scaled_rewards_cut_flat_and_rising_clusters_and_keep_the_learning_one():
+    """reward_scale=noise on the planted held-out world: two unlearnable arms (flat and rising) end at
+    the floor, the arms still learning keep more than uniform."""
+    learn = np.ones(8)
+    learn[6], learn[7] = 0.0, -1.0
+    for seed in range(3):
+        p = simulate(IT2ACLConfig(phase2="none", signal="lp", reward_scale="noise", eta=0.2), learn, 600, seed)
+        assert p[6] + p[7] < 0.5 * 2 / 8 and p[:6].min() > p[6:].max(), (seed, p * 8)
+    cfg = IT2ACLConfig(signal="lp", reward_scale="noise")
+    index = _index(3)
+    cur = build_curriculum(cfg, index, seed=0, total_steps=100)
+    metrics = {}
+    for step in range(40):
+        cur.plan(step)
+        stats = ClusterStats(index.clusters, np.full(3, 16.0), np.full(3, 8.0), share=np.full(3, 1 / 3))
+        if (step + 1) % 10 == 0:
+            stats.probe_loss = np.array([3.0 - 0.03 * step, 2.3 + 0.01 * np.sin(step), 2.0 + 0.01 * step])
+        metrics = {**metrics, **cur.observe(step, stats)}
+    assert metrics["reward/c0"] == 1.0 and metrics["reward/c2"] < 0 and abs(metrics["reward/c1"]) < 1
+    state = json.loads(json.dumps(cur.state_dict()))
+    again = build_curriculum(cfg, index, seed=0, total_steps=100)
+    again.load_state_dict(state)
+    np.testing.assert_array_equal(again.noise_var, cur.noise_var)
+
+
+def test_noise_scaled_rewards_need_the_held_out_signal():
+    from ct_train.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="curriculum.reward_scale=noise .* needs curriculum.signal=lp"):
+        IT2ACLConfig(signal="pg", reward_scale="noise").validate()
+    with pytest.raises(ConfigError, match="curriculum.reward_t_full=0"):
+        IT2ACLConfig(reward_t_full=0).validate()
