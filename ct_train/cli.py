@@ -6,7 +6,7 @@ The deepspeed launcher (without --no_local_rank) appends `--local_rank=N`, which
 as an override; it is stripped here before Hydra parses and LOCAL_RANK is taken from the environment
 (set by every launcher) or from that argument. User errors (bad config value, bad data file, an
 unwritable checkpoint) print one line on rank 0 and exit with status 2, no traceback; a run stopped
-on purpose (non-finite loss) likewise with status 3; a run saved and stopped on SIGTERM/SIGUSR1
+on purpose (non-finite loss) likewise with status 3; a run saved and stopped on SIGTERM/SIGUSR1/Ctrl-C
 (preemption) with status 4. The overrides are composed once before Hydra runs the app, so a mistyped
 group option or key is one line with the nearest match, exit 2 (`override_error`); `--help` is ours
 (groups and examples), Hydra's is `--hydra-help`.
@@ -59,7 +59,7 @@ examples:
 
 any key can be set with key=value (trainer.lr=1e-4 data.max_seq_len=1024); `--cfg job` prints the
 composed config; README.md lists the keys. Exit status: 2 bad config or data, 3 training stopped,
-4 saved on SIGTERM/SIGUSR1 (rerun to resume)."""
+4 saved on SIGTERM/SIGUSR1/Ctrl-C (rerun to resume; a second Ctrl-C aborts without saving)."""
 
 DESCRIPTIONS = {
     "ct-train": "Instruction-tune a causal LM on DeepSpeed ZeRO with a curriculum (IT2ACL, Phased IFT, TAPIR, "

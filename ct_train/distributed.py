@@ -249,7 +249,7 @@ _stop_signal = [0]
 
 
 def install_stop_handlers() -> None:
-    """SIGTERM/SIGUSR1 set a flag instead of killing the process; the trainer reads it at the step
+    """SIGTERM/SIGUSR1 (and a first Ctrl-C) set a flag instead of killing the process; the trainer reads it at the step
     boundary (ranks agree on it inside the step's signal all-reduce), saves and exits. A rank also
     gets SIGTERM when the launcher that started it dies (Linux PR_SET_PDEATHSIG), so no rank runs on
     orphaned. Main thread only (Python's rule for signal handlers); idempotent."""
@@ -257,6 +257,7 @@ def install_stop_handlers() -> None:
         return
     for sig in STOP_SIGNALS:
         signal.signal(sig, lambda signum, frame: _stop_signal.__setitem__(0, signum))
+    signal.signal(signal.SIGINT, _on_ctrl_c)
     if sys.platform.startswith("linux"):
         try:
             ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
@@ -267,6 +268,22 @@ def install_stop_handlers() -> None:
         runner = _deepspeed_runner()
         if runner is not None:
             watch_pids([runner])
+
+
+def _on_ctrl_c(signum: int, frame: Any) -> None:
+    """Ctrl-C (SIGINT) saves and stops at the next step boundary, as SIGTERM does; a second Ctrl-C
+    aborts at once without saving (Python's KeyboardInterrupt), for a step that will not end."""
+    if _stop_signal[0] == signal.SIGINT:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        raise KeyboardInterrupt
+    _stop_signal[0] = int(signal.SIGINT)
+    if is_main():
+        print(
+            "\nct-train: Ctrl-C: saving a checkpoint at the end of this step, then stopping "
+            "(Ctrl-C again aborts without saving)",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _proc(pid: int, what: str) -> str:
@@ -310,6 +327,9 @@ def stop_requested() -> int:
 
 
 def restore_default_signals() -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own: KeyboardInterrupt
     _stop_signal[0] = 0

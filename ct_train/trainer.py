@@ -285,7 +285,8 @@ def preempt(run: Run) -> None:
     The same command resumes from this step: nothing trained is lost."""
     if run.checkpointer.last_saved != run.state.step:  # (the same answer on every rank: no file check)
         run.checkpointer.save(run)
-    known = {s.value: s.name for s in signal.Signals}
+    # (the ranks' mean signal number: a mix, say SIGINT on one rank and SIGTERM on another, is unnamed)
+    known = {int(s): s.name for s in (*dist.STOP_SIGNALS, signal.SIGINT)}
     name = known.get(run.stop_signal, "a stop signal")
     run.log.write(f"{name} received: checkpoint {checkpoint_tag(run.state.step)} saved at step {run.state.step}")
     raise Preempted(

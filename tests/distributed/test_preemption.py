@@ -90,3 +90,42 @@ def test_sigterm_saves_at_the_step_boundary_and_the_same_command_resumes_with_no
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"at step {at}" in again.stdout + again.stderr and "resumed from" in again.stdout + again.stderr
     assert sorted(train_rows(out)) == list(range(1, 21))  # no step lost, none twice
+
+
+def test_ctrl_c_saves_like_sigterm_on_one_rank_and_the_same_command_resumes(tmp_path):
+    """Issue 34: a person at a terminal presses Ctrl-C (SIGINT to the process): one line, a checkpoint
+    at the step boundary, exit 4, no KeyboardInterrupt traceback; the same command resumes."""
+    out = tmp_path / "run"
+    args = ARGS + [f"trainer.output_dir={out}"]
+    proc = _start(args, 1)
+    try:
+        _wait_for_step(out, 3, proc)
+        os.kill(proc.pid, signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = stdout + stderr
+    assert proc.returncode == 4, log[-3000:]
+    assert "ct-train: Ctrl-C: saving a checkpoint at the end of this step" in stderr and "Traceback" not in log
+    stopped = [line for line in stderr.splitlines() if line.startswith("ct-train: stopped: SIGINT at step ")]
+    assert len(stopped) == 1, log[-3000:]
+    at = int(stopped[0].split("at step ")[1].split(":")[0])
+    assert (out / "checkpoints" / f"step{at:08d}" / "trainer_state.json").exists()
+    again = run_cli(args)
+    assert again.returncode == 0 and "resumed from" in again.stdout + again.stderr, again.stderr[-3000:]
+    assert sorted(train_rows(out)) == list(range(1, 21))
+
+
+def test_a_second_ctrl_c_aborts_without_waiting_for_the_step():
+    from ct_train import distributed as dist
+
+    try:
+        dist._on_ctrl_c(signal.SIGINT, None)  # the first: a flag, no exception
+        assert dist.stop_requested() == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):
+            dist._on_ctrl_c(signal.SIGINT, None)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        dist.restore_default_signals()
+    assert dist.stop_requested() == 0
