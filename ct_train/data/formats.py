@@ -67,6 +67,25 @@ def _prompt_response(rec: Dict[str, Any]) -> List[Dict[str, Any]]:
     ]
 
 
+def _chat_turns(value: Any, field: str) -> List[Dict[str, str]]:
+    if not isinstance(value, list) or not all(isinstance(m, dict) for m in value):
+        raise BadRecord(f"{field!r} must be a string or a list of {{role, content}} messages")
+    return [{"role": str(m.get("role", "")), "content": _text(m.get("content"))} for m in value]
+
+
+def _prompt_completion(rec: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """TRL's prompt-completion rows: standard (two strings) or conversational (two message lists,
+    the completion's assistant turn(s) trained; earlier assistant turns in the prompt are trained too,
+    as in every chat record here)."""
+    prompt, completion = rec.get("prompt"), rec.get("completion")
+    if isinstance(prompt, str) and isinstance(completion, str):
+        return [dict(prompt=_text(prompt), input="", response=_text(completion), messages=[])]
+    if isinstance(prompt, str):  # a string prompt before a conversational completion
+        prompt = [{"role": "user", "content": prompt}]
+    messages = _chat_turns(prompt, "prompt") + _chat_turns(completion, "completion")
+    return [dict(prompt="", input="", response="", messages=messages)]
+
+
 def _phased(rec: Dict[str, Any]) -> List[Dict[str, Any]]:
     turns = rec.get("data")
     if not isinstance(turns, list) or len(turns) < 2 or len(turns) % 2:
@@ -82,7 +101,8 @@ def _phased(rec: Dict[str, Any]) -> List[Dict[str, Any]]:
 
 
 def _sharegpt(rec: Dict[str, Any]) -> List[Dict[str, Any]]:
-    messages = []
+    # A top-level `system` (ShareGPT as LLaMA-Factory and axolotl write it) is the first message.
+    messages = [{"role": "system", "content": _text(rec["system"])}] if _text(rec.get("system")) else []
     for turn in rec.get("conversations") or []:
         role = SHAREGPT_ROLES.get(str(turn.get("from", "")).lower())
         if role is None:
@@ -123,6 +143,7 @@ FORMATS: Dict[str, Callable[[Dict[str, Any]], List[Dict[str, Any]]]] = {
     "messages": _messages,
     "self_instruct": _self_instruct,
     "prompt_response": _prompt_response,
+    "prompt_completion": _prompt_completion,
 }
 
 
@@ -141,10 +162,18 @@ def detect_format(columns: Iterable[str], path: str) -> str:
         return "alpaca"
     if {"prompt", "response"} <= cols:
         return "prompt_response"
+    if {"prompt", "completion"} <= cols:
+        return "prompt_completion"
+    if "text" in cols:
+        raise DataError(
+            f"{path}: a `text` column is TRL's language-modelling format (a loss on every token); ct_train "
+            "trains on responses: give prompt/completion (or messages) records instead"
+        )
     raise DataError(
         f"{path}: cannot tell the format from its fields {sorted(cols)}; expected Alpaca "
         "(instruction/input/output), Phased-IFT (id/score/data), ShareGPT (conversations), "
-        "chat (messages), Self-Instruct (instruction/instances) or prompt/response; or set data.format"
+        "chat (messages), Self-Instruct (instruction/instances), prompt/response or TRL's prompt/completion; "
+        "or set data.format"
     )
 
 

@@ -8,6 +8,7 @@ neither the file nor the line.
 from __future__ import annotations
 
 import codecs
+import gzip
 import json
 import os
 from dataclasses import dataclass
@@ -16,7 +17,14 @@ from typing import Any, Dict, List, Optional, Tuple
 from ct_train.data.formats import BadRecord, SourceInfo, detect_format, normalize
 from ct_train.errors import DataError
 
-EXTENSIONS = (".jsonl", ".json", ".parquet")
+EXTENSIONS = (".jsonl", ".json", ".parquet", ".csv", ".jsonl.gz", ".json.gz")
+
+
+def _open(path: str, mode: str = "rb", **kw: Any) -> Any:
+    """A data file, gunzipped on the fly when it ends in .gz."""
+    if path.endswith(".gz"):
+        return gzip.open(path, mode if "b" in mode else mode + "t", **kw)
+    return open(path, mode, **kw)
 
 
 def _features() -> Any:
@@ -66,8 +74,8 @@ def expand(key: str, paths: List[str], cluster: Optional[str] = None) -> List[Fi
 
 def _first_json_error(path: str) -> Optional[str]:
     """`file:line: problem` for the first malformed JSON in a .json/.jsonl file, else None."""
-    with open(path, encoding="utf-8", errors="strict") as f:
-        if path.endswith(".json"):
+    with _open(path, "r", encoding="utf-8", errors="strict") as f:
+        if path.removesuffix(".gz").endswith(".json"):
             try:
                 json.load(f)
             except json.JSONDecodeError as e:
@@ -122,7 +130,7 @@ def check_json_text(path: str) -> None:
     uncaught UnicodeDecodeError later) or crash on (nesting deeper than MAX_JSON_DEPTH). One pass of
     C-speed checks per line; the character scan runs only on lines with that many brackets."""
     decoder = codecs.getincrementaldecoder("utf-8")()
-    with open(path, "rb") as f:
+    with _open(path, "rb") as f:
         for lineno, line in enumerate(f, 1):
             try:
                 decoder.decode(line)
@@ -138,7 +146,7 @@ def read_raw(path: str) -> Any:
     """One file as a `datasets.Dataset` of its raw records."""
     import datasets
 
-    builder = "parquet" if path.endswith(".parquet") else "json"
+    builder = {".parquet": "parquet", ".csv": "csv"}.get(os.path.splitext(path)[1], "json")
     if os.path.getsize(path) == 0:
         return datasets.Dataset.from_dict({})
     if builder == "json":
@@ -146,7 +154,7 @@ def read_raw(path: str) -> Any:
     try:
         return datasets.load_dataset(builder, data_files=path, split="train")
     except Exception as e:  # datasets wraps arrow/json errors in several types
-        problem = None if builder == "parquet" else _first_json_error(path)
+        problem = _first_json_error(path) if builder == "json" else None
         if problem:
             raise DataError(problem) from None
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -171,6 +171,50 @@ def test_parquet_and_directory(tmp_path):
     assert stats["records"] == 2 and sorted(ds["cluster"]) == ["one", "two"]
 
 
+def test_trl_prompt_completion_standard_and_conversational(tmp_path):
+    """Issue 34: TRL's prompt-completion rows were refused with `cannot tell the format`."""
+    standard = _write_jsonl(tmp_path / "std.jsonl", [{"prompt": "The sky is", "completion": " blue."}])
+    row = _load(standard)[0][0]
+    assert row["prompt"] == "The sky is" and row["response"] == "blue." and row["messages"] == []
+    conv = {
+        "prompt": [{"role": "system", "content": "Brief."}, {"role": "user", "content": "Colour of the sky?"}],
+        "completion": [{"role": "assistant", "content": "Blue."}],
+    }
+    mixed = {"prompt": "Hi", "completion": [{"role": "assistant", "content": "Hello."}]}
+    rows = _load(_write_jsonl(tmp_path / "conv.jsonl", [conv, mixed]))[0].to_list()
+    assert [m["role"] for m in rows[0]["messages"]] == ["system", "user", "assistant"]
+    assert rows[0]["messages"][2]["content"] == "Blue." and rows[1]["messages"][0] == {"role": "user", "content": "Hi"}
+    with pytest.raises(DataError, match="record 1: 'completion' must be a string or a list"):
+        _load(_write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "p", "completion": 3}]), on_bad_record="error")
+
+
+def test_trl_text_format_is_refused_with_what_to_give_instead(tmp_path):
+    with pytest.raises(DataError, match=r"t\.jsonl: a `text` column is TRL's language-modelling format"):
+        _load(_write_jsonl(tmp_path / "t.jsonl", [{"text": "all of it"}]))
+
+
+def test_sharegpt_top_level_system_becomes_the_first_message(tmp_path):
+    conv = [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]
+    row = _load(_write_jsonl(tmp_path / "s.jsonl", [{"system": "You are terse.", "conversations": conv}]))[0][0]
+    assert row["messages"][0] == {"role": "system", "content": "You are terse."}
+    assert [m["role"] for m in row["messages"]] == ["system", "user", "assistant"]
+
+
+def test_csv_and_gzipped_json_lines(tmp_path):
+    import gzip
+
+    (tmp_path / "a.csv").write_text('instruction,output\nAdd 2 and 3,5\n"Say ""hi""",hi\n', encoding="utf-8")
+    with gzip.open(tmp_path / "b.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.write(json.dumps({"prompt": "p", "completion": "c"}) + "\n")
+    ds, stats = load_examples(expand("data.path", [str(tmp_path)]), **LOAD)
+    assert stats["records"] == 3 and sorted(ds["response"]) == ["5", "c", "hi"]
+    assert 'Say "hi"' in ds["prompt"]
+    with gzip.open(tmp_path / "bad.jsonl.gz", "wt") as f:
+        f.write('{"prompt": "p", "completion": "c"}\n{"prompt": \n')
+    with pytest.raises(DataError, match=r"bad\.jsonl\.gz:2: malformed JSON"):
+        _load(tmp_path / "bad.jsonl.gz")
+
+
 # The real public files in ../shared/data.
 
 
