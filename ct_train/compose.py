@@ -13,6 +13,7 @@ import hashlib
 import json
 from typing import Any
 
+from ct_train import io
 from ct_train.config import Config, check_choice
 from ct_train.curriculum import CURRICULA
 from ct_train.data.formats import FORMATS
@@ -123,6 +124,11 @@ def to_typed(cfg: Any) -> Config:
         raise ConfigError(str(e).splitlines()[0]) from None
     check_names(typed)
     typed.validate()
+    # A hub id names its snapshot in the local cache (config.yaml and the run's identity keep the id).
+    if typed.model.path:
+        typed.model.path = io.local_model_dir(typed.model.path, "model.path")
+    if typed.model.tokenizer and typed.model.tokenizer != "byte":
+        typed.model.tokenizer = io.local_model_dir(typed.model.tokenizer, "model.tokenizer")
     return typed
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 from typing import Any, Dict, Iterator
 
@@ -85,6 +86,28 @@ def read_inputs(paths: Dict[str, str]) -> Dict[str, Any]:
         except (OSError, ValueError) as e:
             raise ConfigError(f"{key}={path}: cannot read it as JSON ({e})") from None
     return out
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def local_model_dir(value: str, key: str) -> str:
+    """`value` when it is a directory; a hub id (`org/name`) as its snapshot in the local Hugging Face
+    cache (HF_HUB_CACHE / HF_HOME, as a pre-filled cache on an offline cluster); nothing is downloaded.
+    ConfigError naming the key otherwise."""
+    expanded = os.path.expanduser(value)
+    if os.path.isdir(expanded) or not _HUB_ID.fullmatch(value):
+        return expanded  # (a missing local path is reported where it is opened)
+    from huggingface_hub import constants, snapshot_download
+
+    try:
+        return snapshot_download(value, local_files_only=True)
+    except Exception as e:  # LocalEntryNotFoundError, or a malformed cache entry
+        raise ConfigError(
+            f"{key}={value} is neither a local directory nor in the local Hugging Face cache "
+            f"({constants.HF_HUB_CACHE}: {type(e).__name__}); nothing is downloaded at run time: fetch it where "
+            f"there is network (`hf download {value}`) into that cache, or give a directory"
+        ) from None
 
 
 class DirLock:
