@@ -482,6 +482,15 @@ def data_warnings(cfg: Config, needs: Needs, data: PreparedData, positions: Opti
             f"curriculum={cfg.curriculum.name} chooses among clusters, but the data has one ({data.clusters[0]}): "
             "it trains like iid; name clusters with data.cluster_field or data.sources"
         )
+    # Many passes over small data overfit a pretrained model (TRL's default is 3 epochs): say how many.
+    trainer, n_train = cfg.trainer, len(data.train)
+    passes = trainer.max_steps * trainer.global_batch_size / n_train if n_train and trainer.max_steps > 0 else 0.0
+    if passes > 3:
+        out.append(
+            f"trainer.max_steps={trainer.max_steps} x global batch {trainer.global_batch_size} = "
+            f"{trainer.max_steps * trainer.global_batch_size:,} samples over {n_train:,} training samples: "
+            f"about {passes:.0f} passes over the data (lower trainer.max_steps to train fewer)"
+        )
     # (Only for loaded weights: a model trained from random init learns every position it is given.)
     if cfg.model.path and positions is not None and cfg.data.max_seq_len > positions:
         out.append(

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from ct_train.config import Config, DataConfig, ModelConfig
+from ct_train.config import Config, DataConfig, ModelConfig, TrainerConfig
 from ct_train.curriculum.it2acl import IT2ACLConfig
 from ct_train.data import byte_tokenizer, load_tokenizer, prepare_data
 from ct_train.errors import ConfigError
@@ -23,8 +23,8 @@ def _data(tmp_path, rows, **kw):
 def test_a_clean_setting_warns_of_nothing(tmp_path):
     rows = [{"instruction": f"q{i}", "output": "a", "cluster": "ab"[i % 2]} for i in range(40)]
     data_cfg, data = _data(tmp_path, rows, cluster_field="cluster", eval_fraction=0.2, max_seq_len=64)
-    cfg = Config(data=data_cfg, curriculum=IT2ACLConfig())
-    assert data_warnings(cfg, cfg.curriculum.needs(), data, positions=1024) == []
+    cfg = Config(data=data_cfg, curriculum=IT2ACLConfig(), trainer=TrainerConfig(max_steps=3, global_batch_size=32))
+    assert data_warnings(cfg, cfg.curriculum.needs(), data, positions=1024) == []  # 96 samples: 3 passes
 
 
 def test_each_warning_names_what_to_change(tmp_path):
@@ -35,8 +35,13 @@ def test_each_warning_names_what_to_change(tmp_path):
     assert found[0] == "skipped 1 records: empty response/output 1 (d.jsonl:7)"
     assert found[1].startswith("no held-out samples")
     assert found[2].startswith("curriculum=it2acl chooses among clusters, but the data has one (d)")
-    assert found[3].startswith("data.max_seq_len=2048 exceeds the model's max_position_embeddings=1024")
-    assert len(found) == 4
+    steps, batch = cfg.trainer.max_steps, cfg.trainer.global_batch_size
+    assert found[3] == (
+        f"trainer.max_steps={steps} x global batch {batch} = {steps * batch:,} samples over 6 training samples: "
+        f"about {steps * batch / 6:.0f} passes over the data (lower trainer.max_steps to train fewer)"
+    )
+    assert found[4].startswith("data.max_seq_len=2048 exceeds the model's max_position_embeddings=1024")
+    assert len(found) == 5
     # a model built at random init learns every position it is trained on: no positions warning
     scratch = Config(data=data_cfg, curriculum=IT2ACLConfig())
     assert not any("max_position" in w for w in data_warnings(scratch, scratch.curriculum.needs(), data, 1024))
