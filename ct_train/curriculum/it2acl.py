@@ -91,7 +91,6 @@ LEGACY_ETA = 0.1  # eta when the run's length is unknown (total_steps <= 0)
 # cluster's tiny, steady drift (0.010 -> 0.008) is not "significant" progress.
 NOISE_EMA = 0.2
 NOISE_FLOOR = 0.01
-JUDGED = ("noise", "learnable")  # the reward scales that judge the probe slope against its noise
 
 
 @dataclass
@@ -106,10 +105,8 @@ class IT2ACLConfig(CurriculumConfig):
     reward_normalization: str = "pooled"  # pooled | relative (also divide by the cluster's loss)
     reward_history: int = 1000
     reward_quantiles: List[float] = field(default_factory=lambda: [20.0, 80.0])
-    # quantile (pooled percentiles) | noise (signal=lp: the slope's t-statistic) | learnable (that
-    # evidence times the cluster's probe loss: learnable and not yet learned)
-    reward_scale: str = "quantile"
-    reward_t_full: float = 3.0  # reward_scale=noise|learnable: the t-statistic that counts as full evidence
+    reward_scale: str = "quantile"  # quantile (pooled percentiles) | noise (signal=lp: t-statistic of the slope)
+    reward_t_full: float = 3.0  # reward_scale=noise: the t-statistic that earns the full reward +-1
     clusters_per_batch: Optional[int] = None  # arms drawn per step; None: one per sample of the global batch
     probe_per_cluster: int = 16  # signal=lp: held-out probe samples per cluster
     probe_every_steps: int = 10  # signal=lp: steps between probe passes (one bandit update each)
@@ -129,7 +126,7 @@ class IT2ACLConfig(CurriculumConfig):
         for key, value, options in (
             ("signal", self.signal, ("lp", "pg", "spg", "loss")),
             ("reward_normalization", self.reward_normalization, ("pooled", "relative")),
-            ("reward_scale", self.reward_scale, ("quantile",) + JUDGED),
+            ("reward_scale", self.reward_scale, ("quantile", "noise")),
             ("phase2", self.phase2, ("bandit", "pacing", "none")),
             ("phase2_difficulty", self.phase2_difficulty, ("auto", "data", "initial_loss")),
             ("pacing", self.pacing, ("sqrt", "linear")),
@@ -146,10 +143,9 @@ class IT2ACLConfig(CurriculumConfig):
         for key in ("reward_history", "clusters_per_batch", "phase2_bands", "probe_per_cluster", "probe_every_steps"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ConfigError(f"curriculum.{key}={getattr(self, key)!r} must be >= 1")
-        if self.reward_scale in JUDGED and self.signal != "lp":
+        if self.reward_scale == "noise" and self.signal != "lp":
             raise ConfigError(
-                f"curriculum.reward_scale={self.reward_scale} judges the held-out probe's slope against its "
-                "noise: it needs "
+                f"curriculum.reward_scale=noise judges the held-out probe's slope against its noise: it needs "
                 f"curriculum.signal=lp (got {self.signal!r})"
             )
         if self.reward_t_full <= 0:
@@ -252,7 +248,7 @@ class IT2ACLCurriculum:
         self.probes: List[tuple] = []
         self.cum_share = np.zeros(len(self.arms))
         self.last_reward: Dict[str, float] = {}  # signal=lp: each cluster's latest held-out reward
-        self.noise_var = np.full(len(self.arms), np.nan)  # reward_scale=noise|learnable: each probe's noise (EMA)
+        self.noise_var = np.full(len(self.arms), np.nan)  # reward_scale=noise: each probe's noise (EMA)
         self._decision: Optional[tuple] = None
 
     @staticmethod
@@ -360,12 +356,10 @@ class IT2ACLCurriculum:
             return {}
         steps = np.array([p[0] for p in self.probes], dtype=np.float64)
         losses = np.stack([p[1] for p in self.probes])
-        if self.cfg.reward_scale in JUDGED:
+        if self.cfg.reward_scale == "noise":
             # Progress judged against its own noise: the slope's t-statistic. Flat (saturated, or
             # unlearnable at its entropy) scores ~0 and rising (fitting noise) below, however small the
             # cluster or its share; the share confound is left to the uniform floor (t is scale-free).
-            # `learnable` weighs that evidence (in [-1, 1]) by the cluster's latest probe loss in nats:
-            # what is learnable AND not yet learned earns most, a cluster learned to ~0 loss nothing.
             t, window_var = slope_t(steps, losses, self.noise_var)
             fresh = np.isfinite(window_var)
             seen = np.isfinite(self.noise_var)
@@ -376,8 +370,6 @@ class IT2ACLCurriculum:
             )
             if len(self.probes) < 3:
                 return {}
-            if self.cfg.reward_scale == "learnable":
-                t = np.clip(t / self.cfg.reward_t_full, -1.0, 1.0) * losses[-1]
             return {c: float(t[i]) for i, c in enumerate(self.arms) if np.isfinite(t[i])}
         mean_share = (self.probes[-1][2] - self.probes[0][2]) / max(steps[-1] - steps[0], 1.0)
         progress = -lp_slope(steps, losses)
@@ -393,9 +385,8 @@ class IT2ACLCurriculum:
         share = self._shares(stats)
         lp = self.signal == "lp"
         gains = self._learning_progress(step, stats, share) if lp else self._raw_gains(stats, bands, share)
-        if self.cfg.reward_scale in JUDGED:  # noise: +-reward_t_full standard errors is +-1
-            scale = self.cfg.reward_t_full if self.cfg.reward_scale == "noise" else 1.0
-            rewards = {c: float(np.clip(g / scale, -1.0, 1.0)) for c, g in gains.items()}
+        if self.cfg.reward_scale == "noise":  # t-statistics: +-reward_t_full standard errors is +-1
+            rewards = {c: float(np.clip(g / self.cfg.reward_t_full, -1.0, 1.0)) for c, g in gains.items()}
         else:
             self.scaler.add(gains.values())
             rewards = dict(zip(gains, self.scaler.scale_many(list(gains.values()))))

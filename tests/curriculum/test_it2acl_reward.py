@@ -212,24 +212,3 @@ def test_noise_scaled_rewards_need_the_held_out_signal():
         IT2ACLConfig(signal="pg", reward_scale="noise").validate()
     with pytest.raises(ConfigError, match="curriculum.reward_t_full=0"):
         IT2ACLConfig(reward_t_full=0).validate()
-
-
-def test_learnable_rewards_weigh_the_evidence_by_what_is_left_to_learn():
-    """reward_scale=learnable: evidence of progress (clipped t) x the cluster's probe loss. A cluster
-    learned to ~0 loss earns ~nothing however steady its last drift; a flat one nothing; a learning
-    cluster with loss left earns most."""
-    cfg = IT2ACLConfig(signal="lp", reward_scale="learnable", lp_window=4)
-    index = _index(3)
-    cur = build_curriculum(cfg, index, seed=0, total_steps=100)
-    rng = np.random.default_rng(0)
-    metrics = {}
-    for step in range(60):
-        cur.plan(step)
-        stats = ClusterStats(index.clusters, np.full(3, 16.0), np.full(3, 8.0), share=np.full(3, 1 / 3))
-        if (step + 1) % 10 == 0:
-            wiggle = 0.01 * rng.normal(size=3)
-            stats.probe_loss = np.array([2.0 - 0.02 * step, 0.05 - 0.0005 * step, 2.3]) + wiggle * [1, 0.01, 1]
-        metrics = {**metrics, **cur.observe(step, stats)}
-    assert metrics["reward/c0"] == pytest.approx(min(1.0, metrics["probe/c0"]), rel=1e-6)  # full evidence x loss
-    assert 0 <= metrics["reward/c1"] < 0.05  # steady, but only ~0.02 nats left
-    assert abs(metrics["reward/c2"]) < 0.5 * metrics["reward/c0"]
