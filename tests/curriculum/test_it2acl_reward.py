@@ -9,10 +9,18 @@ import pytest
 from benchmarks.curriculum_micro import simulate
 from ct_train.curriculum import ClusterStats, DataIndex, build_curriculum
 from ct_train.curriculum.bandit import Exp3S
-from ct_train.curriculum.it2acl import ETA_HORIZON, LEGACY_ETA, IT2ACLConfig, lp_slope, slope_t
+from ct_train.curriculum.it2acl import (
+    ETA_HORIZON,
+    LEGACY_ETA,
+    NOISE_ETA_HORIZON,
+    IT2ACLConfig,
+    lp_slope,
+    slope_t,
+)
 
 N = 14
 LEGACY = dict(eta=0.1, uniform_mix=0.0, reward_per_share=False, clusters_per_batch=8)  # the 2026-11 defaults
+QUANTILE_LP = dict(reward_scale="quantile", lp_window=4)  # the lp reward before 2026-12-04
 
 
 @pytest.mark.parametrize("power", [0.5, 1.0])
@@ -39,10 +47,10 @@ def test_held_out_progress_favours_the_arm_still_learning_and_drops_the_unlearna
     learn = np.ones(N)
     learn[0], learn[1], learn[2] = 3.0, 0.0, -1.0
     for seed in range(3):
-        p = simulate(IT2ACLConfig(phase2="none", signal="lp"), learn, 300, seed)
+        p = simulate(IT2ACLConfig(phase2="none", signal="lp", **QUANTILE_LP), learn, 300, seed)
         assert p[0] > p[3:].max() and p[1] < 1 / N and p[2] < 1 / N, (seed, p * N)
     for seed in range(2):
-        p = simulate(IT2ACLConfig(phase2="none", signal="lp"), np.ones(N), 300, seed)
+        p = simulate(IT2ACLConfig(phase2="none", signal="lp", **QUANTILE_LP), np.ones(N), 300, seed)
         assert p.max() <= 1.5 / N and p.min() >= 1 / (1.5 * N)
 
 
@@ -107,8 +115,10 @@ def test_eta_defaults_from_the_run_length_and_an_explicit_value_wins():
     assert build_curriculum(IT2ACLConfig(signal="pg"), index, 0, total_steps=400).eta == pytest.approx(
         ETA_HORIZON / 400
     )
-    lp = IT2ACLConfig(signal="lp", probe_every_steps=10)
-    assert build_curriculum(lp, index, 0, total_steps=400).eta == pytest.approx(ETA_HORIZON / 40)  # per probe
+    lp = IT2ACLConfig(signal="lp", probe_every_steps=10)  # reward_scale=auto: noise
+    assert build_curriculum(lp, index, 0, total_steps=400).eta == pytest.approx(NOISE_ETA_HORIZON / 40)  # per probe
+    lp_quantile = IT2ACLConfig(signal="lp", probe_every_steps=10, reward_scale="quantile")
+    assert build_curriculum(lp_quantile, index, 0, total_steps=400).eta == pytest.approx(ETA_HORIZON / 40)
     assert build_curriculum(IT2ACLConfig(eta=0.3), index, 0, total_steps=400).eta == 0.3
     assert build_curriculum(IT2ACLConfig(signal="pg"), index, 0, total_steps=0).eta == LEGACY_ETA
 
@@ -125,7 +135,8 @@ def test_the_uniform_mix_keeps_a_floor_under_every_cluster():
 def test_lp_is_minus_the_probe_loss_slope_per_unit_share_and_signed():
     assert lp_slope(np.array([0.0, 10, 20]), np.array([[3.0, 1.0], [2.0, 1.5], [1.0, 2.0]])).tolist() == [-0.1, 0.05]
     index = _index(2)
-    cur = build_curriculum(IT2ACLConfig(signal="lp", phase2="none", probe_every_steps=2, lp_window=3), index, 0, 100)
+    cfg = IT2ACLConfig(signal="lp", phase2="none", probe_every_steps=2, lp_window=3, reward_scale="quantile")
+    cur = build_curriculum(cfg, index, 0, 100)
     share = np.array([0.5, 0.5])
     metrics = []
     for step in range(6):
@@ -210,5 +221,7 @@ def test_noise_scaled_rewards_need_the_held_out_signal():
 
     with pytest.raises(ConfigError, match="curriculum.reward_scale=noise .* needs curriculum.signal=lp"):
         IT2ACLConfig(signal="pg", reward_scale="noise").validate()
+    assert IT2ACLConfig(signal="pg").scale == "quantile" and IT2ACLConfig(signal="lp").scale == "noise"  # auto
+    IT2ACLConfig(signal="pg").validate()  # auto never asks pg for the probe
     with pytest.raises(ConfigError, match="curriculum.reward_t_full=0"):
         IT2ACLConfig(reward_t_full=0).validate()
