@@ -12,7 +12,8 @@ What we inferred, and the key that changes each choice:
   Graves' `eps`=0.05 and `beta`=0. The bandit is in `bandit.py`. The batch is drawn from the policy
   mixed with a uniform share `uniform_mix`=0.3 (every cluster keeps at least 0.3/N of the draws, so
   the signal of every cluster stays measured and a wrong early lead cannot starve the others).
-- Step size: `eta`=null takes eta x (bandit updates in the run) = 4 (`ETA_HORIZON`): the expected
+- Step size: `eta`=null takes eta x (bandit updates in the run) = 4 (`ETA_HORIZON`; 6 with
+  `reward_scale=noise`, `NOISE_ETA_HORIZON`, tuned on seeds 1-2): the expected
   log-odds drift of an arm is eta x its mean reward per update whatever its probability, so over
   the run an arm with mean reward +1 can gain e^4 over one with 0 and never becomes an argmax after
   a few dozen steps (eta=0.1 over 300 steps did: docs/results.md, 2026-11-22). An explicit eta wins.
@@ -23,10 +24,17 @@ What we inferred, and the key that changes each choice:
   `python benchmarks/curriculum_micro.py share`). With token-normalised loss the share is the token
   share, so long answers are not favoured for their length. `reward_normalization=relative` also
   divides by the cluster's loss (the fraction of its loss removed), so a high-loss cluster is not
-  rewarded on absolute scale. Then raw gains -> [-1, 1] by the 20th/80th percentiles
-  (`reward_quantiles`) of the last `reward_history` raw gains of all arms (Graves keeps the whole
-  history; a window follows a non-stationary signal). When every cluster has a reward (all were in
-  the batch, or the held-out probe) the update is full-information (no importance weight).
+  rewarded on absolute scale. Then (`reward_scale=quantile`, the default for pg/spg/loss) raw gains
+  -> [-1, 1] by the 20th/80th percentiles (`reward_quantiles`) of the last `reward_history` raw gains
+  of all arms (Graves keeps the whole history; a window follows a non-stationary signal). With
+  `signal=lp` the default is `reward_scale=noise`: the reward is the t-statistic of the probe-loss
+  slope over the window (its standard error from the probe's own residual noise, an EMA over windows,
+  floored at 0.01 nats), clipped at +-`reward_t_full` and scaled to [-1, 1]. Pooled percentiles made
+  a distractor's noisy probe look like progress half the time (its share never left uniform,
+  docs/results.md); judged against its own noise, a flat or rising held-out loss earns ~0 or less. t
+  is scale-free, so no per-share division applies there; the uniform floor bounds the share
+  confound. When every cluster has a reward (all were in the batch, or the held-out probe) the update
+  is full-information (no importance weight).
 - The signal (`signal`): `lp` = held-out learning progress (Teacher-Student Curriculum Learning's
   validation slope, Matiisen et al. 2017; ALP-GMM): a probe split of `probe_per_cluster` samples per
   cluster, disjoint from training and evaluation, scored every `probe_every_steps` steps by the
