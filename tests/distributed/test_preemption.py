@@ -62,21 +62,28 @@ def _wait_for_step(out: Path, step: int, proc, timeout=300):
     raise AssertionError(f"the run never reached step {step}")
 
 
+def _stop_at_step_3(args, nproc, sig, target):
+    """Start the run, send `sig` to the process `target(proc)` names once step 3 is logged, wait."""
+    out = Path(next(a.split("=", 1)[1] for a in args if a.startswith("trainer.output_dir=")))
+    proc = _start(args, nproc)
+    try:
+        _wait_for_step(out, 3, proc)
+        os.kill(target(proc), sig)
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc, stdout, stderr
+
+
 # 1 rank in make test-slow (marker `extended`): the 2-rank case covers the same save-and-resume path
 # and the agreement between ranks, within make test's 20-minute budget.
 @pytest.mark.parametrize("nproc", [pytest.param(1, marks=pytest.mark.extended), 2])
 def test_sigterm_saves_at_the_step_boundary_and_the_same_command_resumes_with_no_lost_step(tmp_path, nproc):
     out = tmp_path / "run"
     args = ARGS + [f"trainer.output_dir={out}"]
-    proc = _start(args, nproc)
-    try:
-        _wait_for_step(out, 3, proc)
-        target = proc.pid if nproc == 1 else _rank_pid(out, 1)  # 2 ranks: only rank 1 is told
-        os.kill(target, signal.SIGTERM)
-        stdout, stderr = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    target = (lambda p: p.pid) if nproc == 1 else (lambda p: _rank_pid(out, 1))  # 2 ranks: only rank 1 is told
+    proc, stdout, stderr = _stop_at_step_3(args, nproc, signal.SIGTERM, target)
     log = stdout + stderr
     assert proc.returncode == 4, log[-3000:]
     stopped = [line for line in stderr.splitlines() if line.startswith("ct-train: stopped: SIGTERM at step ")]
@@ -97,14 +104,7 @@ def test_ctrl_c_saves_like_sigterm_on_one_rank_and_the_same_command_resumes(tmp_
     at the step boundary, exit 4, no KeyboardInterrupt traceback; the same command resumes."""
     out = tmp_path / "run"
     args = ARGS + [f"trainer.output_dir={out}"]
-    proc = _start(args, 1)
-    try:
-        _wait_for_step(out, 3, proc)
-        os.kill(proc.pid, signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    proc, stdout, stderr = _stop_at_step_3(args, 1, signal.SIGINT, lambda p: p.pid)
     log = stdout + stderr
     assert proc.returncode == 4, log[-3000:]
     assert "ct-train: Ctrl-C: saving a checkpoint at the end of this step" in stderr and "Traceback" not in log
