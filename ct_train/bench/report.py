@@ -271,7 +271,7 @@ def winner_line(a: Dict[str, Any]) -> str:
         f"**Winner: {best}** ({what} {_fmt(*s[best][key], scale=scale, digits=1 if a['has_em'] else 4)} over "
         f"{s[best]['n']} seeds), ahead of {runner} by {abs(diff):.{1 if a['has_em'] else 4}f} {unit}"
     )
-    if vs_iid is not None:
+    if vs_iid is not None and runner != "iid":  # (IID as the runner-up is already named)
         line += f" and of IID by {abs(vs_iid):.{1 if a['has_em'] else 4}f}"
     line += f"; the larger seed spread (std) of the two is {spread:.{1 if a['has_em'] else 4}f}"
     if abs(diff) <= spread:

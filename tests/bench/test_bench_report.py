@@ -114,6 +114,7 @@ def test_analyse_ratio_winner_and_targets(tmp_path):
     assert it["exact_match"][0] == pytest.approx(0.42) and it["exact_match"][1] == pytest.approx(math.sqrt(0.0008))
     line = report.winner_line(a)
     assert line.startswith("**Winner: it2acl**") and "by 21.0 points" in line and "within the noise" not in line
+    assert "ahead of iid by 21.0 points of exact match;" in line  # IID as the runner-up is named once
     # jsonl data: no planted structure, so only the steps target applies
     t = targets(a, "jsonl")
     assert len(t) == 1 and "**met** (mean 0.50x, worst 0.50x, 2/2 seeds" in t[0]
