@@ -25,7 +25,9 @@ def test_help_lists_the_groups_a_user_picks_with_examples():
     groups = dict(
         line.split(None, 1) for line in text.split("config groups (GROUP=OPTION):\n")[1].split("\n\n")[0].splitlines()
     )
-    assert groups["curriculum"] == "beyond_iid, iid, it2acl, mixture, odm, phased, tapir"  # no *_schema entries
+    assert (
+        groups["curriculum"] == "balanced, beyond_iid, iid, it2acl, mixture, odm, phased, tapir"
+    )  # no *_schema entries
     assert "tiny" in groups["model"] and "_schema" not in text
     assert "model:\n  name: tiny" not in text  # not Hydra's config dump
     assert help_text("ct-train-score").splitlines()[2].startswith("Write the data back with a difficulty")
@@ -53,5 +55,5 @@ def test_a_mistyped_group_exits_2_with_one_line():
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "ct-train: error: curriculum=it2alc: no such curriculum (did you mean curriculum=it2acl?); choose one of: "
-        "beyond_iid, iid, it2acl, mixture, odm, phased, tapir"
+        "balanced, beyond_iid, iid, it2acl, mixture, odm, phased, tapir"
     ]

@@ -389,7 +389,7 @@ class IT2ACLCurriculum:
                 (1 - NOISE_EMA) * self.noise_var + NOISE_EMA * window_var,
                 np.where(fresh, window_var, self.noise_var),
             )
-            if len(self.probes) < 3:
+            if len(self.probes) < min(3, self.cfg.lp_window):  # (2 probes: the noise floor judges alone)
                 return {}
             return {c: float(t[i]) for i, c in enumerate(self.arms) if np.isfinite(t[i])}
         mean_share = (self.probes[-1][2] - self.probes[0][2]) / max(steps[-1] - steps[0], 1.0)

@@ -216,6 +216,18 @@ def test_noise_scaled_rewards_cut_flat_and_rising_clusters_and_keep_the_learning
     np.testing.assert_array_equal(again.noise_var, cur.noise_var)
 
 
+def test_a_two_probe_window_is_judged_by_the_noise_floor_alone():
+    index = _index(2)
+    cur = build_curriculum(IT2ACLConfig(signal="lp", lp_window=2, probe_every_steps=1), index, seed=0, total_steps=10)
+    share = np.full(2, 0.5)
+    for step, probe in enumerate([[2.0, 2.0], [1.9, 2.0]]):
+        cur.plan(step)
+        metrics = cur.observe(step, ClusterStats(index.clusters, np.full(2, 8.0), np.full(2, 4.0), share=share,
+                                                 probe_loss=np.array(probe)))  # fmt: skip
+    # 0.1 nats in one step against the 0.01 floor: full reward; flat: none
+    assert metrics["reward/c0"] == 1.0 and metrics["reward/c1"] == 0.0
+
+
 def test_noise_scaled_rewards_need_the_held_out_signal():
     from ct_train.errors import ConfigError
 
