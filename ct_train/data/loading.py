@@ -157,6 +157,8 @@ def read_raw(path: str) -> Any:
         problem = _first_json_error(path) if builder == "json" else None
         if problem:
             raise DataError(problem) from None
+        while e.__cause__ or e.__context__:  # datasets' wrapper says only "an error occurred": the reader's own
+            e = e.__cause__ or e.__context__
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataError(f"{path}: could not be read ({reason})") from None
 

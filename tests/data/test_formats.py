@@ -213,6 +213,9 @@ def test_csv_and_gzipped_json_lines(tmp_path):
         f.write('{"prompt": "p", "completion": "c"}\n{"prompt": \n')
     with pytest.raises(DataError, match=r"bad\.jsonl\.gz:2: malformed JSON"):
         _load(tmp_path / "bad.jsonl.gz")
+    (tmp_path / "bad.csv").write_text('instruction,output\n"a,b\nc,d\n')  # an unclosed quote
+    with pytest.raises(DataError, match=r"bad\.csv: could not be read \(Error tokenizing data.*EOF inside string"):
+        _load(tmp_path / "bad.csv")
 
 
 # The real public files in ../shared/data.
