@@ -104,6 +104,19 @@ def run_identity(resolved: Dict[str, Any], data: PreparedData) -> Dict[str, Any]
     return {"config": config, "data": fingerprint}
 
 
+def check_same_data_on_ranks(fingerprint: str) -> None:
+    """Every rank reads the data itself: one gather of the tokenised fingerprints, and a refusal naming
+    the ranks that differ from rank 0 (a file written to while the job started, node-local copies)."""
+    prints = dist.all_gather_object(fingerprint)
+    differ = [r for r, f in enumerate(prints) if f != prints[0]]
+    if differ:
+        raise DataError(
+            f"rank(s) {differ} of {len(prints)} tokenised different data from rank 0 (data fingerprint "
+            f"{prints[differ[0]][:12]}... vs {prints[0][:12]}...): every rank reads data.path itself, so the "
+            "files changed while the job started or the nodes' copies differ; give every rank the same files"
+        )
+
+
 def identity_differences(saved: Dict[str, Any], current: Dict[str, Any], allowed=()) -> List[str]:
     """What differs between a checkpoint's run and this one, as `key old -> new` (or "the data
     changed"), leaving out the keys in `allowed` (trainer.resume_allow)."""
@@ -192,6 +205,15 @@ class Checkpointer:
         return saved
 
     def restore(self, saved: Dict[str, Any], sampler, curriculum, probe_sampler) -> None:
+        """The sampler's and curriculum's states, which are positions in the checkpoint's data: with
+        other data (a resume from a named checkpoint) they start afresh over this data instead."""
+        before = (saved.get("identity") or {}).get("data")
+        if before is not None and self.identity is not None and before != self.identity["data"]:
+            self.notes.append(
+                f"warning: the data differ from {self.resume_from[1]}'s: the sampler and curriculum start afresh "
+                "over this data (the weights, optimizer and step are the checkpoint's)"
+            )
+            return
         try:
             sampler.load_state_dict(saved["sampler"])
             curriculum.load_state_dict(saved["curriculum"])
@@ -514,7 +536,9 @@ def setup(cfg: Config, resolved: Dict[str, Any]) -> Run:
         lambda: prepare_data(cfg.data, tokenizer, parts=needs.data_parts, probe_per_cluster=needs.probe_per_cluster)
     )
     checkpointer = Checkpointer(cfg, output_dir)
-    checkpointer.check_identity(run_identity(resolved, data))  # before the model loads
+    identity = run_identity(resolved, data)
+    check_same_data_on_ranks(identity["data"])
+    checkpointer.check_identity(identity)  # before the model loads
     dist.on_main(lambda: check_wandb_login(cfg.logger))
     dist.on_main(lambda: write_config(output_dir, resolved))
     # The curriculum sees cluster ids and difficulty only. Built before the model when it can be, so a

@@ -172,4 +172,8 @@ class CurriculumSampler:
         if missing:
             raise ValueError(f"sampler state lacks pools {sorted(missing)}")
         # Checkpoints from before the moved-samples field hold [epoch, offset].
-        self.cursors = {k: (list(state["cursors"][k]) + [[]])[:3] for k in self.pools}
+        cursors = {k: (list(state["cursors"][k]) + [[]])[:3] for k in self.pools}
+        for k, (_, offset, moved) in cursors.items():  # a state for other data would over-draw
+            if not 0 <= offset <= len(self.pools[k]) or not np.isin(moved, self.pools[k]).all():
+                raise ValueError(f"sampler state of pool {k!r} does not fit its {len(self.pools[k])} samples")
+        self.cursors = cursors

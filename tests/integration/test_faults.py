@@ -9,7 +9,7 @@ from ct_train.compose import load_config
 from ct_train.engine import lr_lambda
 from ct_train.plot import stage_boundaries
 from tests.conftest import FAST, run_cli
-from tests.helpers import metrics, train_rows
+from tests.helpers import metrics, samples, train_rows
 
 pytestmark = pytest.mark.integration
 
@@ -248,3 +248,45 @@ def test_a_different_experiment_in_the_same_dir_is_refused_and_an_allowed_lr_cha
     assert sorted(rows) == [1, 2, 3, 4]
     assert rows[2]["lr"] == pytest.approx(0.001) and rows[3]["lr"] == pytest.approx(0.004)
     assert (out / "config.1.yaml").read_text() == config and "lr: 0.004" in (out / "config.yaml").read_text()
+
+
+def test_ranks_that_read_different_data_are_refused_before_the_model_loads(tmp_path):
+    """Every rank reads data.path itself. Node-local copies that differ (here: each rank's own file,
+    through `${oc.env:RANK}`) are refused in one line naming the rank, before the model is built."""
+    record = {"instruction": "Reverse: abc", "output": "cba"}
+    for rank, extra in ((0, "abc"), (1, "abd")):
+        rows = [record] * 30 + [{"instruction": f"Reverse: {extra}", "output": extra[::-1]}]
+        (tmp_path / f"{rank}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = SHORT + ["data=jsonl", "trainer.max_steps=1", f"trainer.output_dir={tmp_path / 'run'}"]
+    proc = run_cli(args + [f"data.path={tmp_path}/${{oc.env:RANK}}.jsonl"], launcher="deepspeed", nproc=2)
+    errors = sorted({line for line in proc.stderr.splitlines() if line.startswith("ct-train: error:")})
+    assert proc.returncode != 0 and len(errors) == 1, proc.stderr[-3000:]
+    assert "rank(s) [1] of 2 tokenised different data from rank 0" in errors[0]
+    assert "parameters, ZeRO" not in proc.stdout and "Traceback" not in proc.stderr
+
+
+def test_a_resume_onto_smaller_data_draws_whole_batches_and_keeps_the_lr_schedule(tmp_path):
+    """A named checkpoint resumed with other (smaller) data: the sampler starts afresh over the new
+    data (its saved cursors are positions in the old data, and once over-drew a 44-sample batch for a
+    global batch of 8), so every step draws one global batch and DeepSpeed's step count and the lr
+    schedule stay those of the logged step."""
+    rows = [{"instruction": f"Reverse: {w}", "output": w[::-1]} for w in (f"{i:03d}abc" for i in range(64))]
+    big, small = tmp_path / "big" / "data.jsonl", tmp_path / "small" / "data.jsonl"  # (one cluster: data)
+    big.parent.mkdir(), small.parent.mkdir()
+    big.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    small.write_text("".join(json.dumps(r) + "\n" for r in rows[:20]))
+    args = SHORT + ["data=jsonl", "trainer.lr_schedule=cosine", "trainer.warmup_steps=0", "trainer.log_samples=true"]
+    first, second = tmp_path / "first", tmp_path / "second"
+    proc = run_cli(args + [f"data.path={big}", "trainer.max_steps=9", "trainer.save_every_steps=7",
+                           f"trainer.output_dir={first}"])  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_cli(args + [f"data.path={small}", "trainer.max_steps=9", f"trainer.output_dir={second}",
+                           f"trainer.resume={first}/checkpoints/step00000007"])  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "the sampler and curriculum start afresh over this data" in proc.stdout + proc.stderr
+    resumed, reference = train_rows(second), train_rows(first)
+    assert sorted(resumed) == [8, 9]
+    for step in (8, 9):  # the same schedule as the uninterrupted run at the same step
+        assert resumed[step]["lr"] == pytest.approx(reference[step]["lr"])
+    drawn = [r for r in samples(second, 0) if r["step"] in (8, 9)]
+    assert len(drawn) == 2 and all(len(set(r["ids"])) == len(r["ids"]) == 8 for r in drawn), drawn
