@@ -17,7 +17,7 @@ import ct_train.data.skills as skill_suite
 from ct_train import distributed as dist
 from ct_train.config import DataConfig, as_path_list
 from ct_train.data.loading import FileSpec, expand, load_examples
-from ct_train.data.templates import resolve_template, tokenize_example
+from ct_train.data.templates import field_char_limit, resolve_template, tokenize_example
 from ct_train.errors import DataError
 
 MAX_LEVELS_PER_CLUSTER = 20  # data.split_by_difficulty: more distinct values than this is not a level scale
@@ -145,8 +145,10 @@ def _tokenize(
     response_only: bool = False,
     keep_text: bool = False,
 ) -> Any:
+    limit = field_char_limit(tokenizer, cfg.max_seq_len)
+
     def fn(ex: Dict[str, Any]) -> Dict[str, Any]:
-        return tokenize_example(ex, template, tokenizer, cfg.max_seq_len, response_only=response_only)
+        return tokenize_example(ex, template, tokenizer, cfg.max_seq_len, response_only=response_only, char_limit=limit)
 
     tok = examples.map(
         fn,

@@ -90,6 +90,61 @@ def test_truncation_keeps_length_and_counts(tok):
     assert short["n_target"] == 0  # the response was cut off entirely
 
 
+class _CountingTokenizer:
+    """The tokenizer, recording the longest text it was asked to tokenise."""
+
+    def __init__(self, tok):
+        self.tok, self.longest = tok, 0
+
+    def __call__(self, text, **kw):
+        self.longest = max(self.longest, len(text))
+        return self.tok(text, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self.tok, name)
+
+
+def _bpe_tokenizer():
+    """A real BPE vocabulary with long merged tokens, trained here on repetitive text."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    corpus = ["the cat sat on the mat " * 20, "abcabcabcabc " * 40, "x" * 300, "把这些字倒过来写 " * 10]
+    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "</s>"]))
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="</s>", unk_token="<unk>")
+
+
+@pytest.mark.parametrize("template", ["simple", "chat"])
+def test_text_is_cut_before_it_is_tokenised_and_the_tokens_kept_are_the_same(tok, template):
+    """Memory is bounded by max_seq_len, not by the record: a field longer than field_char_limit is cut
+    before the tokenizer sees it, and the max_seq_len tokens kept equal those of the uncut text."""
+    from ct_train.data.templates import field_char_limit, max_token_chars
+
+    bpe = with_chat_template(_bpe_tokenizer(), "simple") if template == "chat" else _bpe_tokenizer()
+    assert max_token_chars(bpe) > 8  # merged tokens spell many characters: the limit must allow for them
+    for t in (tok, bpe):
+        if template == "chat" and t is tok:
+            t = with_chat_template(tok, "simple")
+        limit = field_char_limit(t, 48)
+        for ex in (
+            _ex(prompt="the cat " * 5000),
+            _ex(response="x" * 200_000),
+            _ex(prompt="q", messages=[{"role": "user", "content": "abcabcabcabc " * 9000}, {"role": "assistant", "content": "ok"}]),
+            _ex(response="the cat sat"),  # short: nothing is cut
+        ):
+            if ex["messages"] and template != "chat":
+                continue
+            counting = _CountingTokenizer(t)
+            cut = tokenize_example(ex, template, counting, 48, char_limit=limit)
+            full = tokenize_example(ex, template, t, 48)
+            assert cut["input_ids"] == full["input_ids"] and cut["labels"] == full["labels"]
+            assert cut["n_target"] == full["n_target"]
+            assert (cut["full_length"] > 48) == (full["full_length"] > 48)
+            assert counting.longest <= limit + 200  # (+ the template's own text around the field)
+
+
 def _inference_ids(tok, messages, **kw):
     out = tok.apply_chat_template(messages, tokenize=True, **kw)
     return list(out["input_ids"] if hasattr(out, "keys") else out)
