@@ -295,6 +295,8 @@ class TrainerConfig:
     def validate(self) -> None:
         if self.max_steps != -1:
             _positive("trainer.max_steps", self.max_steps)
+        if not 0 <= self.seed < 2**32:  # numpy's generators take 0 .. 2**32 - 1
+            raise ConfigError(f"trainer.seed={self.seed} must be in 0 .. {2**32 - 1}")
         _positive("trainer.global_batch_size", self.global_batch_size)
         _positive("trainer.micro_batch_size", self.micro_batch_size)
         _positive("trainer.lr", self.lr, allow_zero=True)

@@ -181,6 +181,8 @@ def _number(rec: Dict[str, Any], key: str, where: str) -> Optional[float]:
     value = rec.get(key)
     if value is None or value == "":
         return None
+    if isinstance(value, bool):  # float(True) is 1.0: a flag is not a difficulty
+        raise DataError(f"{where}: difficulty field {key!r} must be a number, got {value!r}")
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -202,13 +204,19 @@ def _difficulty(rec: Dict[str, Any], src: SourceInfo, where: str) -> Optional[fl
     return None
 
 
-def _cluster(rec: Dict[str, Any], src: SourceInfo, derived: Any) -> str:
+def _cluster(rec: Dict[str, Any], src: SourceInfo, derived: Any, where: str) -> str:
     if src.cluster is not None:
         return src.cluster
     keys = (src.cluster_field,) if src.cluster_field else CLUSTER_FIELDS
     for key in keys:
-        if rec.get(key) not in (None, ""):
-            return str(rec[key])
+        value = rec.get(key)
+        if value in (None, ""):
+            continue
+        if isinstance(value, (list, dict, bool)):  # str() would make a cluster named "['a', 'b']"
+            raise DataError(
+                f"{where}: cluster field {key!r} must be one name (a string or a number), got {value!r}"
+            )
+        return str(value)
     if derived not in (None, ""):
         return str(derived)
     return src.default_cluster
@@ -242,7 +250,7 @@ def normalize(rec: Dict[str, Any], fmt: str, index: int, src: SourceInfo) -> Lis
         derived_cluster = ex.pop("_cluster", None)
         _usable(ex)
         ex.update(
-            id=base_id + suffix, cluster=_cluster(rec, src, derived_cluster), difficulty=difficulty, source=src.name
+            id=base_id + suffix, cluster=_cluster(rec, src, derived_cluster, where), difficulty=difficulty, source=src.name
         )
         out.append(ex)
     return out

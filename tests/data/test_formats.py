@@ -275,3 +275,16 @@ def test_probe_split_is_held_out_of_train_and_eval_per_cluster_and_fixed_by_id(t
     assert plain.probe is None and set(plain.eval.dataset["id"]) == ids["eval"]
     again = prepare_data(cfg, byte_tokenizer(), probe_per_cluster=4)
     assert set(again.probe.dataset["id"]) == ids["probe"]
+
+
+def test_a_list_cluster_and_a_boolean_difficulty_are_named_with_their_record(tmp_path):
+    """A cluster given as a list used to become a cluster named "['a', 'b']", and `true` a difficulty
+    of 1.0; both are one line naming the file and record now."""
+    f = _write_jsonl(tmp_path / "l.jsonl", [{"instruction": "a", "output": "b", "category": ["x", "y"]}] * 2)
+    with pytest.raises(DataError, match=r"l.jsonl: record 1: cluster field 'category' must be one name .*\['x', 'y'\]"):
+        _load(f)
+    g = _write_jsonl(tmp_path / "t.jsonl", [{"instruction": "a", "output": "b", "difficulty": True}] * 2)
+    with pytest.raises(DataError, match=r"t.jsonl: record 1: difficulty field 'difficulty' must be a number, got True"):
+        _load(g)
+    numbers = _write_jsonl(tmp_path / "n.jsonl", [{"instruction": "a", "output": "b", "category": 7, "difficulty": 2}])
+    assert _load(numbers)[0].to_list()[0]["cluster"] == "7"
