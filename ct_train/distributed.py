@@ -246,6 +246,7 @@ def rank_micro_batches(
 # --- preemption: a signal asks the run to save and stop at the next step boundary -------------------
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # SIGTERM: what SLURM/k8s send; SIGUSR1: sbatch --signal
 _stop_signal = [0]
+_training = [False]  # set by training_started(): the first step is under way
 
 
 def install_stop_handlers() -> None:
@@ -255,8 +256,9 @@ def install_stop_handlers() -> None:
     orphaned. Main thread only (Python's rule for signal handlers); idempotent."""
     if threading.current_thread() is not threading.main_thread():
         return
+    _training[0] = False
     for sig in STOP_SIGNALS:
-        signal.signal(sig, lambda signum, frame: _stop_signal.__setitem__(0, signum))
+        signal.signal(sig, _on_stop)
     signal.signal(signal.SIGINT, _on_ctrl_c)
     if sys.platform.startswith("linux"):
         try:
@@ -270,9 +272,32 @@ def install_stop_handlers() -> None:
             watch_pids([runner])
 
 
+def training_started() -> None:
+    """From here a stop signal waits for the step boundary (and saves); before, it stops at once."""
+    _training[0] = True
+
+
+def _stop_now_if_not_training(signum: int) -> None:
+    """Before training starts there is nothing to save: stop at once (a start can wait minutes on
+    data, a build lock or a download, and a flag read at step boundaries would not be read)."""
+    if not _training[0]:
+        from ct_train.errors import Preempted
+
+        raise Preempted(
+            f"{signal.Signals(signum).name} before training started: nothing to save; run the same command to start"
+        )
+
+
+def _on_stop(signum: int, frame: Any) -> None:
+    _stop_signal[0] = signum
+    _stop_now_if_not_training(signum)
+
+
 def _on_ctrl_c(signum: int, frame: Any) -> None:
     """Ctrl-C (SIGINT) saves and stops at the next step boundary, as SIGTERM does; a second Ctrl-C
-    aborts at once without saving (Python's KeyboardInterrupt), for a step that will not end."""
+    aborts at once without saving (Python's KeyboardInterrupt), for a step that will not end. Before
+    training starts it stops at once."""
+    _stop_now_if_not_training(signum)
     if _stop_signal[0] == signal.SIGINT:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         raise KeyboardInterrupt
@@ -333,3 +358,4 @@ def restore_default_signals() -> None:
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own: KeyboardInterrupt
     _stop_signal[0] = 0
+    _training[0] = False

@@ -130,6 +130,50 @@ def lr_lambda(tr: TrainerConfig, total_steps: int, restarts: Sequence[int] = ())
     return fn
 
 
+# torch builds DeepSpeed's C++ ops (the CPU shm collective) on first use, under a lock file it waits
+# on forever; a start killed during the build leaves the file behind. A normal build takes seconds.
+BUILD_LOCK_WAIT_S = 300
+
+
+def extension_locks() -> list:
+    """The lock files in torch's extension build directories (none while nothing is being built)."""
+    import glob
+
+    from torch.utils.cpp_extension import get_default_build_root
+
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()
+    return sorted(glob.glob(os.path.join(root, "lock")) + glob.glob(os.path.join(root, "*", "lock"))
+                  + glob.glob(os.path.join(root, "*", "*", "lock")))  # fmt: skip
+
+
+def wait_for_extension_locks(wait_s: float = BUILD_LOCK_WAIT_S, poll_s: float = 1.0) -> None:
+    """Name a build lock that is there, wait for it at most `wait_s`, then refuse in one line (torch
+    itself would wait forever, saying nothing)."""
+    import time
+
+    locks = extension_locks()
+    if not locks:
+        return
+    print(
+        f"ct-train: waiting up to {wait_s:.0f} s for torch's extension build lock {locks[0]} (another start on "
+        "this machine is building a DeepSpeed op, or a killed start left the file)",
+        file=sys.stderr,
+        flush=True,
+    )
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        time.sleep(poll_s)
+        locks = extension_locks()
+        if not locks:
+            return
+    from ct_train.errors import UserError
+
+    raise UserError(
+        f"torch's extension build lock {locks[0]} has been there for {wait_s:.0f} s: if no other ct-train or "
+        "DeepSpeed start is running on this machine, a killed start left it; delete that file and start again"
+    )
+
+
 class Engine:
     """A DeepSpeed engine around `SampleLossModel`."""
 
@@ -141,6 +185,7 @@ class Engine:
         from deepspeed.utils import z3_leaf_module
         from transformers.integrations import HfDeepSpeedConfig
 
+        wait_for_extension_locks()  # (DeepSpeed's init below may build an op under torch's lock)
         # Our process group exists already (distributed.init); this makes deepspeed.comm adopt it before
         # anything below asks DeepSpeed for the world size.
         deepspeed.init_distributed(

@@ -527,7 +527,7 @@ def setup(cfg: Config, resolved: Dict[str, Any]) -> Run:
     data -> engine -> curriculum -> stages -> resumed state -> samplers -> log."""
     trainer = cfg.trainer
     dist.init(trainer.dist_timeout_s)
-    dist.install_stop_handlers()  # from here a SIGTERM/SIGUSR1 saves at the next step boundary
+    dist.install_stop_handlers()  # from here a stop signal ends the start at once; in training it saves
     grad_accum_steps = trainer.grad_accum_steps(dist.world_size())  # fails here, before any data work
     output_dir = prepare_output_dir(cfg, resolved)
     needs = cfg.curriculum.needs()

@@ -50,6 +50,7 @@ def train(cfg: Config, resolved: Dict[str, Any], report: bool = True) -> Dict[st
         dist.restore_default_signals()
         raise
     state = run.state
+    dist.training_started()  # (from here a stop signal saves at the step boundary)
     try:
         if state.step == 0 and not state.initial_eval:
             state.initial_eval = state.last_eval = run.evaluate()

@@ -120,8 +120,13 @@ def test_ctrl_c_saves_like_sigterm_on_one_rank_and_the_same_command_resumes(tmp_
 def test_a_second_ctrl_c_aborts_without_waiting_for_the_step():
     from ct_train import distributed as dist
 
+    from ct_train.errors import Preempted
+
     try:
-        dist._on_ctrl_c(signal.SIGINT, None)  # the first: a flag, no exception
+        with pytest.raises(Preempted, match="SIGINT before training started: nothing to save"):
+            dist._on_ctrl_c(signal.SIGINT, None)  # before training: nothing to save, stop at once
+        dist.training_started()
+        dist._on_ctrl_c(signal.SIGINT, None)  # in training, the first: a flag, no exception
         assert dist.stop_requested() == signal.SIGINT
         with pytest.raises(KeyboardInterrupt):
             dist._on_ctrl_c(signal.SIGINT, None)

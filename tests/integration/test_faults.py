@@ -290,3 +290,51 @@ def test_a_resume_onto_smaller_data_draws_whole_batches_and_keeps_the_lr_schedul
         assert resumed[step]["lr"] == pytest.approx(reference[step]["lr"])
     drawn = [r for r in samples(second, 0) if r["step"] in (8, 9)]
     assert len(drawn) == 2 and all(len(set(r["ids"])) == len(r["ids"]) == 8 for r in drawn), drawn
+
+
+def test_a_stale_build_lock_is_named_and_a_stop_signal_before_training_ends_the_start_at_once(tmp_path):
+    """A start killed while torch built DeepSpeed's shm op leaves `<extensions>/.../lock`; torch then
+    waits on it forever, saying nothing, and SIGTERM (which only set a flag read at step boundaries)
+    did not stop it. Now the lock is named with its path, and SIGTERM ends the start in seconds."""
+    import signal
+    import sys
+    import threading
+    import time
+
+    from tests.conftest import REPO, cli_env
+
+    lock = tmp_path / "ext" / "deepspeed_shm_comm" / "lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text("")
+    env = cli_env(extra={"TORCH_EXTENSIONS_DIR": str(tmp_path / "ext")})
+    args = SHORT + ["trainer.max_steps=2", f"trainer.output_dir={tmp_path / 'run'}"]
+    proc = subprocess.Popen([sys.executable, "-m", "ct_train", *args], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    timer = threading.Timer(90, proc.kill)  # (bounded: before the fix the start waited forever, silent)
+    timer.daemon = True
+    timer.start()
+    lines = [""]
+    for line in proc.stderr:  # the message comes before DeepSpeed starts, so it is not buffered away
+        lines.append(line)
+        if "waiting up to" in line:
+            break
+    assert f"torch's extension build lock {lock}" in lines[-1], "".join(lines)[-3000:]
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    timer.cancel()
+    assert proc.returncode == 4 and time.monotonic() - sent < 30, err[-3000:]
+    assert "ct-train: stopped: SIGTERM before training started: nothing to save" in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
+
+
+def test_the_build_lock_wait_is_bounded_and_names_what_to_delete(tmp_path, monkeypatch):
+    from ct_train.engine import wait_for_extension_locks
+    from ct_train.errors import UserError
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    wait_for_extension_locks(wait_s=0.1, poll_s=0.05)  # no lock: no wait, no error
+    (tmp_path / "py311_cpu" / "op").mkdir(parents=True)
+    (tmp_path / "py311_cpu" / "op" / "lock").write_text("")
+    with pytest.raises(UserError, match=r"build lock .*py311_cpu/op/lock has been there for 0 s: .*delete that file"):
+        wait_for_extension_locks(wait_s=0.1, poll_s=0.05)
