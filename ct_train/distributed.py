@@ -183,7 +183,34 @@ def same_on_all_ranks(obj: Any) -> bool:
     return all(b == blobs[0] for b in blobs)
 
 
-def main_first(fn: Callable[[], Any]) -> Any:
+WAIT_NOTE_S = 60.0  # how often a rank waiting on rank 0's start-up work says so
+_main_waits = [0]
+
+
+def _wait_for_main(what: str) -> None:
+    """Rank 0 has finished its start-up work (call on every rank, after it). The other ranks poll the
+    process group's store instead of waiting in a collective, whose timeout (trainer.dist_timeout_s)
+    would crash a job whose data take rank 0 longer than that to prepare: no cliff, and a line every
+    WAIT_NOTE_S says what is waited on. A rank 0 that dies still ends the wait: the launcher stops the
+    job, and the store, which rank 0 hosts, fails."""
+    if not (is_initialized() and world_size() > 1):
+        return
+    _main_waits[0] += 1
+    key = f"ct_train/main_done/{_main_waits[0]}"
+    store = dist.distributed_c10d._get_default_store()
+    if is_main():
+        store.set(key, b"1")
+        return
+    start, note, poll = time.monotonic(), WAIT_NOTE_S, 0.005
+    while not store.check([key]):
+        time.sleep(poll)
+        poll = min(2 * poll, 0.5)  # (short work answers in milliseconds; long work costs few checks)
+        if time.monotonic() - start >= note:
+            print(f"ct-train: rank {rank()}: waiting for rank 0 to {what} ({note:.0f} s so far)", file=sys.stderr, flush=True)
+            note += WAIT_NOTE_S
+
+
+def main_first(fn: Callable[[], Any], what: str = "finish its start-up work") -> Any:
     """Run `fn` on rank 0, then on the other ranks (which then hit rank 0's caches).
 
     If rank 0 raises a user error, every rank raises it (instead of the others waiting at a barrier
@@ -197,6 +224,10 @@ def main_first(fn: Callable[[], Any]) -> Any:
             result = fn()
         except UserError as e:
             error = e
+        finally:
+            _wait_for_main(what)  # (rank 0: marks it done, also when fn raised)
+    else:
+        _wait_for_main(what)
     error = broadcast_object(error)  # also the barrier: rank 0 has finished
     if error is not None:
         raise error
@@ -205,7 +236,7 @@ def main_first(fn: Callable[[], Any]) -> Any:
     return result
 
 
-def on_main(fn: Callable[[], Any]) -> Any:
+def on_main(fn: Callable[[], Any], what: str = "finish its start-up work") -> Any:
     """Run `fn` on rank 0 only and give its result (or its user error) to every rank."""
     from ct_train.errors import UserError
 
@@ -215,6 +246,10 @@ def on_main(fn: Callable[[], Any]) -> Any:
             result = fn()
         except UserError as e:
             error = e
+        finally:
+            _wait_for_main(what)
+    else:
+        _wait_for_main(what)
     result, error = broadcast_object((result, error))
     if error is not None:
         raise error

@@ -482,7 +482,7 @@ def to_universal(ckpt_dir: str, tag: str, output_dir: str, key: str) -> str:
         os.replace(tmp, os.path.join(root, tag))
         open(done, "w").close()
 
-    dist.on_main(convert)
+    dist.on_main(convert, "convert the checkpoint to the universal format")
     return root
 
 

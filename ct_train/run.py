@@ -159,7 +159,7 @@ class Checkpointer:
             dist.world_size(),
             0,
         ):
-            key = dist.on_main(lambda: checkpoint.content_key(*self.resume_from))
+            key = dist.on_main(lambda: checkpoint.content_key(*self.resume_from), "hash the checkpoint")
             self.weights_dir = to_universal(*self.resume_from, output_dir, key)
 
     def check_identity(self, identity: Dict[str, Any]) -> None:
@@ -532,9 +532,12 @@ def setup(cfg: Config, resolved: Dict[str, Any]) -> Run:
     output_dir = prepare_output_dir(cfg, resolved)
     needs = cfg.curriculum.needs()
     tokenizer = load_tokenizer(cfg.model.tokenizer, cfg.model.path)
-    data = dist.main_first(
-        lambda: prepare_data(cfg.data, tokenizer, parts=needs.data_parts, probe_per_cluster=needs.probe_per_cluster)
-    )
+
+    def prepare() -> PreparedData:
+        FaultDrills(dist.rank()).slow_start()
+        return prepare_data(cfg.data, tokenizer, parts=needs.data_parts, probe_per_cluster=needs.probe_per_cluster)
+
+    data = dist.main_first(prepare, "prepare the data")
     checkpointer = Checkpointer(cfg, output_dir)
     identity = run_identity(resolved, data)
     check_same_data_on_ranks(identity["data"])

@@ -338,3 +338,14 @@ def test_the_build_lock_wait_is_bounded_and_names_what_to_delete(tmp_path, monke
     (tmp_path / "py311_cpu" / "op" / "lock").write_text("")
     with pytest.raises(UserError, match=r"build lock .*py311_cpu/op/lock has been there for 0 s: .*delete that file"):
         wait_for_extension_locks(wait_s=0.1, poll_s=0.05)
+
+
+def test_rank_0_start_up_work_longer_than_the_collective_timeout_does_not_crash_the_job(tmp_path):
+    """The other ranks used to wait for rank 0's data preparation in a broadcast bounded by
+    trainer.dist_timeout_s: data that took rank 0 longer (10 minutes at the default) crashed the job
+    with 'Timed out waiting ... for recv'. They now poll the process group's store, with no cliff."""
+    out = tmp_path / "run"
+    args = SHORT + ["trainer.max_steps=2", "trainer.dist_timeout_s=4", f"trainer.output_dir={out}"]
+    proc = run_cli(args, launcher="deepspeed", nproc=2, env={"CT_TRAIN_SLOW_START": "10"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(train_rows(out)) == [1, 2]
