@@ -12,6 +12,9 @@ What we inferred, and the key that changes each choice:
   Graves' `eps`=0.05 and `beta`=0. The bandit is in `bandit.py`. The batch is drawn from the policy
   mixed with a uniform share `uniform_mix`=0.3 (every cluster keeps at least 0.3/N of the draws, so
   the signal of every cluster stays measured and a wrong early lead cannot starve the others).
+  `share_cap` (default 0: none) is a ceiling on any cluster's share of the draws, share_cap / N,
+  the excess shared out in proportion: with a larger eta it stopped one cluster taking half the
+  batch, but did not beat the defaults on the reported seeds (docs/results.md, 2026-12-04).
 - Step size: `eta`=null takes eta x (bandit updates in the run) = 4 (`ETA_HORIZON`; 6 with
   `reward_scale=noise`, `NOISE_ETA_HORIZON`, tuned on seeds 1-2): the expected
   log-odds drift of an arm is eta x its mean reward per update whatever its probability, so over
@@ -112,6 +115,7 @@ class IT2ACLConfig(CurriculumConfig):
     eps: float = 0.05
     beta: float = 0.0
     uniform_mix: float = 0.3  # share of every batch's draws spread uniformly over the clusters
+    share_cap: float = 0.0  # no cluster gets more than share_cap / N of the draws (0: no ceiling)
     reward_per_share: bool = True  # divide each gain by the cluster's share of the loss denominator
     reward_normalization: str = "pooled"  # pooled | relative (also divide by the cluster's loss)
     reward_history: int = 1000
@@ -148,6 +152,11 @@ class IT2ACLConfig(CurriculumConfig):
         for key in ("eps", "uniform_mix"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ConfigError(f"curriculum.{key}={getattr(self, key)!r} must be in [0, 1]")
+        if self.share_cap != 0 and self.share_cap < 1:
+            raise ConfigError(
+                f"curriculum.share_cap={self.share_cap!r} must be 0 (no ceiling) or >= 1 (a multiple of the "
+                "uniform share 1/N)"
+            )
         if (self.eta is not None and self.eta <= 0) or (self.phase2_eta is not None and self.phase2_eta <= 0):
             raise ConfigError("curriculum.eta and curriculum.phase2_eta must be > 0 (or null: from the run length)")
         lo_hi = list(self.reward_quantiles)
@@ -214,6 +223,21 @@ def slope_t(steps: np.ndarray, losses: np.ndarray, noise_var: np.ndarray) -> tup
     return -slope / se, window_var
 
 
+def cap_shares(p: np.ndarray, cap: float) -> np.ndarray:
+    """`p` with no entry above `cap` (>= 1/N): the excess goes to the uncapped entries in proportion to
+    their own mass (water-filling), so their ratios are kept. At most N rounds: each caps one more."""
+    p = np.asarray(p, dtype=np.float64).copy()
+    capped = np.zeros(len(p), dtype=bool)
+    for _ in range(len(p)):
+        over = ~capped & (p > cap)
+        if not over.any():
+            break
+        capped |= over
+        free = (1.0 - cap * capped.sum()) / max(p[~capped].sum(), 1e-300)
+        p = np.where(capped, cap, p * free)
+    return p
+
+
 def competence(step: int, total: int, start: float, kind: str) -> float:
     """Share of the difficulty range unlocked at `step` (Platanios et al. 2019), from `start` to 1."""
     x = min(1.0, step / max(total, 1))
@@ -277,9 +301,10 @@ class IT2ACLCurriculum:
         return ETA_HORIZON / total_steps if total_steps > 0 else LEGACY_ETA
 
     def policy(self) -> np.ndarray:
-        """The sampling policy: the bandit's, mixed with `uniform_mix` of uniform."""
+        """The sampling policy: the bandit's, mixed with `uniform_mix` of uniform, under `share_cap`."""
         u = self.cfg.uniform_mix
-        return (1.0 - u) * self.bandit.probs() + u / len(self.arms)
+        p = (1.0 - u) * self.bandit.probs() + u / len(self.arms)
+        return cap_shares(p, self.cfg.share_cap / len(self.arms)) if self.cfg.share_cap else p
 
     # -- pools ------------------------------------------------------------------------------------
     @staticmethod

@@ -14,9 +14,11 @@ from ct_train.curriculum.it2acl import (
     LEGACY_ETA,
     NOISE_ETA_HORIZON,
     IT2ACLConfig,
+    cap_shares,
     lp_slope,
     slope_t,
 )
+from ct_train.errors import ConfigError
 
 N = 14
 LEGACY = dict(eta=0.1, uniform_mix=0.0, reward_per_share=False, clusters_per_batch=8)  # the 2026-11 defaults
@@ -130,6 +132,21 @@ def test_the_uniform_mix_keeps_a_floor_under_every_cluster():
     p = cur.policy()
     assert p.min() == pytest.approx(0.3 / 5) and p.sum() == pytest.approx(1.0)
     assert cur.plan(0).info["prob/c1"] == pytest.approx(0.3 / 5)
+
+
+def test_the_share_cap_is_a_ceiling_and_keeps_the_ratios_of_the_rest():
+    p = cap_shares(np.array([0.5, 0.2, 0.1, 0.05, 0.05, 0.04, 0.03, 0.03]), 0.25)
+    assert p.sum() == pytest.approx(1.0) and p.max() == pytest.approx(0.25)
+    # 0.2 rose above the cap once 0.5's excess was shared out, so it is capped in the second round
+    assert p[:2].tolist() == [0.25, 0.25]
+    np.testing.assert_allclose(p[2:] / p[2], [1, 0.5, 0.5, 0.4, 0.3, 0.3])
+    assert cap_shares(np.array([0.4, 0.3, 0.2, 0.1]), 0.25).tolist() == [0.25, 0.25, 0.25, 0.25]
+    index = _index(5)
+    cur = build_curriculum(IT2ACLConfig(phase2="none", uniform_mix=0.1, eps=0.0, share_cap=2.0), index, 0, 100)
+    cur.bandit.w = np.array([0.0, -50.0, -50.0, -50.0, -50.0])
+    assert cur.policy()[0] == pytest.approx(2.0 / 5) and cur.policy()[1:] == pytest.approx([0.15] * 4)
+    with pytest.raises(ConfigError, match="share_cap"):
+        IT2ACLConfig(share_cap=0.5).validate()
 
 
 def test_lp_is_minus_the_probe_loss_slope_per_unit_share_and_signed():
