@@ -259,6 +259,9 @@ class TrainerConfig:
     """The loop: how long, how big, how fast, where the outputs go."""
 
     max_steps: int = 200  # -1: as many as the curriculum's stages take (phased, tapir)
+    # Passes over the training data (TRL's num_train_epochs); set, it fixes max_steps from the data's
+    # size: ceil(epochs x training samples / global_batch_size). null: max_steps.
+    epochs: Optional[float] = None
     global_batch_size: int = 32
     micro_batch_size: int = 8
     optimizer: str = "adamw"
@@ -295,6 +298,14 @@ class TrainerConfig:
     def validate(self) -> None:
         if self.max_steps != -1:
             _positive("trainer.max_steps", self.max_steps)
+        if self.epochs is not None:
+            if not self.epochs > 0:
+                raise ConfigError(f"trainer.epochs={self.epochs!r} must be > 0 (or null: trainer.max_steps sets the length)")
+            if self.max_steps == -1:
+                raise ConfigError(
+                    "trainer.epochs and trainer.max_steps=-1 both set the run's length: keep one (epochs, or "
+                    "-1 for the curriculum's stages)"
+                )
         if not 0 <= self.seed < 2**32:  # numpy's generators take 0 .. 2**32 - 1
             raise ConfigError(f"trainer.seed={self.seed} must be in 0 .. {2**32 - 1}")
         _positive("trainer.global_batch_size", self.global_batch_size)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -55,7 +56,7 @@ class TrainState:
 # reacts to faults, and how long it runs (raising trainer.max_steps continues the same run).
 OPERATIONAL_KEYS = (
     "mode", "logger", "scoring", "interaction", "bench", "data.num_proc",
-    "trainer.output_dir", "trainer.resume", "trainer.resume_allow", "trainer.max_steps",
+    "trainer.output_dir", "trainer.resume", "trainer.resume_allow", "trainer.max_steps", "trainer.epochs",
     "trainer.save_every_steps", "trainer.keep_last_checkpoints", "trainer.eval_every_steps",
     "trainer.log_every_steps", "trainer.log_samples", "trainer.export_final", "trainer.save_final",
     "trainer.dist_timeout_s", "trainer.on_nonfinite", "trainer.max_skipped_steps", "trainer.checkpoint_globals",
@@ -102,6 +103,11 @@ def run_identity(resolved: Dict[str, Any], data: PreparedData) -> Dict[str, Any]
     splits = [data.train, data.eval, data.probe]
     fingerprint = "-".join(data_fingerprint(s.dataset) if s is not None else "none" for s in splits)
     return {"config": config, "data": fingerprint}
+
+
+def steps_for_epochs(epochs: float, n_train: int, global_batch_size: int) -> int:
+    """Optimizer steps for `epochs` passes over `n_train` samples (the last, partial batch counts)."""
+    return max(1, math.ceil(epochs * n_train / global_batch_size - 1e-9))
 
 
 def check_same_data_on_ranks(fingerprint: str) -> None:
@@ -538,6 +544,12 @@ def setup(cfg: Config, resolved: Dict[str, Any]) -> Run:
         return prepare_data(cfg.data, tokenizer, parts=needs.data_parts, probe_per_cluster=needs.probe_per_cluster)
 
     data = dist.main_first(prepare, "prepare the data")
+    if trainer.epochs is not None:  # the length in passes over the data, now that its size is known
+        trainer.max_steps = steps_for_epochs(trainer.epochs, len(data.train), trainer.global_batch_size)
+        dist.print0(
+            f"ct_train: trainer.epochs={trainer.epochs:g} x {len(data.train):,} training samples / global batch "
+            f"{trainer.global_batch_size} = {trainer.max_steps} steps"
+        )
     checkpointer = Checkpointer(cfg, output_dir)
     identity = run_identity(resolved, data)
     check_same_data_on_ranks(identity["data"])

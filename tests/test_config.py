@@ -74,6 +74,7 @@ def test_phased_ift_experiment_is_the_published_recipe():
         (["curriculum=tapir", "curriculum.rounds.0.steps=5"], "set steps for every round or for none"),
         (["mode=score", "scoring.output=x.csv"], "must end in .jsonl or .parquet"),
         (["data.judge_fields=[a]"], "data.judge_fields must name two different fields"),
+        (["trainer.epochs=0"], r"trainer.epochs=0.0 must be > 0"),
         (["trainer.seed=-1"], r"trainer.seed=-1 must be in 0 \.\. 4294967295"),  # (a traceback after the model, before)
     ],
 )

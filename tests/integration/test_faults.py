@@ -349,3 +349,18 @@ def test_rank_0_start_up_work_longer_than_the_collective_timeout_does_not_crash_
     proc = run_cli(args, launcher="deepspeed", nproc=2, env={"CT_TRAIN_SLOW_START": "10"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(train_rows(out)) == [1, 2]
+
+
+def test_trainer_epochs_sets_the_length_from_the_data_size(tmp_path):
+    """trainer.epochs: passes over the training data (TRL's num_train_epochs). 4 clusters x 2 levels x
+    8 records less the held-out ones, over a global batch of 8: the run's steps are computed, not 200."""
+    from ct_train.run import steps_for_epochs
+
+    assert steps_for_epochs(1.0, 64, 8) == 8 and steps_for_epochs(0.5, 60, 8) == 4 and steps_for_epochs(2, 3, 8) == 1
+    out = tmp_path / "run"
+    proc = run_cli(SHORT + ["data.skills.train_per_level=8", "trainer.epochs=0.5", f"trainer.output_dir={out}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(x for x in proc.stdout.splitlines() if "trainer.epochs=0.5 x " in x)
+    n_train = int(line.split(" x ")[1].split(" training samples")[0].replace(",", ""))
+    steps = steps_for_epochs(0.5, n_train, 8)
+    assert line.endswith(f"= {steps} steps") and sorted(train_rows(out)) == list(range(1, steps + 1))
