@@ -39,7 +39,7 @@ def evaluate(
 ) -> Dict[str, float]:
     """Held-out metrics, averaged over samples with a response token.
 
-    `eval/<cluster>/loss`, `eval/loss` and, when `exact_match`, `.../exact_match`; when the split's
+    `eval/<cluster>/loss`, `eval/loss`, `.../token_accuracy` and, when `exact_match`, `.../exact_match`; when the split's
     difficulty takes a few distinct values (levels), also `eval_difficulty/<level>/...` and, for a
     cluster holding more than one level, `eval/<cluster>/L<level>/...` (the cell a benchmark reads: a
     run with data.split_by_difficulty names its clusters `<cluster>/L<level>`, so its keys are the same).
@@ -59,7 +59,8 @@ def evaluate(
         level_of = np.searchsorted(levels, split.difficulty[finite])
         level_col[finite] = C + level_of
         cell_col[finite] = C + L + split.cluster_ids[finite] * L + level_of
-    table = torch.zeros(3, dropped + 1, dtype=torch.float64, device=engine.device)
+    # Rows: loss sum, samples, exact matches, correct target tokens, target tokens.
+    table = torch.zeros(5, dropped + 1, dtype=torch.float64, device=engine.device)
     with engine.eval_mode():
         for idx in micro:
             weight = 1.0
@@ -76,11 +77,14 @@ def evaluate(
                 table[0].index_add_(0, col, loss.double() * has)
                 table[1].index_add_(0, col, has)
                 table[2].index_add_(0, col, exact)
+                table[3].index_add_(0, col, n_correct.double() * weight)
+                table[4].index_add_(0, col, batch.n_target.double() * weight)
     table = dist.all_reduce_sum(table).cpu().numpy()  # one collective for every metric
     out: Dict[str, float] = {}
     for c, name in enumerate(clusters):
         if table[1, c] > 0:
             out[f"eval/{name}/loss"] = float(table[0, c] / table[1, c])
+            out[f"eval/{name}/token_accuracy"] = float(table[3, c] / max(table[4, c], 1.0))
             if exact_match:
                 out[f"eval/{name}/exact_match"] = float(table[2, c] / table[1, c])
     for j, value in enumerate(levels):
@@ -101,6 +105,9 @@ def evaluate(
     total = per_cluster[1].sum()
     if total > 0:
         out["eval/loss"] = float(per_cluster[0].sum() / total)
+        # (token accuracy: argmax-correct response tokens over all of them, the next-token view of
+        # exact match; perplexity is exp of eval/loss with data.loss_normalization=token)
+        out["eval/token_accuracy"] = float(per_cluster[3].sum() / max(per_cluster[4].sum(), 1.0))
         if exact_match:
             out["eval/exact_match"] = float(per_cluster[2].sum() / total)
     return out

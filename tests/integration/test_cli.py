@@ -37,6 +37,10 @@ def test_single_process_run_writes_every_output(tmp_path):
         assert isinstance(step[key], float | int), key
     assert any(k.startswith("cluster/") and k.endswith("/loss") for k in step)
     assert {"eval/add/loss", "eval/add/exact_match", "eval/loss"} <= set(rows[2])
+    # token accuracy (issue 34): per cluster, and overall as their token-weighted mean
+    per = [rows[-1][f"eval/{c}/token_accuracy"] for c in ("add", "reverse", "brackets", "cjk_reverse")]
+    assert all(0 <= a <= 1 for a in per) and min(per) <= rows[-1]["eval/token_accuracy"] <= max(per)
+    assert rows[-1]["eval/token_accuracy"] > rows[0]["eval/token_accuracy"]  # 4 steps of training help
     # the skill suite has 2 difficulty levels here: held-out metrics per level too
     assert {"eval_difficulty/1/exact_match", "eval_difficulty/2/loss"} <= set(rows[2])
     # ... and per cluster and level (4 held-out samples each): the cluster's value is their mean
