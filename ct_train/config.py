@@ -279,6 +279,11 @@ class TrainerConfig:
     save_every_steps: int = 0
     keep_last_checkpoints: int = 0  # 0 keeps every checkpoint
     eval_every_steps: int = 0
+    # Stop once this many held-out evals in a row have not lowered eval/loss by more than
+    # early_stopping_threshold (TRL/HF's EarlyStoppingCallback); 0: off. The run then ends as at
+    # max_steps (final eval, checkpoint, export of the last model, not the best one).
+    early_stopping_patience: int = 0
+    early_stopping_threshold: float = 0.0
     log_every_steps: int = 1
     resume: str = "auto"
     # Keys a resume=auto may find changed (e.g. [trainer.lr]); any other difference from the run in
@@ -314,6 +319,13 @@ class TrainerConfig:
         _positive("trainer.warmup_steps", self.warmup_steps, allow_zero=True)
         _positive("trainer.save_every_steps", self.save_every_steps, allow_zero=True)
         _positive("trainer.eval_every_steps", self.eval_every_steps, allow_zero=True)
+        _positive("trainer.early_stopping_patience", self.early_stopping_patience, allow_zero=True)
+        _positive("trainer.early_stopping_threshold", self.early_stopping_threshold, allow_zero=True)
+        if self.early_stopping_patience and not self.eval_every_steps:
+            raise ConfigError(
+                f"trainer.early_stopping_patience={self.early_stopping_patience} counts held-out evals: set "
+                "trainer.eval_every_steps too"
+            )
         _positive("trainer.keep_last_checkpoints", self.keep_last_checkpoints, allow_zero=True)
         _positive("trainer.log_every_steps", self.log_every_steps)
         _positive("trainer.grad_clip", self.grad_clip, allow_zero=True)

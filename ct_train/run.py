@@ -50,6 +50,9 @@ class TrainState:
     initial_eval: Dict[str, float] = field(default_factory=dict)
     last_eval: Dict[str, float] = field(default_factory=dict)
     skipped_steps: int = 0  # steps whose update was discarded for a non-finite loss (on_nonfinite=skip)
+    best_eval_loss: Optional[float] = None  # trainer.early_stopping_patience: the lowest eval/loss so far
+    evals_without_improvement: int = 0
+    stopped_early: bool = False  # the run ended by early stopping (a resume does not train on)
 
 
 # Keys that do not change what a run computes: where it writes, how often it logs or saves, how it
@@ -57,6 +60,7 @@ class TrainState:
 OPERATIONAL_KEYS = (
     "mode", "logger", "scoring", "interaction", "bench", "data.num_proc",
     "trainer.output_dir", "trainer.resume", "trainer.resume_allow", "trainer.max_steps", "trainer.epochs",
+    "trainer.early_stopping_patience", "trainer.early_stopping_threshold",
     "trainer.save_every_steps", "trainer.keep_last_checkpoints", "trainer.eval_every_steps",
     "trainer.log_every_steps", "trainer.log_samples", "trainer.export_final", "trainer.save_final",
     "trainer.dist_timeout_s", "trainer.on_nonfinite", "trainer.max_skipped_steps", "trainer.checkpoint_globals",

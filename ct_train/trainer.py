@@ -56,7 +56,7 @@ def train(cfg: Config, resolved: Dict[str, Any], report: bool = True) -> Dict[st
             state.initial_eval = state.last_eval = run.evaluate()
             run.log.log(0, state.initial_eval)
         run.engine.train()
-        while state.step < run.schedule.max_steps:
+        while state.step < run.schedule.max_steps and not state.stopped_early:
             start_stage(run)
             step = train_step(run)
             # (a skipped step has logged itself; its scheduled eval and checkpoint still happen)
@@ -266,6 +266,8 @@ def end_step(run: Run, metrics: Dict[str, Any]) -> None:
     if stage_end is not None or periodic:
         state.last_eval = run.evaluate()
         metrics.update(state.last_eval)
+        if periodic:
+            check_early_stopping(run)
     if stage_end is not None:
         metrics["curriculum/stage_end"] = stage_end + 1
         run.log.write(f"{schedule.name(stage_end)} ends at step {state.step}: {_brief(state.last_eval)}")
@@ -279,6 +281,25 @@ def end_step(run: Run, metrics: Dict[str, Any]) -> None:
         trainer.save_every_steps and state.step % trainer.save_every_steps == 0 and before_end
     ):
         run.checkpointer.save(run)
+
+
+def check_early_stopping(run: Run) -> None:
+    """After a periodic eval: count the evals in a row that did not lower eval/loss by more than the
+    threshold; at the patience the run stops (the loop ends and `finish` runs, as at max_steps)."""
+    state, trainer = run.state, run.cfg.trainer
+    loss = state.last_eval.get("eval/loss")
+    if not trainer.early_stopping_patience or loss is None:
+        return
+    if state.best_eval_loss is None or loss < state.best_eval_loss - trainer.early_stopping_threshold:
+        state.best_eval_loss, state.evals_without_improvement = loss, 0
+        return
+    state.evals_without_improvement += 1
+    if state.evals_without_improvement >= trainer.early_stopping_patience:
+        state.stopped_early = True
+        run.log.write(
+            f"early stopping at step {state.step}: eval/loss {loss:.4f} has not improved on {state.best_eval_loss:.4f} "
+            f"for {state.evals_without_improvement} evals (trainer.early_stopping_patience)"
+        )
 
 
 def preempt(run: Run) -> None:

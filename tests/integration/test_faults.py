@@ -364,3 +364,22 @@ def test_trainer_epochs_sets_the_length_from_the_data_size(tmp_path):
     n_train = int(line.split(" x ")[1].split(" training samples")[0].replace(",", ""))
     steps = steps_for_epochs(0.5, n_train, 8)
     assert line.endswith(f"= {steps} steps") and sorted(train_rows(out)) == list(range(1, steps + 1))
+
+
+def test_early_stopping_ends_the_run_at_the_patience_and_a_rerun_does_not_train_on(tmp_path):
+    """trainer.early_stopping_patience on eval/loss (HF's EarlyStoppingCallback). With lr 0 the held-out
+    loss never improves: the first eval sets the best, the second is one without improvement, and
+    with patience 1 the run ends there as it would at max_steps (final eval, checkpoint, export)."""
+    out = tmp_path / "run"
+    args = SHORT + ["trainer.lr=0", "trainer.max_steps=10", "trainer.eval_every_steps=1",
+                    "trainer.early_stopping_patience=1", f"trainer.output_dir={out}"]  # fmt: skip
+    proc = run_cli(args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "early stopping at step 2: eval/loss" in proc.stdout and "for 1 evals" in proc.stdout
+    assert sorted(train_rows(out)) == [1, 2] and (out / "final").is_dir()
+    assert (out / "checkpoints" / "step00000002").is_dir()
+    again = run_cli(args)  # the same command: the run is done, nothing more is trained
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert sorted(train_rows(out)) == [1, 2]
+    refused = run_cli(SHORT + ["trainer.early_stopping_patience=2", f"trainer.output_dir={tmp_path / 'x'}"])
+    assert refused.returncode == 2 and "set trainer.eval_every_steps too" in refused.stderr
