@@ -252,33 +252,32 @@ def analyse(runs: List[Dict[str, Any]], meta: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def winner_line(a: Dict[str, Any]) -> str:
-    """The best strategy by held-out exact match (by loss when the data has no exact match)."""
+    """The best strategy by the learnable loss (the benchmark's yardstick, targets.py), with its exact
+    match beside it; none when the pilot gate failed (the suite did not separate strategies at this
+    budget, so a lowest loss says little)."""
     s = a["summary"]
-    if a["has_em"]:
-        key, better, unit, scale = "exact_match", max, "points of exact match", 100.0
-    else:
-        key, better, unit, scale = "loss", min, "held-out loss", 1.0
-    best = better(s, key=lambda n: s[n][key][0])
+    key = "learnable_loss"
+    best = min(s, key=lambda n: s[n][key][0])
+    em = f", EM {_fmt(*s[best]['exact_match'], scale=100.0, digits=1)}" if a["has_em"] else ""
+    if a.get("gate") is not None and not a["gate"]["passed"]:
+        return (
+            f"**No winner**: the pilot gate failed, so this suite at this budget does not separate the strategies "
+            f"(lowest learnable loss: {best}, {_fmt(*s[best][key], digits=4)}{em})."
+        )
     others = [n for n in s if n != best]
     if not others:
         return f"Only {best} ran."
-    runner = better(others, key=lambda n: s[n][key][0])
-    diff = (s[best][key][0] - s[runner][key][0]) * scale
-    vs_iid = (s[best][key][0] - s["iid"][key][0]) * scale if best != "iid" else None
-    spread = max(s[best][key][1], s[runner][key][1]) * scale
-    what = "EM" if a["has_em"] else "loss"
+    runner = min(others, key=lambda n: s[n][key][0])
+    diff = s[runner][key][0] - s[best][key][0]
+    spread = max(s[best][key][1], s[runner][key][1])
     line = (
-        f"**Winner: {best}** ({what} {_fmt(*s[best][key], scale=scale, digits=1 if a['has_em'] else 4)} over "
-        f"{s[best]['n']} seeds), ahead of {runner} by {abs(diff):.{1 if a['has_em'] else 4}f} {unit}"
+        f"**Winner: {best}** (learnable loss {_fmt(*s[best][key], digits=4)}{em} over {s[best]['n']} seeds), "
+        f"ahead of {runner} by {diff:.4f}"
     )
-    if vs_iid is not None and runner != "iid":  # (IID as the runner-up is already named)
-        line += f" and of IID by {abs(vs_iid):.{1 if a['has_em'] else 4}f}"
-    line += f"; the larger seed spread (std) of the two is {spread:.{1 if a['has_em'] else 4}f}"
-    if abs(diff) <= spread:
-        line += ", so the lead over the runner-up is within the noise."
-    else:
-        line += "."
-    return line
+    if best != "iid" and runner != "iid" and "iid" in s:  # (IID as the runner-up is already named)
+        line += f" and of IID by {s['iid'][key][0] - s[best][key][0]:.4f}"
+    line += f"; the larger seed spread (std) of the two is {spread:.4f}"
+    return line + (", so the lead over the runner-up is within the noise." if diff <= spread else ".")
 
 
 def write_csv(path: str, rows: List[Dict[str, Any]]) -> None:

@@ -112,9 +112,13 @@ def test_analyse_ratio_winner_and_targets(tmp_path):
     iid = a["summary"]["iid"]
     assert iid["reached"] == 1  # one IID seed ends at 2.0 <= 2.1, the other at 2.2 does not
     assert it["exact_match"][0] == pytest.approx(0.42) and it["exact_match"][1] == pytest.approx(math.sqrt(0.0008))
-    line = report.winner_line(a)
-    assert line.startswith("**Winner: it2acl**") and "by 21.0 points" in line and "within the noise" not in line
-    assert "ahead of iid by 21.0 points of exact match;" in line  # IID as the runner-up is named once
+    line = report.winner_line(a)  # judged on the learnable loss, EM beside it
+    lead = a["summary"]["iid"]["learnable_loss"][0] - it["learnable_loss"][0]
+    assert line.startswith("**Winner: it2acl** (learnable loss ") and ", EM 42.0 ± " in line
+    assert f"ahead of iid by {lead:.4f};" in line and "within the noise" not in line  # IID named once
+    # a failed pilot gate: no winner, only the lowest learnable loss
+    failed = report.winner_line({**a, "gate": {"passed": False}})
+    assert failed.startswith("**No winner**: the pilot gate failed") and "lowest learnable loss: it2acl" in failed
     # jsonl data: no planted structure, so only the steps target applies
     t = targets(a, "jsonl")
     assert len(t) == 1 and "**met** (mean 0.50x, worst 0.50x, 2/2 seeds" in t[0]
