@@ -89,6 +89,16 @@ def test_lora_zero3_two_ranks_equal_one_resume_elsewhere_and_export(tmp_path, ba
     assert all(a1[k].abs().max() > 0 for k in a1 if "lora_B" in k)  # B starts at 0: the steps moved it
     assert train_rows(resumed)[3]["loss"] == pytest.approx(train_rows(one)[3]["loss"], rel=1e-5)
 
+    # Checkpoints hold the adapters and their optimizer state, not the frozen base (issue 34: a 135M
+    # base was 538 MB of every LoRA checkpoint); a resume on the same number of ranks takes the base
+    # from model.path and continues exactly.
+    saved = sum(f.stat().st_size for f in (one / "checkpoints" / "step00000002").rglob("*") if f.is_file())
+    assert saved < 0.5 * (base_dir / "model.safetensors").stat().st_size, saved
+    again = tmp_path / "again"
+    ckpt1 = one / "checkpoints" / "step00000002"
+    _ok(run_cli(lora_args(base_dir, again) + ["trainer.micro_batch_size=4", f"trainer.resume={ckpt1}"]))
+    assert train_rows(again)[3]["loss"] == pytest.approx(train_rows(one)[3]["loss"], rel=1e-6)
+
     # The base is unchanged: merged/ is exactly the base where no adapter sits, base + (alpha/r) B A where one does.
     cfg = json.loads((one / "final" / "adapter_config.json").read_text())
     assert cfg["base_model_name_or_path"] == str(base_dir) and cfg["r"] == 4
