@@ -133,6 +133,7 @@ def lr_lambda(tr: TrainerConfig, total_steps: int, restarts: Sequence[int] = ())
 # torch builds DeepSpeed's C++ ops (the CPU shm collective) on first use, under a lock file it waits
 # on forever; a start killed during the build leaves the file behind. A normal build takes seconds.
 BUILD_LOCK_WAIT_S = 300
+BUILD_LOCK_QUIET_S = 10  # a lock held this long is named (a normal start holds it well under a second)
 
 
 def extension_locks() -> list:
@@ -151,7 +152,10 @@ def wait_for_extension_locks(wait_s: float = BUILD_LOCK_WAIT_S, poll_s: float = 
     itself would wait forever, saying nothing)."""
     import time
 
-    locks = extension_locks()
+    # Ranks starting together see each other's brief lock on every start: nothing is said for a while.
+    quiet_until = time.monotonic() + min(BUILD_LOCK_QUIET_S, wait_s)
+    while (locks := extension_locks()) and time.monotonic() < quiet_until:
+        time.sleep(min(poll_s, 0.05))
     if not locks:
         return
     print(
