@@ -532,6 +532,25 @@ def data_warnings(cfg: Config, needs: Needs, data: PreparedData, positions: Opti
     return out
 
 
+def load_run_data(cfg: Config, tokenizer: Any, needs: Needs) -> PreparedData:
+    """The tokenised splits (rank 0 first, then the others from its caches); with trainer.epochs, the
+    run's length in passes over them, now that their size is known."""
+    trainer = cfg.trainer
+
+    def prepare() -> PreparedData:
+        FaultDrills(dist.rank()).slow_start()
+        return prepare_data(cfg.data, tokenizer, parts=needs.data_parts, probe_per_cluster=needs.probe_per_cluster)
+
+    data = dist.main_first(prepare, "prepare the data")
+    if trainer.epochs is not None:
+        trainer.max_steps = steps_for_epochs(trainer.epochs, len(data.train), trainer.global_batch_size)
+        dist.print0(
+            f"ct_train: trainer.epochs={trainer.epochs:g} x {len(data.train):,} training samples / global batch "
+            f"{trainer.global_batch_size} = {trainer.max_steps} steps"
+        )
+    return data
+
+
 def setup(cfg: Config, resolved: Dict[str, Any]) -> Run:
     """Build the run, in the order the parts depend on each other (call on every rank): output dir ->
     data -> engine -> curriculum -> stages -> resumed state -> samplers -> log."""
@@ -542,18 +561,7 @@ def setup(cfg: Config, resolved: Dict[str, Any]) -> Run:
     output_dir = prepare_output_dir(cfg, resolved)
     needs = cfg.curriculum.needs()
     tokenizer = load_tokenizer(cfg.model.tokenizer, cfg.model.path)
-
-    def prepare() -> PreparedData:
-        FaultDrills(dist.rank()).slow_start()
-        return prepare_data(cfg.data, tokenizer, parts=needs.data_parts, probe_per_cluster=needs.probe_per_cluster)
-
-    data = dist.main_first(prepare, "prepare the data")
-    if trainer.epochs is not None:  # the length in passes over the data, now that its size is known
-        trainer.max_steps = steps_for_epochs(trainer.epochs, len(data.train), trainer.global_batch_size)
-        dist.print0(
-            f"ct_train: trainer.epochs={trainer.epochs:g} x {len(data.train):,} training samples / global batch "
-            f"{trainer.global_batch_size} = {trainer.max_steps} steps"
-        )
+    data = load_run_data(cfg, tokenizer, needs)
     checkpointer = Checkpointer(cfg, output_dir)
     identity = run_identity(resolved, data)
     check_same_data_on_ranks(identity["data"])
