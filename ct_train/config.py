@@ -305,7 +305,9 @@ class TrainerConfig:
             _positive("trainer.max_steps", self.max_steps)
         if self.epochs is not None:
             if not self.epochs > 0:
-                raise ConfigError(f"trainer.epochs={self.epochs!r} must be > 0 (or null: trainer.max_steps sets the length)")
+                raise ConfigError(
+                    f"trainer.epochs={self.epochs!r} must be > 0 (or null: trainer.max_steps sets the length)"
+                )
             if self.max_steps == -1:
                 raise ConfigError(
                     "trainer.epochs and trainer.max_steps=-1 both set the run's length: keep one (epochs, or "

@@ -206,7 +206,11 @@ def _wait_for_main(what: str) -> None:
         time.sleep(poll)
         poll = min(2 * poll, 0.5)  # (short work answers in milliseconds; long work costs few checks)
         if time.monotonic() - start >= note:
-            print(f"ct-train: rank {rank()}: waiting for rank 0 to {what} ({note:.0f} s so far)", file=sys.stderr, flush=True)
+            print(
+                f"ct-train: rank {rank()}: waiting for rank 0 to {what} ({note:.0f} s so far)",
+                file=sys.stderr,
+                flush=True,
+            )
             note += WAIT_NOTE_S
 
 

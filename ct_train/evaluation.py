@@ -39,10 +39,11 @@ def evaluate(
 ) -> Dict[str, float]:
     """Held-out metrics, averaged over samples with a response token.
 
-    `eval/<cluster>/loss`, `eval/loss`, `.../token_accuracy` and, when `exact_match`, `.../exact_match`; when the split's
-    difficulty takes a few distinct values (levels), also `eval_difficulty/<level>/...` and, for a
-    cluster holding more than one level, `eval/<cluster>/L<level>/...` (the cell a benchmark reads: a
-    run with data.split_by_difficulty names its clusters `<cluster>/L<level>`, so its keys are the same).
+    `eval/<cluster>/loss`, `eval/loss`, `.../token_accuracy` and, when `exact_match`,
+    `.../exact_match`; when the split's difficulty takes a few distinct values (levels), also
+    `eval_difficulty/<level>/...` and, for a cluster holding more than one level,
+    `eval/<cluster>/L<level>/...` (the cell a benchmark reads: a run with data.split_by_difficulty
+    names its clusters `<cluster>/L<level>`, so its keys are the same).
     """
     micro = dist.rank_micro_batches(
         np.arange(len(split)), dist.rank(), dist.world_size(), micro_batch_size, interleave=True

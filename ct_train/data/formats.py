@@ -213,9 +213,7 @@ def _cluster(rec: Dict[str, Any], src: SourceInfo, derived: Any, where: str) -> 
         if value in (None, ""):
             continue
         if isinstance(value, (list, dict, bool)):  # str() would make a cluster named "['a', 'b']"
-            raise DataError(
-                f"{where}: cluster field {key!r} must be one name (a string or a number), got {value!r}"
-            )
+            raise DataError(f"{where}: cluster field {key!r} must be one name (a string or a number), got {value!r}")
         return str(value)
     if derived not in (None, ""):
         return str(derived)
@@ -250,7 +248,10 @@ def normalize(rec: Dict[str, Any], fmt: str, index: int, src: SourceInfo) -> Lis
         derived_cluster = ex.pop("_cluster", None)
         _usable(ex)
         ex.update(
-            id=base_id + suffix, cluster=_cluster(rec, src, derived_cluster, where), difficulty=difficulty, source=src.name
+            id=base_id + suffix,
+            cluster=_cluster(rec, src, derived_cluster, where),
+            difficulty=difficulty,
+            source=src.name,
         )
         out.append(ex)
     return out

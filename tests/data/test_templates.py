@@ -131,7 +131,10 @@ def test_text_is_cut_before_it_is_tokenised_and_the_tokens_kept_are_the_same(tok
         for ex in (
             _ex(prompt="the cat " * 5000),
             _ex(response="x" * 200_000),
-            _ex(prompt="q", messages=[{"role": "user", "content": "abcabcabcabc " * 9000}, {"role": "assistant", "content": "ok"}]),
+            _ex(
+                prompt="q",
+                messages=[{"role": "user", "content": "abcabcabcabc " * 9000}, {"role": "assistant", "content": "ok"}],
+            ),
             _ex(response="the cat sat"),  # short: nothing is cut
         ):
             if ex["messages"] and template != "chat":

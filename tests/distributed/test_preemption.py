@@ -119,7 +119,6 @@ def test_ctrl_c_saves_like_sigterm_on_one_rank_and_the_same_command_resumes(tmp_
 
 def test_a_second_ctrl_c_aborts_without_waiting_for_the_step():
     from ct_train import distributed as dist
-
     from ct_train.errors import Preempted
 
     try:
