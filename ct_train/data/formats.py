@@ -147,9 +147,8 @@ FORMATS: Dict[str, Callable[[Dict[str, Any]], List[Dict[str, Any]]]] = {
 }
 
 
-def detect_format(columns: Iterable[str], path: str) -> str:
-    """The format of a file from its field names (the first rule that matches wins)."""
-    cols = set(columns)
+def _match(cols: set) -> Optional[str]:
+    """The format named by a set of field names (the first rule that matches wins), or None."""
     if "data" in cols and ("score" in cols or "id" in cols):
         return "phased"
     if "conversations" in cols:
@@ -164,6 +163,22 @@ def detect_format(columns: Iterable[str], path: str) -> str:
         return "prompt_response"
     if {"prompt", "completion"} <= cols:
         return "prompt_completion"
+    return None
+
+
+def record_format(rec: Dict[str, Any], file_fmt: str) -> str:
+    """The format of one record of an auto-detected file, from the fields it fills. A JSON lines file
+    that mixes formats (Alpaca rows among chat rows) has the union of their fields as its columns, so
+    the file's format fits only some rows; the others are read by their own fields."""
+    return _match({k for k, v in rec.items() if v not in (None, "", [])}) or file_fmt
+
+
+def detect_format(columns: Iterable[str], path: str) -> str:
+    """The format of a file from its field names (the first rule that matches wins)."""
+    cols = set(columns)
+    found = _match(cols)
+    if found:
+        return found
     if "text" in cols:
         raise DataError(
             f"{path}: a `text` column is TRL's language-modelling format (a loss on every token); ct_train "

@@ -10,11 +10,12 @@ from __future__ import annotations
 import codecs
 import gzip
 import json
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
-from ct_train.data.formats import BadRecord, SourceInfo, detect_format, normalize
+from ct_train.data.formats import BadRecord, SourceInfo, detect_format, normalize, record_format
 from ct_train.errors import DataError
 
 EXTENSIONS = (".jsonl", ".json", ".parquet", ".csv", ".jsonl.gz", ".json.gz")
@@ -72,14 +73,35 @@ def expand(key: str, paths: List[str], cluster: Optional[str] = None) -> List[Fi
     return out
 
 
+class _OutOfRange(ValueError):
+    pass
+
+
+def _float64(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # 1e400: Python reads it as inf, pyarrow refuses it
+        raise _OutOfRange(text)
+    return value
+
+
+def _out_of_range(where: str, e: _OutOfRange) -> str:
+    return (
+        f"{where}: the number {e} is out of range (pyarrow reads numbers as 64-bit floats); quote it to keep it as text"
+    )
+
+
 def _first_json_error(path: str) -> Optional[str]:
-    """`file:line: problem` for the first malformed JSON in a .json/.jsonl file, else None."""
+    """`file:line: problem` for the first malformed JSON in a .json/.jsonl file, or the first number
+    pyarrow cannot hold, else None."""
+    numbers = dict(parse_float=_float64)
     with _open(path, "r", encoding="utf-8", errors="strict") as f:
         if path.removesuffix(".gz").endswith(".json"):
             try:
-                json.load(f)
+                json.load(f, **numbers)
             except json.JSONDecodeError as e:
                 return f"{path}:{e.lineno}: malformed JSON ({e.msg})"
+            except _OutOfRange as e:
+                return _out_of_range(path, e)
             except UnicodeDecodeError as e:
                 return f"{path}: not UTF-8 text ({e.reason})"
             return None
@@ -88,9 +110,11 @@ def _first_json_error(path: str) -> Optional[str]:
                 if not line.strip():
                     continue
                 try:
-                    value = json.loads(line)
+                    value = json.loads(line, **numbers)
                 except json.JSONDecodeError as e:
                     return f"{path}:{lineno}: malformed JSON ({e.msg})"
+                except _OutOfRange as e:
+                    return _out_of_range(f"{path}:{lineno}", e)
                 if not isinstance(value, dict):
                     return f"{path}:{lineno}: expected a JSON object per line, got {type(value).__name__}"
         except UnicodeDecodeError as e:
@@ -163,14 +187,17 @@ def read_raw(path: str) -> Any:
         raise DataError(f"{path}: could not be read ({reason})") from None
 
 
-def _normalizer(fmt: str, src: SourceInfo, on_bad_record: str, part: str):
+def _normalizer(fmt: str, src: SourceInfo, on_bad_record: str, part: str, detected: bool):
+    """`detected`: the file's format was detected (data.format=auto), so each record may be read by
+    its own fields (a file mixing formats); a format set by data.format applies to every record."""
+
     def fn(batch: Dict[str, List[Any]], indices: List[int]) -> Dict[str, List[Any]]:
         cols = list(batch)
         out: Dict[str, List[Any]] = {k: [] for k in _features()}
         for row, index in enumerate(indices):
             rec = {c: batch[c][row] for c in cols}
             try:
-                examples = normalize(rec, fmt, index, src)
+                examples = normalize(rec, record_format(rec, fmt) if detected else fmt, index, src)
             except BadRecord as e:
                 if on_bad_record == "error":
                     raise DataError(f"{src.path}: record {index + 1}: {e} (data.on_bad_record=error)") from None
@@ -231,7 +258,7 @@ def load_examples(
             judge_fields=tuple(judge_fields) if judge_fields else None,
         )
         examples = raw.map(
-            _normalizer(file_fmt, src, on_bad_record, spec.part),
+            _normalizer(file_fmt, src, on_bad_record, spec.part, detected=fmt == "auto"),
             batched=True,
             with_indices=True,
             remove_columns=raw.column_names,

@@ -288,3 +288,40 @@ def test_a_list_cluster_and_a_boolean_difficulty_are_named_with_their_record(tmp
         _load(g)
     numbers = _write_jsonl(tmp_path / "n.jsonl", [{"instruction": "a", "output": "b", "category": 7, "difficulty": 2}])
     assert _load(numbers)[0].to_list()[0]["cluster"] == "7"
+
+
+def test_a_file_mixing_alpaca_and_chat_records_reads_each_by_its_own_fields(tmp_path):
+    """The file's columns are the union of its records' fields, so detection says `messages`; the
+    Alpaca rows used to be dropped as "empty prompt/instruction" (issue 35)."""
+    msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    f = _write_jsonl(
+        tmp_path / "mixed.jsonl",
+        [
+            {"messages": msgs},
+            {"instruction": "Add", "input": "2 3", "output": "5"},
+            {"conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]},
+            {"prompt": "P", "completion": "C"},
+        ],
+    )
+    ds, stats = _load(f)
+    assert stats == {"records": 4, "skipped_bad": 0}
+    rows = ds.to_list()
+    assert rows[0]["messages"][1]["content"] == "yo"
+    assert (rows[1]["prompt"], rows[1]["input"], rows[1]["response"]) == ("Add", "2 3", "5")
+    assert [m["role"] for m in rows[2]["messages"]] == ["user", "assistant"]
+    assert (rows[3]["prompt"], rows[3]["response"]) == ("P", "C")
+    # a format set by data.format still applies to every record: the Alpaca row is unusable as chat
+    ds, stats = _load(f, fmt="messages")
+    assert stats["skipped_bad"] == 3 and stats["records"] == 1
+
+
+def test_a_number_out_of_range_is_named_with_its_line(tmp_path):
+    """pyarrow refuses a number it cannot hold (1e400) with a message naming
+    neither file nor line; we name both (issue 35)."""
+    rows = [{"instruction": "a", "output": "b", "difficulty": 1}] * 3
+    f = tmp_path / "big.jsonl"
+    f.write_text(
+        "".join(json.dumps(r) + "\n" for r in rows) + '{"instruction": "a", "output": "b", "difficulty": 1e400}\n'
+    )
+    with pytest.raises(DataError, match=r"big.jsonl:4: the number 1e400 is out of range"):
+        _load(f)
