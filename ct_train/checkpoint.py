@@ -22,7 +22,7 @@ import os
 import random
 import re
 import shutil
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
@@ -90,12 +90,26 @@ def pick_resume(resume: str, output_dir: str) -> Tuple[Optional[Tuple[str, str]]
             return choice, notes
         if resume != "auto":
             raise CheckpointError(f"trainer.resume={resume}: checkpoint {choice[1]} is damaged: {why}")
-        aside = os.path.join(choice[0], choice[1] + ".damaged")
-        shutil.rmtree(aside, ignore_errors=True)
-        os.replace(os.path.join(*choice), aside)
+        aside = _move_aside(*choice, ".damaged", f"is damaged ({why})")
         notes.append(
             f"warning: checkpoint {choice[1]} is damaged ({why}); moved to {aside}, resuming from the one before"
         )
+
+
+def _move_aside(ckpt_dir: str, tag: str, suffix: str, why: str) -> str:
+    """Rename checkpoint `tag` to `<tag><suffix>` (kept, never picked again); a directory that cannot
+    be renamed (read-only) is one CheckpointError, since the run could not save there either."""
+    aside = os.path.join(ckpt_dir, tag + suffix)
+    try:
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(os.path.join(ckpt_dir, tag), aside)
+    except OSError as e:
+        raise CheckpointError(
+            f"checkpoint {tag} {why} and could not be moved to {tag}{suffix} ({e.strerror or e}: {ckpt_dir}); "
+            "make that directory writable (the run saves there too), or name an earlier checkpoint with "
+            "trainer.resume=PATH and another trainer.output_dir"
+        ) from None
+    return aside
 
 
 def _explicit_checkpoint(resume: str) -> Tuple[str, str]:
@@ -245,25 +259,39 @@ def set_aside_newer(ckpt_dir: str, tag: str) -> List[str]:
     moved = []
     for s, newer in complete_tags(ckpt_dir):
         if s > step:
-            aside = os.path.join(ckpt_dir, newer + ".abandoned")
-            shutil.rmtree(aside, ignore_errors=True)
-            os.replace(os.path.join(ckpt_dir, newer), aside)
+            _move_aside(ckpt_dir, newer, ".abandoned", f"is newer than {tag}, the one resumed from,")
             moved.append(newer)
     return moved
 
 
-def rotate(output_dir: str, keep_last: int, protect: Iterable[Optional[str]] = ()) -> List[str]:
+# What a save writes into a checkpoint directory: DeepSpeed's model/optimizer partitions (.pt), its
+# recovery script, our RNG states and the state file with its temporary names.
+SAVED_FILE_RE = re.compile(r"^(.*\.pt|zero_to_fp32\.py|rng_rank\d+\.json|trainer_state\.json.*)$")
+
+
+class Rotation(NamedTuple):
+    deleted: List[str]  # tags deleted
+    foreign: List[str]  # step directories left alone: they hold files no save writes
+
+
+def _foreign_files(path: str) -> List[str]:
+    return sorted(rel for rel in _payload_files(path) if not SAVED_FILE_RE.match(os.path.basename(rel)))
+
+
+def rotate(output_dir: str, keep_last: int, protect: Iterable[Optional[str]] = ()) -> Rotation:
     """Delete all but the newest `keep_last` complete checkpoints (0 keeps all), never those in
     `protect` (the checkpoint this run resumed from, the ends of curriculum stages). Incomplete
-    directories older than the newest complete checkpoint are interrupted saves and go too. Rank 0
-    only. Returns the deleted tags."""
+    directories older than the newest complete checkpoint are interrupted saves and go too, but only
+    when every file in them is one a save writes: a `step<N>/` holding anything else (a symlinked
+    `checkpoints/` shared with other work) was not written by us and is left, named. Rank 0 only."""
     ckpt_dir = checkpoints_dir(output_dir)
     complete = complete_tags(ckpt_dir)
     if keep_last <= 0 or not complete:
-        return []
+        return Rotation([], [])
     keep = {tag for _, tag in complete[-keep_last:]} | {t for t in protect if t}
     newest = complete[-1][0]
     doomed = [tag for _, tag in complete if tag not in keep]
+    foreign = []
     for name in os.listdir(ckpt_dir):
         m = TAG_RE.match(name)
         if (
@@ -272,14 +300,14 @@ def rotate(output_dir: str, keep_last: int, protect: Iterable[Optional[str]] = (
             and name not in keep
             and not os.path.isfile(os.path.join(ckpt_dir, name, STATE_FILE))
         ):
-            doomed.append(name)
+            (foreign if _foreign_files(os.path.join(ckpt_dir, name)) else doomed).append(name)
     for tag in doomed:
         # The marker goes first: a deletion interrupted half-way leaves an incomplete checkpoint.
         marker = os.path.join(ckpt_dir, tag, STATE_FILE)
         if os.path.exists(marker):
             os.remove(marker)
         shutil.rmtree(os.path.join(ckpt_dir, tag), ignore_errors=True)
-    return sorted(doomed)
+    return Rotation(sorted(doomed), sorted(foreign))
 
 
 def content_key(ckpt_dir: str, tag: str) -> str:

@@ -15,7 +15,7 @@ import math
 import os
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Set
 
 import numpy as np
 import yaml
@@ -157,6 +157,7 @@ class Checkpointer:
         self.output_dir, self.cfg = output_dir, cfg
         self.identity: Optional[Dict[str, Any]] = None
         self.last_saved = -1  # the step of this attempt's last save
+        self.warned_foreign: Set[str] = set()  # step directories rotation left alone, named once
         # Checked before the model loads; a damaged newest checkpoint is set aside (rank 0 reads the files).
         self.resume_from, self.notes = dist.on_main(lambda: checkpoint.pick_resume(cfg.trainer.resume, output_dir))
         own = os.path.abspath(checkpoint.checkpoints_dir(output_dir))
@@ -259,7 +260,15 @@ class Checkpointer:
         )
         if dist.is_main():
             stage_tags = [checkpoint.tag_for(s.end) for s in run.schedule.stages]  # a stage's last is kept
-            checkpoint.rotate(self.output_dir, self.cfg.trainer.keep_last_checkpoints, [self.resumed_tag, *stage_tags])
+            rotation = checkpoint.rotate(
+                self.output_dir, self.cfg.trainer.keep_last_checkpoints, [self.resumed_tag, *stage_tags]
+            )
+            for tag in sorted(set(rotation.foreign) - self.warned_foreign):  # once per directory and run
+                self.warned_foreign.add(tag)
+                run.log.write(
+                    f"warning: {checkpoint.checkpoints_dir(self.output_dir)}/{tag} holds files no save writes and "
+                    "no complete checkpoint; rotation leaves it alone"
+                )
 
     def has(self, step: int) -> bool:
         tag_dir = os.path.join(checkpoint.checkpoints_dir(self.output_dir), checkpoint.tag_for(step))

@@ -39,8 +39,24 @@ def test_rotation_keeps_newest_and_the_resumed_one(tmp_path):
         _fake(tmp_path, step, True)
     _fake(tmp_path, 25, False)  # an interrupted save older than the newest complete one
     _fake(tmp_path, 50, False)  # a save in progress
-    deleted = checkpoint.rotate(str(tmp_path), keep_last=2, protect=["step00000010"])
+    deleted = checkpoint.rotate(str(tmp_path), keep_last=2, protect=["step00000010"]).deleted
     assert deleted == ["step00000020", "step00000025"]
     left = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert left == ["step00000010", "step00000030", "step00000040", "step00000050"]
-    assert checkpoint.rotate(str(tmp_path), keep_last=0) == []
+    assert checkpoint.rotate(str(tmp_path), keep_last=0) == ([], [])
+
+
+def test_rotation_never_deletes_a_step_directory_it_did_not_write(tmp_path):
+    """`checkpoints` a symlink to a folder shared with other work: its `step00000001/notes.txt` is no
+    interrupted save of ours, and used to be deleted as one (issue 35)."""
+    shared = tmp_path / "shared"
+    (shared / "step00000001").mkdir(parents=True)
+    (shared / "step00000001" / "notes.txt").write_text("mine")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoints").symlink_to(shared)
+    for step in (2, 3):
+        _fake(out, step, True)
+    rotation = checkpoint.rotate(str(out), keep_last=1)
+    assert rotation == (["step00000002"], ["step00000001"])
+    assert (shared / "step00000001" / "notes.txt").read_text() == "mine"

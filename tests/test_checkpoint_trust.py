@@ -301,3 +301,27 @@ def test_the_universal_conversion_is_keyed_by_the_checkpoints_content_not_its_ta
     assert convert(b) == "B-weights" and len(calls) == 2  # each source converted once, then reused
     make_ckpt("vB", "B-rewritten")  # step 4 rewritten after resuming an older checkpoint
     assert convert(b) == "B-rewritten" and len(calls) == 3
+
+
+def test_a_damaged_newest_checkpoint_in_a_read_only_directory_is_one_error(tmp_path, monkeypatch):
+    """`checkpoints/` read-only and the newest checkpoint damaged: the move aside used to end in an
+    OSError traceback from os.replace (issue 35). Tests run as root, which chmod does not stop, so the
+    read-only file system is os.replace's EROFS."""
+    import errno
+
+    _save(tmp_path, 2)
+    path = _save(tmp_path, 4)
+    _flip(os.path.join(path, "mp_rank_00_model_states.pt"))
+
+    def read_only(src, dst):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), src)
+
+    monkeypatch.setattr(os, "replace", read_only)
+    with pytest.raises(CheckpointError) as e:
+        checkpoint.pick_resume("auto", str(tmp_path))
+    assert "\n" not in str(e.value)
+    assert "checkpoint step00000004 is damaged (mp_rank_00_model_states.pt differs" in str(e.value)
+    assert "could not be moved to step00000004.damaged (Read-only file system" in str(e.value)
+    assert "trainer.resume=PATH" in str(e.value)
+    with pytest.raises(CheckpointError, match=r"step00000004 is newer than step00000002, the one resumed from,"):
+        checkpoint.set_aside_newer(str(tmp_path / "checkpoints"), checkpoint.tag_for(2))
