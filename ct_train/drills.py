@@ -3,7 +3,8 @@
 
 CT_TRAIN_NAN_AT=<step>: rank 0's first micro-batch of optimizer step <step> (1-based) gets a NaN
 loss (the non-finite-loss path). CT_TRAIN_KILL_AT=<point>:<step>: rank 0 SIGKILLs itself at that
-point of that step's checkpoint save (before_engine_save, after_engine_save, before_marker_rename).
+point of that step's checkpoint save (before_engine_save, after_engine_save, before_marker_rename) or
+of the final export (during_export: the weights written, the tokenizer not yet).
 CT_TRAIN_SLOW_START=<seconds>: rank 0 takes that much longer to prepare the data (a large dataset).
 """
 
@@ -36,6 +37,6 @@ class FaultDrills:
         return lambda i, per_sample: per_sample * float("nan") if i == 0 else per_sample
 
     def kill_point(self, name: str, step: int) -> None:
-        """Called at each point of a save; dies there when the drill names it."""
+        """Called at each point of a save and the export; dies there when the drill names it."""
         if self.kill_at == f"{name}:{step}" and self.rank == 0:
             os.kill(os.getpid(), signal.SIGKILL)

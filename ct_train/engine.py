@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
 import torch
 
 from ct_train import distributed as dist
+from ct_train import io
 from ct_train.config import Config, DeepSpeedConfig, TrainerConfig
 from ct_train.errors import CheckpointError
 from ct_train.losses import objective
@@ -391,10 +392,12 @@ class Engine:
         if path is None:
             raise RuntimeError(f"DeepSpeed could not load checkpoint {checkpoint_dir}/{tag}")
 
-    def export_hf(self, out_dir: str, tokenizer: Any) -> None:
+    def export_hf(self, out_dir: str, tokenizer: Any, after_weights: Callable[[], None] = lambda: None) -> None:
         """A Hugging Face model directory (safetensors + config + tokenizer), written by rank 0.
 
         Under ZeRO-3 the full weights are gathered to rank 0 (a collective: every rank calls this).
+        It is written as `<out_dir>.partial` and renamed to `out_dir` when whole, so a process killed
+        half-way leaves no `out_dir` that looks complete (`after_weights`: the drills' kill point).
         """
         if self.zero3:
             state = self.ds._zero3_consolidated_16bit_state_dict()  # the HF Trainer's route, too
@@ -402,19 +405,21 @@ class Engine:
             state = self.module.state_dict() if dist.is_main() else None
         if dist.is_main():
             state = {k[len("lm.") :]: v for k, v in state.items() if k.startswith("lm.")}
-            os.makedirs(out_dir, exist_ok=True)
-            if self.cfg.model.lora.enabled:
-                self._export_lora(out_dir, state, tokenizer)
-            else:
-                self.module.lm.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
-            tokenizer.save_pretrained(out_dir)
+            with io.atomic_dir(out_dir) as tmp:
+                if self.cfg.model.lora.enabled:
+                    self._export_lora(tmp, out_dir, state, tokenizer)
+                else:
+                    self.module.lm.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+                after_weights()
+                tokenizer.save_pretrained(tmp)
         dist.barrier()
 
-    def _export_lora(self, out_dir: str, state: Dict[str, Any], tokenizer: Any) -> None:
+    def _export_lora(self, out_dir: str, final_dir: str, state: Dict[str, Any], tokenizer: Any) -> None:
         """final/ as a PEFT adapter (adapter_config.json + adapter_model.safetensors; peft keeps only
         the adapter tensors of `state`). A base from random init (no model.path) is written beside it
         in base/, which the adapter then names; merged/ (model.lora.merge_on_export) is the base with
-        the adapters folded in by peft's merge_and_unload, a plain Hugging Face model."""
+        the adapters folded in by peft's merge_and_unload, a plain Hugging Face model. Written into
+        `out_dir`, which becomes `final_dir` once whole (the adapter names the base there)."""
         from peft import PeftModel
         from transformers.integrations.deepspeed import set_hf_deepspeed_config, unset_hf_deepspeed_config
 
@@ -424,7 +429,7 @@ class Engine:
             base_dir = os.path.join(out_dir, "base")
             lm.get_base_model().save_pretrained(base_dir, state_dict=base_state, safe_serialization=True)
             tokenizer.save_pretrained(base_dir)
-            lm.peft_config["default"].base_model_name_or_path = os.path.abspath(base_dir)
+            lm.peft_config["default"].base_model_name_or_path = os.path.abspath(os.path.join(final_dir, "base"))
         lm.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
         if not self.cfg.model.lora.merge_on_export:
             return

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import socket
 from typing import Any, Dict, Iterator
 
@@ -32,6 +33,23 @@ def atomic_path(path: str) -> Iterator[str]:
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str) -> Iterator[str]:
+    """Yield `<path>.partial` to fill; on success it becomes `path` (an earlier `path` is removed), so
+    `path` is always a complete directory or absent. A `.partial` left by a killed writer is named
+    clearly, never taken for the real thing, and cleared by the next writer."""
+    tmp = path.rstrip(os.sep) + ".partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    yield tmp
+    previous = path.rstrip(os.sep) + ".previous"
+    shutil.rmtree(previous, ignore_errors=True)
+    if os.path.exists(path):
+        os.replace(path, previous)
+    os.replace(tmp, path)
+    shutil.rmtree(previous, ignore_errors=True)
 
 
 def write_atomic(path: str, text: str, fsync: bool = False) -> None:

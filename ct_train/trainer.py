@@ -329,7 +329,11 @@ def finish(run: Run) -> Optional[str]:
     final_dir = os.path.join(run.output_dir, "final")
     # A tokenizer without a chat template gets one that renders the training prompt (inference
     # through apply_chat_template then sees the text the model was trained on).
-    run.engine.export_hf(final_dir, with_chat_template(run.tokenizer, run.data.template))
+    run.engine.export_hf(
+        final_dir,
+        with_chat_template(run.tokenizer, run.data.template),
+        after_weights=lambda: run.drills.kill_point("during_export", state.step),
+    )
     return final_dir
 
 

@@ -383,3 +383,24 @@ def test_early_stopping_ends_the_run_at_the_patience_and_a_rerun_does_not_train_
     assert sorted(train_rows(out)) == [1, 2]
     refused = run_cli(SHORT + ["trainer.early_stopping_patience=2", f"trainer.output_dir={tmp_path / 'x'}"])
     assert refused.returncode == 2 and "set trainer.eval_every_steps too" in refused.stderr
+
+
+def test_a_kill_during_the_final_export_leaves_no_final_dir_and_the_rerun_exports_it(tmp_path):
+    """A kill -9 while the weights are written used to leave a final/ that looked complete but lacked
+    them (issue 35). The export is written as final.partial/ and renamed when whole; the same command
+    again (the run is finished) exports it and a Hugging Face loader reads it."""
+    out = tmp_path / "run"
+    args = SHORT + ["trainer.max_steps=2", f"trainer.output_dir={out}"]
+    killed = run_cli(args, env={"CT_TRAIN_KILL_AT": "during_export:2"})
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert not (out / "final").exists()
+    assert (out / "final.partial" / "model.safetensors").exists()  # the weights, no tokenizer yet
+    assert not (out / "final.partial" / "tokenizer_config.json").exists()
+    again = run_cli(args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert not (out / "final.partial").exists()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    AutoTokenizer.from_pretrained(out / "final")
+    model = AutoModelForCausalLM.from_pretrained(out / "final")
+    assert model.config.hidden_size == 64
