@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import uuid
 import warnings
 from typing import Any, Dict, List, Optional
+from urllib.parse import urlparse
 
 from ct_train import distributed as dist
 from ct_train import io
@@ -56,22 +58,45 @@ def check_wandb_login(cfg: LoggerConfig) -> None:
         import wandb  # noqa: F401
     except ImportError:
         raise ConfigError("logger=wandb needs the wandb package (pip install wandb)") from None
-    if os.environ.get("WANDB_API_KEY"):
-        return
-    import netrc
-    from urllib.parse import urlparse
+    base_url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+    if not os.environ.get("WANDB_API_KEY") and not _netrc_login(urlparse(base_url).hostname):
+        raise ConfigError(
+            "logger=wandb logger.mode=online needs a W&B login: run `wandb login` or set WANDB_API_KEY "
+            "(or use logger.mode=offline and `wandb sync` later)"
+        )
+    _check_reachable(base_url)
 
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+
+def _netrc_login(host: Optional[str]) -> bool:
+    import netrc
+
     path = os.environ.get("NETRC", os.path.expanduser("~/.netrc"))
     try:
-        if netrc.netrc(path).authenticators(host):
-            return
+        return bool(netrc.netrc(path).authenticators(host))
     except (OSError, netrc.NetrcParseError):
-        pass
-    raise ConfigError(
-        "logger=wandb logger.mode=online needs a W&B login: run `wandb login` or set WANDB_API_KEY "
-        "(or use logger.mode=offline and `wandb sync` later)"
-    )
+        return False
+
+
+# How long the start waits to reach the W&B server (or the proxy); wandb.init itself waited 132 s
+# without a network before failing with a traceback, after the model had loaded.
+WANDB_CONNECT_TIMEOUT_S = 10.0
+
+
+def _check_reachable(base_url: str) -> None:
+    """ConfigError in one line unless a TCP connection to the W&B server (or to the HTTPS proxy,
+    when one is set) opens within WANDB_CONNECT_TIMEOUT_S."""
+    url = urlparse(base_url)
+    proxy = (os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")) if url.scheme == "https" else None
+    target = urlparse(proxy) if proxy else url
+    port = target.port or (443 if target.scheme == "https" else 80)
+    try:
+        socket.create_connection((target.hostname, port), timeout=WANDB_CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        via = f" through the proxy {target.hostname}:{port}" if proxy else ""
+        raise ConfigError(
+            f"logger=wandb logger.mode=online: cannot reach {url.scheme}://{url.hostname}{via} "
+            f"({e.strerror or str(e) or 'timed out'}); use logger.mode=offline and `wandb sync` later"
+        ) from None
 
 
 class RunLogger:
@@ -92,6 +117,8 @@ class RunLogger:
             _truncate_after(self.samples_path, start_step)
         if self.main:
             _truncate_after(self.metrics_path, start_step)
+        # Whether metrics.jsonl holds lines of this run, to notice it being deleted under the run.
+        self.metrics_written = self.main and os.path.exists(self.metrics_path)
         self.wandb = None
         if self.main and cfg.name == "wandb":
             self.wandb = self._init_wandb(cfg, resolved_config)
@@ -129,8 +156,14 @@ class RunLogger:
         if not self.main:
             return
         row = {"step": step, **metrics}
+        if self.metrics_written and not os.path.exists(self.metrics_path):
+            self.write(
+                f"warning: {self.metrics_path} was deleted while the run wrote it: its lines before step {step} are "
+                "gone" + (" (W&B has them)" if self.wandb is not None else "") + "; a new file starts at this step"
+            )
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(row) + "\n")
+        self.metrics_written = True
         if self.wandb is not None:
             self.wandb.log(metrics, step=step)
 

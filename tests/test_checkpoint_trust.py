@@ -4,6 +4,7 @@ aside for the previous one, RNG state without pickle, a torn metrics line surviv
 import json
 import os
 import random
+import socket
 import time
 
 import numpy as np
@@ -173,12 +174,43 @@ def test_wandb_online_without_a_login_is_one_line_before_the_model(tmp_path, mon
     with pytest.raises(ConfigError, match=r"logger.mode=online needs a W&B login: run `wandb login`"):
         check_wandb_login(online)
     check_wandb_login(LoggerConfig(name="wandb", mode="offline"))  # offline needs no key
-    (tmp_path / "netrc").write_text("machine api.wandb.ai login user password abc\n")
-    (tmp_path / "netrc").chmod(0o600)
-    check_wandb_login(online)
-    (tmp_path / "netrc").write_text("")
+    with socket.create_server(("127.0.0.1", 0)) as server:  # a reachable stand-in for the W&B server
+        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.getsockname()[1]}")
+        (tmp_path / "netrc").write_text("machine 127.0.0.1 login user password abc\n")
+        (tmp_path / "netrc").chmod(0o600)
+        check_wandb_login(online)
+        (tmp_path / "netrc").write_text("")
+        monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+        check_wandb_login(online)
+
+
+def test_wandb_online_without_a_network_is_one_line_before_the_model(monkeypatch):
+    """wandb.init waited 132 s without a network, then gave a CommError traceback after the model had
+    loaded (issue 35); the start now tries the server (or the proxy) for at most 10 s."""
+    from ct_train.config import LoggerConfig
+    from ct_train.errors import ConfigError
+    from ct_train.logging import check_wandb_login
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
-    check_wandb_login(online)
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    online = LoggerConfig(name="wandb", mode="online")
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{closed}")
+    start = time.monotonic()
+    with pytest.raises(ConfigError) as e:
+        check_wandb_login(online)
+    assert time.monotonic() - start < 10
+    assert str(e.value) == (
+        "logger=wandb logger.mode=online: cannot reach http://127.0.0.1 (Connection refused); "
+        "use logger.mode=offline and `wandb sync` later"
+    )
+    # behind an HTTPS proxy the proxy is what must answer
+    monkeypatch.setenv("WANDB_BASE_URL", "https://api.wandb.ai")
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{closed}")
+    with pytest.raises(ConfigError, match=rf"cannot reach https://api.wandb.ai through the proxy 127.0.0.1:{closed}"):
+        check_wandb_login(online)
 
 
 def test_deepspeed_files_holding_foreign_code_are_refused_before_deepspeed_unpickles_them(tmp_path):
@@ -325,3 +357,21 @@ def test_a_damaged_newest_checkpoint_in_a_read_only_directory_is_one_error(tmp_p
     assert "trainer.resume=PATH" in str(e.value)
     with pytest.raises(CheckpointError, match=r"step00000004 is newer than step00000002, the one resumed from,"):
         checkpoint.set_aside_newer(str(tmp_path / "checkpoints"), checkpoint.tag_for(2))
+
+
+def test_a_metrics_file_deleted_during_the_run_is_named_when_the_next_line_is_written(tmp_path, capsys):
+    """It used to be recreated without a word, the earlier steps gone (issue 35)."""
+    from ct_train.config import LoggerConfig
+    from ct_train.logging import RunLogger
+
+    log = RunLogger(LoggerConfig(progress_bar=False), str(tmp_path), {}, 10, 0, log_samples=False)
+    log.log(1, {"loss": 1.0})
+    log.log(2, {"loss": 0.9})
+    assert "warning" not in capsys.readouterr().out
+    os.remove(tmp_path / "metrics.jsonl")
+    log.log(3, {"loss": 0.8})
+    log.log(4, {"loss": 0.7})
+    out = capsys.readouterr().out
+    assert out.count("warning:") == 1
+    assert "metrics.jsonl was deleted while the run wrote it: its lines before step 3 are gone" in out
+    assert [r["step"] for r in read_jsonl(str(tmp_path / "metrics.jsonl"))] == [3, 4]
