@@ -179,6 +179,22 @@ def wait_for_extension_locks(wait_s: float = BUILD_LOCK_WAIT_S, poll_s: float = 
     )
 
 
+def unlink_shm_buffer_name() -> None:
+    """DeepSpeed's CPU all-reduce (all ranks on one node: LOCAL_SIZE = world size) maps one 66 MB
+    buffer per rank, `/dev/shm/deepspeed_allreduce_buffer_<uid>_<addr>_<port>_<rank>`, and only a
+    rank that exits cleanly removes its name: a killed rank left it behind for good. Once every rank
+    has mapped every buffer (DeepSpeed's init opens them all; the barrier), each rank removes its
+    own name at once; the mappings live on until the process ends, and nothing is left to leak."""
+    if os.environ.get("LOCAL_SIZE") != str(dist.world_size()):
+        return
+    dist.barrier()
+    name = "deepspeed_allreduce_buffer_{}_{}_{}_{}".format(
+        os.getuid(), os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", ""), dist.rank()
+    )
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join("/dev/shm", name))
+
+
 class Engine:
     """A DeepSpeed engine around `SampleLossModel`."""
 
@@ -196,6 +212,7 @@ class Engine:
         deepspeed.init_distributed(
             dist_backend=dist.backend(), timeout=datetime.timedelta(seconds=cfg.trainer.dist_timeout_s)
         )
+        unlink_shm_buffer_name()
         self.cfg = cfg
         self.dtype = resolve_dtype(cfg.model.dtype)
         self.world_size = dist.world_size()

@@ -1,6 +1,8 @@
 """Faults a run must survive with a clear message and nothing lost (docs/reliability.md)."""
 
 import json
+import os
+import re
 import subprocess
 
 import pytest
@@ -404,3 +406,16 @@ def test_a_kill_during_the_final_export_leaves_no_final_dir_and_the_rerun_export
     AutoTokenizer.from_pretrained(out / "final")
     model = AutoModelForCausalLM.from_pretrained(out / "final")
     assert model.config.hidden_size == 64
+
+
+def test_a_killed_rank_leaves_no_shared_memory_buffer_behind(tmp_path):
+    """DeepSpeed's CPU all-reduce maps a 66 MB /dev/shm buffer per rank, and a rank killed with -9
+    used to leave its name there for good (issue 35); each rank now removes its name once all are
+    mapped. Rank 0 SIGKILLs itself in step 1's save."""
+    out = tmp_path / "run"
+    args = SHORT + ["trainer.max_steps=2", "trainer.save_every_steps=1", f"trainer.output_dir={out}"]
+    proc = run_cli(args, launcher="deepspeed", nproc=2, env={"CT_TRAIN_KILL_AT": "before_engine_save:1"})
+    assert proc.returncode != 0 and sorted(train_rows(out)) == [1], proc.stderr[-3000:]
+    port = re.search(r"master_port=(\d+)", proc.stdout + proc.stderr).group(1)
+    left = [name for name in os.listdir("/dev/shm") if f"_{port}_" in name and "allreduce_buffer" in name]
+    assert left == []
