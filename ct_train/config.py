@@ -133,6 +133,13 @@ class SkillsConfig:
         _positive("data.skills.eval_per_level", self.eval_per_level)
 
 
+# The fields `data.columns` may map: every format's (data/formats.py) and the cluster/difficulty fields.
+COLUMN_NAMES = (
+    "instruction", "input", "output", "prompt", "response", "completion", "messages", "conversations",
+    "system", "data", "instances", "id", "cluster", "task", "category", "difficulty", "score",
+)  # fmt: skip
+
+
 @dataclass
 class DataConfig:
     """Where the instruction data comes from and how it becomes token ids and labels."""
@@ -144,6 +151,10 @@ class DataConfig:
     sources: Any = None
     eval_path: Any = None  # held-out files; without them a split of the training data
     format: str = "auto"
+    # Our field name -> the file's (axolotl's and LLaMA-Factory's column mapping), applied to every file
+    # before its format is detected: `data.columns={instruction: question, output: answer}`. `Any`, not
+    # Dict, for the same reason as `sources`.
+    columns: Any = None
     cluster_field: Optional[str] = None
     difficulty_field: Optional[str] = None
     # [teacher_field, student_field]: a record's difficulty is their difference (TAPIR's Model Fitting
@@ -191,6 +202,13 @@ class DataConfig:
             raise ConfigError("data=jsonl needs data.path=FILE_OR_DIR (or data.sources={cluster: path})")
         if self.path and self.sources:
             raise ConfigError("set either data.path or data.sources, not both")
+        if self.columns is not None and (
+            not isinstance(self.columns, dict) or not all(isinstance(v, str) and v for v in self.columns.values())
+        ):
+            raise ConfigError(f"data.columns must map field names to the file's field names, got {self.columns!r}")
+        unknown = sorted(set(self.columns or {}) - set(COLUMN_NAMES))
+        if unknown:
+            raise ConfigError(f"data.columns: {unknown} name no field ct_train reads; choose from {list(COLUMN_NAMES)}")
         if self.sources is not None and not isinstance(self.sources, dict):
             raise ConfigError(f"data.sources must map cluster names to paths, got {self.sources!r}")
         for cluster, paths in (self.sources or {}).items():

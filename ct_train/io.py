@@ -14,7 +14,7 @@ import os
 import re
 import shutil
 import socket
-from typing import Any, Dict, Iterator
+from typing import Any, Dict, Iterator, Optional
 
 import numpy as np
 
@@ -125,6 +125,24 @@ def local_model_dir(value: str, key: str) -> str:
             f"{key}={value} is neither a local directory nor in the local Hugging Face cache "
             f"({constants.HF_HUB_CACHE}: {type(e).__name__}); nothing is downloaded at run time: fetch it where "
             f"there is network (`hf download {value}`) into that cache, or give a directory"
+        ) from None
+
+
+def local_dataset_dir(value: str, key: str) -> Optional[str]:
+    """A hub dataset id (`org/name`, not a local path) as its snapshot directory in the local Hugging
+    Face cache, as `hf download --repo-type dataset` or `datasets.load_dataset` fill it; None when
+    `value` is no hub id. Nothing is downloaded: ConfigError naming the key when it is not cached."""
+    if os.path.exists(os.path.expanduser(value)) or not _HUB_ID.fullmatch(value):
+        return None
+    from huggingface_hub import constants, snapshot_download
+
+    try:
+        return snapshot_download(value, repo_type="dataset", local_files_only=True)
+    except Exception as e:  # LocalEntryNotFoundError, or a malformed cache entry
+        raise ConfigError(
+            f"{key}={value} is neither a local file or directory nor a dataset in the local Hugging Face cache "
+            f"({constants.HF_HUB_CACHE}: {type(e).__name__}); nothing is downloaded at run time: fetch it where "
+            f"there is network (`hf download --repo-type dataset {value}`) into that cache, or give a path"
         ) from None
 
 

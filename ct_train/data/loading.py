@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
+from ct_train import io
 from ct_train.data.formats import BadRecord, SourceInfo, detect_format, normalize, record_format
 from ct_train.errors import DataError
 
@@ -52,12 +53,39 @@ class FileSpec:
     path: str
     cluster: Optional[str] = None  # forced by data.sources
     part: str = ""  # which part of the run's data (a TAPIR round's own file); "" = data.path/sources
+    default_cluster: Optional[str] = None  # for records naming none; None: the file's name
+
+
+# A hub dataset's files are named by split (`data/train-00000-of-00001.parquet`, `test.jsonl`): the
+# training keys take its train files, data.eval_path its validation/test files, when it has them.
+SPLIT_WORDS = {"train": ("train",), "eval": ("validation", "valid", "dev", "test", "eval")}
+
+
+def _hub_files(key: str, snapshot: str, value: str) -> List[str]:
+    """The data files of a hub dataset snapshot (every folder), those of the key's split if named."""
+    found = []
+    for d, dirs, files in os.walk(snapshot):
+        dirs[:] = [x for x in dirs if not x.startswith(".")]
+        found += [os.path.join(d, f) for f in files if f.endswith(EXTENSIONS)]
+    found.sort()
+    if not found:
+        raise DataError(f"{key}={value}: the cached dataset ({snapshot}) holds no {'/'.join(EXTENSIONS)} file")
+    words = SPLIT_WORDS["eval" if key == "data.eval_path" else "train"]
+    named = [f for f in found if any(w in os.path.relpath(f, snapshot).lower() for w in words)]
+    return named or found
 
 
 def expand(key: str, paths: List[str], cluster: Optional[str] = None) -> List[FileSpec]:
-    """Files named by a config key: files as given, directories as their data files (sorted)."""
+    """Files named by a config key: files as given, directories as their data files (sorted), hub
+    dataset ids (`org/name`) as their files in the local Hugging Face cache."""
     out: List[FileSpec] = []
     for path in paths:
+        snapshot = io.local_dataset_dir(path, key)
+        if snapshot is not None:
+            # records naming no cluster are the dataset's (its file names are split shards)
+            name = path.split("/")[-1]
+            out += [FileSpec(f, cluster, default_cluster=name) for f in _hub_files(key, snapshot, path)]
+            continue
         path = os.path.expanduser(path)
         if os.path.isdir(path):
             found = sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(EXTENSIONS))
@@ -187,6 +215,23 @@ def read_raw(path: str) -> Any:
         raise DataError(f"{path}: could not be read ({reason})") from None
 
 
+def map_columns(raw: Any, columns: Optional[Dict[str, str]], path: str) -> Any:
+    """`raw` with the file's fields renamed to ours (`data.columns`: ours -> theirs)."""
+    if not columns:
+        return raw
+    missing = {ours: theirs for ours, theirs in columns.items() if theirs not in raw.column_names}
+    if missing:
+        ours, theirs = next(iter(missing.items()))
+        raise DataError(f"{path}: data.columns.{ours}={theirs!r} is not one of its fields {sorted(raw.column_names)}")
+    clash = [ours for ours, theirs in columns.items() if ours != theirs and ours in raw.column_names]
+    if clash:
+        raise DataError(
+            f"{path}: data.columns renames a field to {clash[0]!r}, which the file already has; map that one too "
+            "or drop it from the file"
+        )
+    return raw.rename_columns({theirs: ours for ours, theirs in columns.items() if ours != theirs})
+
+
 def _normalizer(fmt: str, src: SourceInfo, on_bad_record: str, part: str, detected: bool):
     """`detected`: the file's format was detected (data.format=auto), so each record may be read by
     its own fields (a file mixing formats); a format set by data.format applies to every record."""
@@ -233,10 +278,12 @@ def load_examples(
     num_proc: int = 1,
     judge_fields: Optional[List[str]] = None,
     skipped: Optional[Dict[str, List[str]]] = None,
+    columns: Optional[Dict[str, str]] = None,
 ) -> Tuple[Any, Dict[str, int]]:
     """All files as one dataset of example records, and counts (`records`, `skipped_bad`).
 
-    `skipped`, when given, collects the skipped records by reason: reason -> [`file:record`, ...]."""
+    `skipped`, when given, collects the skipped records by reason: reason -> [`file:record`, ...].
+    `columns` (data.columns): our field names -> the files' own, renamed before the format is detected."""
     import datasets
 
     parts = []
@@ -245,6 +292,7 @@ def load_examples(
         raw = read_raw(spec.path)
         if len(raw) == 0:
             continue
+        raw = map_columns(raw, columns, spec.path)
         file_fmt = detect_format(raw.column_names, spec.path) if fmt == "auto" else fmt
         name = os.path.basename(spec.path)
         stem = name.split(".")[0]
@@ -252,7 +300,7 @@ def load_examples(
             path=spec.path,
             name=name,
             cluster=spec.cluster,
-            default_cluster=stem,
+            default_cluster=spec.default_cluster or stem,
             cluster_field=cluster_field,
             difficulty_field=difficulty_field,
             judge_fields=tuple(judge_fields) if judge_fields else None,

@@ -183,6 +183,7 @@ def _load_splits(
         num_proc=cfg.num_proc,
         judge_fields=cfg.judge_fields,
         skipped=skipped,
+        columns=dict(cfg.columns) if cfg.columns else None,
     )
     examples, stats = load_examples(specs["train"], **load)
     if specs["eval"]:

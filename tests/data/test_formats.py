@@ -325,3 +325,20 @@ def test_a_number_out_of_range_is_named_with_its_line(tmp_path):
     )
     with pytest.raises(DataError, match=r"big.jsonl:4: the number 1e400 is out of range"):
         _load(f)
+
+
+def test_data_columns_map_a_files_own_field_names(tmp_path):
+    """data.columns (ours -> the file's), as axolotl's and LLaMA-Factory's column mappings (issue 34)."""
+    from ct_train.config import DataConfig
+    from ct_train.errors import ConfigError
+
+    f = _write_jsonl(tmp_path / "q.jsonl", [{"question": "Q", "answer": "A", "topic": "t"}])
+    row = _load(f, columns={"prompt": "question", "response": "answer", "cluster": "topic"})[0][0]
+    assert (row["prompt"], row["response"], row["cluster"]) == ("Q", "A", "t")
+    with pytest.raises(DataError, match="cannot tell the format"):
+        _load(f)  # unmapped, the same file is not instruction data
+    g = _write_jsonl(tmp_path / "c.jsonl", [{"prompt": "P", "question": "Q", "answer": "A"}])
+    with pytest.raises(DataError, match="renames a field to 'prompt', which the file already has"):
+        _load(g, columns={"prompt": "question", "response": "answer"})
+    with pytest.raises(ConfigError, match=r"data.columns: \['question'\] name no field ct_train reads"):
+        DataConfig(name="jsonl", path="x.jsonl", columns={"question": "q"}).validate()
