@@ -30,6 +30,12 @@ SHAREGPT_ROLES = {
 }
 
 
+# Tool-calling turns (ShareGPT's function_call/observation as LLaMA-Factory writes them, OpenAI-style
+# tool/function messages): ct_train renders no tool calls, so such a record is skipped under this name.
+TOOL_TURNS = ("function_call", "observation", "tool", "function", "ipython", "tool_call")
+TOOL_REASON = "tool-call turns ({}) are not trained (ct_train renders no tool calls); drop them or the record"
+
+
 class BadRecord(ValueError):
     """A record with no usable prompt/response; skipped and counted, or fatal (`data.on_bad_record`)."""
 
@@ -104,7 +110,10 @@ def _sharegpt(rec: Dict[str, Any]) -> List[Dict[str, Any]]:
     # A top-level `system` (ShareGPT as LLaMA-Factory and axolotl write it) is the first message.
     messages = [{"role": "system", "content": _text(rec["system"])}] if _text(rec.get("system")) else []
     for turn in rec.get("conversations") or []:
-        role = SHAREGPT_ROLES.get(str(turn.get("from", "")).lower())
+        speaker = str(turn.get("from", "")).lower()
+        if speaker in TOOL_TURNS:
+            raise BadRecord(TOOL_REASON.format(speaker))
+        role = SHAREGPT_ROLES.get(speaker)
         if role is None:
             raise BadRecord(f"unknown ShareGPT speaker {turn.get('from')!r}")
         messages.append({"role": role, "content": _text(turn.get("value"))})
@@ -239,6 +248,8 @@ def _usable(ex: Dict[str, Any]) -> None:
     if ex["messages"]:
         roles = [m["role"] for m in ex["messages"]]
         bad = sorted({r for r in roles if r not in ("system", "user", "assistant")})
+        if set(bad) & set(TOOL_TURNS):
+            raise BadRecord(TOOL_REASON.format(", ".join(r for r in bad if r in TOOL_TURNS)))
         if bad:
             raise BadRecord(f"unknown message roles {bad}")
         if not any(r == "assistant" and m["content"] for r, m in zip(roles, ex["messages"])):

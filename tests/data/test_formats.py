@@ -342,3 +342,34 @@ def test_data_columns_map_a_files_own_field_names(tmp_path):
         _load(g, columns={"prompt": "question", "response": "answer"})
     with pytest.raises(ConfigError, match=r"data.columns: \['question'\] name no field ct_train reads"):
         DataConfig(name="jsonl", path="x.jsonl", columns={"question": "q"}).validate()
+
+
+def test_tool_call_turns_are_skipped_under_their_own_name(tmp_path):
+    """ShareGPT's function_call/observation turns and OpenAI-style tool messages were skipped as an
+    "unknown speaker", their reason shown only with data.on_bad_record=error (issue 34)."""
+    from ct_train.data.prepare import PreparedData
+
+    calls = [
+        {"from": "human", "value": "weather?"},
+        {"from": "function_call", "value": '{"name": "weather"}'},
+        {"from": "observation", "value": "sunny"},
+        {"from": "gpt", "value": "It is sunny."},
+    ]
+    tool = [
+        {"role": "user", "content": "2+2?"},
+        {"role": "tool", "content": "4"},
+        {"role": "assistant", "content": "4"},
+    ]
+    plain = [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]
+    skipped = {}
+    f = _write_jsonl(tmp_path / "t.jsonl", [{"conversations": calls}, {"conversations": plain}])
+    ds, stats = _load(f, skipped=skipped)
+    assert stats == {"records": 1, "skipped_bad": 1}
+    g = _write_jsonl(tmp_path / "m.jsonl", [{"messages": tool}, {"messages": tool}])
+    with pytest.raises(DataError, match=r"no usable record in .*m.jsonl \(2 unusable records skipped\)"):
+        _load(g, skipped=skipped)
+    note = PreparedData(train=None, eval=None, clusters=[], template="", skipped=skipped).skipped_note()
+    assert "tool-call turns (function_call) are not trained (ct_train renders no tool calls)" in note
+    assert "tool-call turns (tool) are not trained" in note and "m.jsonl:1, m.jsonl:2" in note
+    with pytest.raises(DataError, match=r"t.jsonl: record 1: tool-call turns \(function_call\) are not trained"):
+        _load(f, on_bad_record="error")
