@@ -252,6 +252,34 @@ def save(engine: Any, output_dir: str, step: int, trainer_state: Dict[str, Any],
     return path
 
 
+def _size(num: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if num < 1000 or unit == "GB":
+            return f"{num:.0f} {unit}" if unit == "B" else f"{num:.1f} {unit}"
+        num /= 1000
+    raise AssertionError
+
+
+def size_note(ckpt_dir: str, tag: str, keep: int, saves_left: int) -> List[str]:
+    """After a run's first save: how big a checkpoint is, and a warning when the disk cannot hold the
+    ones still to come: with `keep` (0: all), at most keep + 1 exist at once (a save is written before
+    rotation deletes the oldest), or every one. Rank 0."""
+    path = os.path.join(ckpt_dir, tag)
+    size = sum(os.path.getsize(os.path.join(path, rel)) for rel in _payload_files(path) + [STATE_FILE])
+    held = len(complete_tags(ckpt_dir))
+    peak = held + saves_left if keep <= 0 else max(held, min(keep + 1, held + saves_left))
+    more, free = (peak - held) * size, shutil.disk_usage(ckpt_dir).free
+    kept = f"the newest {keep} kept" if keep > 0 else "every one kept"
+    lines = [f"checkpoint {tag}: {_size(size)} ({kept}; {_size(free)} free in {ckpt_dir})"]
+    if more > free:
+        lines.append(
+            f"warning: the {saves_left} checkpoint(s) still to save need about {_size(more)} more in {ckpt_dir} but "
+            f"{_size(free)} is free: lower trainer.keep_last_checkpoints (now {keep or 'all'}), raise "
+            "trainer.save_every_steps, or free space"
+        )
+    return lines
+
+
 def set_aside_newer(ckpt_dir: str, tag: str) -> List[str]:
     """A run resumed from `tag` abandons the checkpoints after it (an earlier attempt's future): they
     are moved to `<tag>.abandoned` (kept, never picked by auto, never rotated). Rank 0 only."""

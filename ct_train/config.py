@@ -272,6 +272,9 @@ class DeepSpeedConfig:
             raise ConfigError("deepspeed.offload_param=true needs deepspeed.zero_stage=3")
 
 
+PRETRAINED_KEEP_LAST = 2  # trainer.keep_last_checkpoints=null with model.path set
+
+
 @dataclass
 class TrainerConfig:
     """The loop: how long, how big, how fast, where the outputs go."""
@@ -295,7 +298,10 @@ class TrainerConfig:
     loss_normalization: str = "token"
     output_dir: str = "outputs/run"
     save_every_steps: int = 0
-    keep_last_checkpoints: int = 0  # 0 keeps every checkpoint
+    # How many of the newest checkpoints rotation keeps (0: all). null: 2 with pretrained weights
+    # (model.path: a checkpoint with optimizer state is ~16 bytes a parameter, 1.6 GB at 135M, ~100 GB
+    # at 7B), all for a model built at random init (small, and the tests read every one).
+    keep_last_checkpoints: Optional[int] = None
     eval_every_steps: int = 0
     # Stop once this many held-out evals in a row have not lowered eval/loss by more than
     # early_stopping_threshold (TRL/HF's EarlyStoppingCallback); 0: off. The run then ends as at
@@ -346,7 +352,8 @@ class TrainerConfig:
                 f"trainer.early_stopping_patience={self.early_stopping_patience} counts held-out evals: set "
                 "trainer.eval_every_steps too"
             )
-        _positive("trainer.keep_last_checkpoints", self.keep_last_checkpoints, allow_zero=True)
+        if self.keep_last_checkpoints is not None:
+            _positive("trainer.keep_last_checkpoints", self.keep_last_checkpoints, allow_zero=True)
         _positive("trainer.log_every_steps", self.log_every_steps)
         _positive("trainer.grad_clip", self.grad_clip, allow_zero=True)
         _positive("trainer.dist_timeout_s", self.dist_timeout_s)
@@ -504,6 +511,12 @@ class Config:
     interaction: InteractionConfig = field(default_factory=InteractionConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
     mode: str = "train"  # train | score (ct-train-score) | interaction (ct_train.interaction) | bench (ct-train-bench)
+
+    def keep_last_checkpoints(self) -> int:
+        """trainer.keep_last_checkpoints, its null resolved by whether the weights are pretrained."""
+        if self.trainer.keep_last_checkpoints is not None:
+            return self.trainer.keep_last_checkpoints
+        return PRETRAINED_KEEP_LAST if self.model.path else 0
 
     def validate(self) -> None:
         """Every section's checks; raises ConfigError naming the first bad key."""

@@ -241,8 +241,9 @@ class Checkpointer:
         return f"resumed from {where} at step {step}{via}"
 
     def save(self, run: Run) -> None:
-        """A complete checkpoint of the run at its current step (a collective), then rotation."""
-        self.last_saved = run.state.step
+        """A complete checkpoint of the run at its current step (a collective), then rotation. The
+        first save of an attempt prints the checkpoint's size (and warns when the disk is too small)."""
+        first, self.last_saved = self.last_saved < 0, run.state.step
         checkpoint.save(
             run.engine,
             self.output_dir,
@@ -258,17 +259,24 @@ class Checkpointer:
             },
             run.drills,
         )
-        if dist.is_main():
-            stage_tags = [checkpoint.tag_for(s.end) for s in run.schedule.stages]  # a stage's last is kept
-            rotation = checkpoint.rotate(
-                self.output_dir, self.cfg.trainer.keep_last_checkpoints, [self.resumed_tag, *stage_tags]
+        if not dist.is_main():
+            return
+        keep = self.cfg.keep_last_checkpoints()
+        if first:  # how big they are, and whether the disk holds those to come
+            step, every, end = run.state.step, self.cfg.trainer.save_every_steps, run.schedule.max_steps
+            periodic = len(range(step - step % every + every, end, every)) if every else 0
+            saves_left = periodic + (1 if self.cfg.trainer.save_final and step < end else 0)
+            ckpt_dir = checkpoint.checkpoints_dir(self.output_dir)
+            for line in checkpoint.size_note(ckpt_dir, checkpoint.tag_for(step), keep, saves_left):
+                run.log.write(line)
+        stage_tags = [checkpoint.tag_for(s.end) for s in run.schedule.stages]  # a stage's last is kept
+        rotation = checkpoint.rotate(self.output_dir, keep, [self.resumed_tag, *stage_tags])
+        for tag in sorted(set(rotation.foreign) - self.warned_foreign):  # once per directory and run
+            self.warned_foreign.add(tag)
+            run.log.write(
+                f"warning: {checkpoint.checkpoints_dir(self.output_dir)}/{tag} holds files no save writes and "
+                "no complete checkpoint; rotation leaves it alone"
             )
-            for tag in sorted(set(rotation.foreign) - self.warned_foreign):  # once per directory and run
-                self.warned_foreign.add(tag)
-                run.log.write(
-                    f"warning: {checkpoint.checkpoints_dir(self.output_dir)}/{tag} holds files no save writes and "
-                    "no complete checkpoint; rotation leaves it alone"
-                )
 
     def has(self, step: int) -> bool:
         tag_dir = os.path.join(checkpoint.checkpoints_dir(self.output_dir), checkpoint.tag_for(step))

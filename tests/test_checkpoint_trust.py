@@ -375,3 +375,37 @@ def test_a_metrics_file_deleted_during_the_run_is_named_when_the_next_line_is_wr
     assert out.count("warning:") == 1
     assert "metrics.jsonl was deleted while the run wrote it: its lines before step 3 are gone" in out
     assert [r["step"] for r in read_jsonl(str(tmp_path / "metrics.jsonl"))] == [3, 4]
+
+
+def test_the_first_save_names_the_checkpoint_size_and_warns_when_the_disk_cannot_hold_those_to_come(
+    tmp_path, monkeypatch
+):
+    """A 20-step SmolLM2 full tune wrote 3 x 1.6 GB without a word (issue 34)."""
+    import shutil
+    from collections import namedtuple
+
+    path = _save(tmp_path, 2)
+    size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
+    ckpt = str(tmp_path / "checkpoints")
+    lines = checkpoint.size_note(ckpt, checkpoint.tag_for(2), keep=2, saves_left=5)
+    assert len(lines) == 1 and lines[0].startswith(f"checkpoint step00000002: {size / 1000:.1f} KB (the newest 2 kept;")
+    usage = namedtuple("usage", "total used free")
+    # keep 2: at most 3 at once, 2 more than now; keep all: 5 more
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(0, 0, 2 * size))
+    assert len(checkpoint.size_note(ckpt, checkpoint.tag_for(2), keep=2, saves_left=5)) == 1
+    lines = checkpoint.size_note(ckpt, checkpoint.tag_for(2), keep=0, saves_left=5)
+    assert len(lines) == 2 and lines[1].startswith("warning: the 5 checkpoint(s) still to save need about")
+    assert "lower trainer.keep_last_checkpoints (now all)" in lines[1]
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(0, 0, size))
+    assert "(now 2)" in checkpoint.size_note(ckpt, checkpoint.tag_for(2), keep=2, saves_left=5)[1]
+
+
+def test_pretrained_weights_keep_the_newest_two_checkpoints_by_default():
+    from ct_train.config import Config, ModelConfig, TrainerConfig
+
+    assert Config(model=ModelConfig(path="/m")).keep_last_checkpoints() == 2
+    assert Config().keep_last_checkpoints() == 0  # random init: small, every one kept
+    assert (
+        Config(model=ModelConfig(path="/m"), trainer=TrainerConfig(keep_last_checkpoints=0)).keep_last_checkpoints()
+        == 0
+    )

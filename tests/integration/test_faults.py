@@ -395,6 +395,7 @@ def test_a_kill_during_the_final_export_leaves_no_final_dir_and_the_rerun_export
     args = SHORT + ["trainer.max_steps=2", f"trainer.output_dir={out}"]
     killed = run_cli(args, env={"CT_TRAIN_KILL_AT": "during_export:2"})
     assert killed.returncode == -9, killed.stderr[-2000:]
+    assert re.search(r"checkpoint step00000002: [\d.]+ MB \(every one kept; [\d.]+ [KMG]B free in ", killed.stdout)
     assert not (out / "final").exists()
     assert (out / "final.partial" / "model.safetensors").exists()  # the weights, no tokenizer yet
     assert not (out / "final.partial" / "tokenizer_config.json").exists()
