@@ -303,6 +303,11 @@ class TrainerConfig:
     # at 7B), all for a model built at random init (small, and the tests read every one).
     keep_last_checkpoints: Optional[int] = None
     eval_every_steps: int = 0
+    # At each eval, greedy generations for the first N held-out samples of every cluster (TRL's
+    # completions callback): generations.jsonl and a W&B table `eval/generations`; 0: none. Capped at
+    # eval_generation_tokens new tokens; the prompt is the sample's up to its first response.
+    eval_generations: int = 1
+    eval_generation_tokens: int = 64
     # Stop once this many held-out evals in a row have not lowered eval/loss by more than
     # early_stopping_threshold (TRL/HF's EarlyStoppingCallback); 0: off. The run then ends as at
     # max_steps (final eval, checkpoint, export of the last model, not the best one).
@@ -345,6 +350,8 @@ class TrainerConfig:
         _positive("trainer.warmup_steps", self.warmup_steps, allow_zero=True)
         _positive("trainer.save_every_steps", self.save_every_steps, allow_zero=True)
         _positive("trainer.eval_every_steps", self.eval_every_steps, allow_zero=True)
+        _positive("trainer.eval_generations", self.eval_generations, allow_zero=True)
+        _positive("trainer.eval_generation_tokens", self.eval_generation_tokens)
         _positive("trainer.early_stopping_patience", self.early_stopping_patience, allow_zero=True)
         _positive("trainer.early_stopping_threshold", self.early_stopping_threshold, allow_zero=True)
         if self.early_stopping_patience and not self.eval_every_steps:

@@ -303,6 +303,24 @@ class Engine:
         finally:
             self.ds.train(was_training)
 
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int, pad_id: int,
+                 eos_id: Optional[int]) -> torch.Tensor:  # fmt: skip
+        """Greedy continuations (B, T + new) of left-padded prompts, through the HF model's own
+        `generate`. Every rank calls it; under ZeRO-3 on several ranks `synced_gpus` keeps them
+        decoding in step (each forward gathers parameters collectively), as the HF Trainer does."""
+        lm = self.module.lm
+        with self.eval_mode():
+            return lm.generate(
+                input_ids=input_ids.to(self.device),
+                attention_mask=attention_mask.to(self.device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=pad_id,
+                eos_token_id=eos_id,
+                synced_gpus=self.zero3 and self.world_size > 1,
+            )
+
     def accumulate(
         self,
         batches: Sequence[Any],

@@ -1,4 +1,4 @@
-"""Held-out per-cluster loss and exact match.
+"""Held-out per-cluster loss and exact match, and a few greedy generations to read.
 
 Exact match is computed teacher-forced in the same forward as the loss: greedy decoding reproduces
 the reference response (and its end-of-turn token) exactly when, at every response position, the
@@ -12,7 +12,7 @@ whose shard runs out repeat a real batch with zero weight.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -155,3 +155,50 @@ def probe_loss(engine, probe: TokenizedSplit, n_clusters: int, micro_batch_size:
     count = np.bincount(probe.cluster_ids, weights=has, minlength=n_clusters)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(count > 0, total / np.maximum(count, 1.0), np.nan)
+
+
+def first_turn(input_ids: List[int], labels: List[int]) -> Optional[Tuple[List[int], List[int]]]:
+    """(prompt, reference) of a tokenised sample: the tokens before its first response token, and that
+    response (its labelled span, end-of-turn included); None when nothing is labelled."""
+    start = next((i for i, label in enumerate(labels) if label != -100), None)
+    if start is None:
+        return None
+    end = next((i for i in range(start, len(labels)) if labels[i] == -100), len(labels))
+    return list(input_ids[:start]), list(input_ids[start:end])
+
+
+def generations(
+    engine, split: TokenizedSplit, clusters: List[str], per_cluster: int, max_new_tokens: int, tokenizer: Any
+) -> List[Dict[str, Any]]:
+    """Greedy generations for the first `per_cluster` held-out samples of every cluster (the same ones
+    at every eval, so a reader follows them change): [{cluster, id, prompt, reference, generation}].
+    One left-padded batch; every rank runs it (ZeRO-3), every rank gets the rows."""
+    picked = []
+    for c, name in enumerate(clusters):
+        for i in np.flatnonzero(split.cluster_ids == c)[:per_cluster]:
+            row = split.dataset[int(i)]
+            turn = first_turn(row["input_ids"], row["labels"])
+            if turn is not None:
+                picked.append((name, row["id"], *turn))
+    if not picked:
+        return []
+    width = max(len(prompt) for _, _, prompt, _ in picked)
+    pad = tokenizer.pad_token_id
+    ids = torch.tensor([[pad] * (width - len(p)) + p for _, _, p, _ in picked])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for _, _, p, _ in picked])
+    out = engine.generate(ids, mask, max_new_tokens, pad, tokenizer.eos_token_id).cpu()
+    rows = []
+    for (name, sample_id, prompt, reference), seq in zip(picked, out):
+        new = seq[width:].tolist()
+        if tokenizer.eos_token_id in new:  # up to and without the end of turn
+            new = new[: new.index(tokenizer.eos_token_id)]
+        rows.append(
+            {
+                "cluster": name,
+                "id": sample_id,
+                "prompt": tokenizer.decode(prompt, skip_special_tokens=True),
+                "reference": tokenizer.decode(reference, skip_special_tokens=True),
+                "generation": tokenizer.decode(new, skip_special_tokens=True),
+            }
+        )
+    return rows

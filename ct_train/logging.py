@@ -21,6 +21,7 @@ from ct_train.config import LoggerConfig
 from ct_train.errors import ConfigError
 
 METRICS_FILE = "metrics.jsonl"
+GENERATIONS_FILE = "generations.jsonl"  # the evals' greedy generations
 
 
 def read_jsonl(path: str) -> List[Dict[str, Any]]:
@@ -113,10 +114,12 @@ class RunLogger:
         self.output_dir = output_dir
         self.metrics_path = os.path.join(output_dir, METRICS_FILE)
         self.samples_path = os.path.join(output_dir, f"samples.rank{dist.rank()}.jsonl") if log_samples else None
+        self.generations_path = os.path.join(output_dir, GENERATIONS_FILE)
         if self.samples_path:
             _truncate_after(self.samples_path, start_step)
         if self.main:
             _truncate_after(self.metrics_path, start_step)
+            _truncate_after(self.generations_path, start_step)
         # Whether metrics.jsonl holds lines of this run, to notice it being deleted under the run.
         self.metrics_written = self.main and os.path.exists(self.metrics_path)
         self.wandb = None
@@ -166,6 +169,19 @@ class RunLogger:
         self.metrics_written = True
         if self.wandb is not None:
             self.wandb.log(metrics, step=step)
+
+    def log_generations(self, step: int, rows: List[Dict[str, Any]]) -> None:
+        """The eval's greedy generations: a generations.jsonl line each, and a W&B table of them."""
+        if not self.main or not rows:
+            return
+        with open(self.generations_path, "a") as f:
+            f.writelines(json.dumps({"step": step, **row}, ensure_ascii=False) + "\n" for row in rows)
+        if self.wandb is not None:
+            import wandb
+
+            columns = ["step", *rows[0]]
+            table = wandb.Table(columns=columns, data=[[step, *row.values()] for row in rows])
+            self.wandb.log({"eval/generations": table}, step=step)
 
     def log_samples(self, step: int, ids: List[str], plan: Optional[Dict[str, float]] = None) -> None:
         """This rank's trained sample ids for `step`, and the curriculum's plan as this rank saw it

@@ -30,7 +30,7 @@ from ct_train.data.prepare import data_fingerprint
 from ct_train.drills import FaultDrills
 from ct_train.engine import Engine, check_checkpoint_files, to_universal
 from ct_train.errors import ConfigError, DataError
-from ct_train.evaluation import evaluate, sample_losses
+from ct_train.evaluation import evaluate, generations, sample_losses
 from ct_train.logging import RunLogger, check_wandb_login
 from ct_train.modeling import max_positions
 from ct_train.sampler import CurriculumSampler
@@ -387,10 +387,12 @@ class Run:
         return group_by_length(micro, self.data.train.lengths) if self.cfg.data.group_by_length else micro
 
     def evaluate(self) -> Dict[str, float]:
+        """Held-out metrics (returned, for the caller to log), and the eval's greedy generations
+        (written here: generations.jsonl, W&B's eval/generations table)."""
         if self.data.eval is None:
             return {}
         trainer = self.cfg.trainer
-        return evaluate(
+        metrics = evaluate(
             self.engine,
             self.data.eval,
             self.data.clusters,
@@ -398,6 +400,17 @@ class Run:
             self.pad_id,
             self.cfg.data.exact_match,
         )
+        if trainer.eval_generations:
+            rows = generations(
+                self.engine,
+                self.data.eval,
+                self.data.clusters,
+                trainer.eval_generations,
+                trainer.eval_generation_tokens,
+                self.tokenizer,
+            )
+            self.log.log_generations(self.state.step, rows)
+        return metrics
 
 
 def prepare_output_dir(cfg: Config, resolved: Dict[str, Any]) -> str:

@@ -13,6 +13,26 @@ from tests.helpers import metrics
 pytestmark = pytest.mark.integration
 
 
+def _check_generations(out, clusters, steps):
+    """generations.jsonl (issue 34): one greedy generation per cluster at every eval, the same held-out
+    samples each time, in the W&B table too; the last eval's are what Hugging Face's own greedy
+    `generate` gives with the exported final/ (the same weights)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    rows = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["cluster"]) for r in rows] == [(s, c) for s in steps for c in clusters]
+    assert len({r["id"] for r in rows}) == len(clusters)
+    assert all(r["prompt"] and r["reference"] for r in rows)
+    assert list((out / "wandb").glob("offline-run-*/files/media/table/eval/generations_*.table.json"))
+    model, tok = AutoModelForCausalLM.from_pretrained(out / "final"), AutoTokenizer.from_pretrained(out / "final")
+    for r in rows[-len(clusters) :]:
+        prompt = tok(r["prompt"], return_tensors="pt", add_special_tokens=False)
+        new = model.generate(**prompt, max_new_tokens=64, do_sample=False, pad_token_id=tok.pad_token_id)[0]
+        new = new[prompt["input_ids"].shape[1] :].tolist()
+        new = new[: new.index(tok.eos_token_id)] if tok.eos_token_id in new else new
+        assert tok.decode(new, skip_special_tokens=True) == r["generation"], r["cluster"]
+
+
 def test_single_process_run_writes_every_output(tmp_path):
     out = tmp_path / "run"
     proc = run_cli(
@@ -59,6 +79,7 @@ def test_single_process_run_writes_every_output(tmp_path):
     assert list((out / "wandb").glob("offline-run-*")), "W&B offline run directory missing"
     assert (out / "final" / "model.safetensors").exists() and (out / "final" / "tokenizer.json").exists()
     assert "eval at step 2: eval/loss" in proc.stdout  # the periodic eval's one line
+    _check_generations(out, ["add", "brackets", "cjk_reverse", "reverse"], [0, 2, 4])
     # The byte tokenizer has no chat template: final/ gets one rendering the training prompt (simple).
     from transformers import AutoTokenizer
 
