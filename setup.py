@@ -31,6 +31,7 @@ setup(
         "matplotlib",
         "scipy",
         "peft>=0.13,<1",  # LoRA (model.lora)
+        "tensorboard>=2.14,<3",  # logger=tensorboard (through torch.utils.tensorboard's SummaryWriter)
     ],
     extras_require={
         "gpu": ["flash-attn>=2.5"],

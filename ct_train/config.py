@@ -488,7 +488,8 @@ class BenchConfig:
 
 @dataclass
 class LoggerConfig:
-    """metrics.jsonl is always written; `name=wandb` adds W&B on rank 0."""
+    """metrics.jsonl is always written; `name=wandb` adds W&B on rank 0, `name=tensorboard` TensorBoard's
+    event files (<output_dir>/tensorboard)."""
 
     name: str = "none"
     mode: str = "offline"
@@ -499,7 +500,7 @@ class LoggerConfig:
     progress_bar: bool = True
 
     def validate(self) -> None:
-        check_choice("logger.name", self.name, ("none", "wandb"))
+        check_choice("logger.name", self.name, ("none", "wandb", "tensorboard"))
         check_choice("logger.mode", self.mode, ("online", "offline", "disabled"))
 
 

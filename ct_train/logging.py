@@ -1,4 +1,5 @@
-"""Run logging: metrics.jsonl (always), W&B (rank 0, `logger=wandb`), a tqdm bar on rank 0.
+"""Run logging: metrics.jsonl (always), W&B (`logger=wandb`) or TensorBoard (`logger=tensorboard`) on
+rank 0, a tqdm bar on rank 0.
 
 Non-zero ranks get a logger that only writes their `samples.rank<R>.jsonl`, so callers never branch
 on rank. On resume, lines for steps after the checkpoint are dropped from metrics.jsonl and the
@@ -125,6 +126,12 @@ class RunLogger:
         self.wandb = None
         if self.main and cfg.name == "wandb":
             self.wandb = self._init_wandb(cfg, resolved_config)
+        self.tensorboard = None
+        if self.main and cfg.name == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step: a resumed run hides the events written after its checkpoint (retrained now).
+            self.tensorboard = SummaryWriter(os.path.join(output_dir, "tensorboard"), purge_step=start_step or None)
         self.bar = None
         if self.main and cfg.progress_bar:
             from tqdm.auto import tqdm
@@ -169,6 +176,11 @@ class RunLogger:
         self.metrics_written = True
         if self.wandb is not None:
             self.wandb.log(metrics, step=step)
+        if self.tensorboard is not None:
+            for key, value in metrics.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.tensorboard.add_scalar(key, value, global_step=step)
+            self.tensorboard.flush()
 
     def log_generations(self, step: int, rows: List[Dict[str, Any]]) -> None:
         """The eval's greedy generations: a generations.jsonl line each, and a W&B table of them."""
@@ -182,6 +194,11 @@ class RunLogger:
             columns = ["step", *rows[0]]
             table = wandb.Table(columns=columns, data=[[step, *row.values()] for row in rows])
             self.wandb.log({"eval/generations": table}, step=step)
+        if self.tensorboard is not None:  # TensorBoard's text tab renders markdown
+            cell = lambda text: str(text).replace("|", "\\|").replace("\n", "<br>")  # noqa: E731
+            lines = ["| " + " | ".join(rows[0]) + " |", "|" + " --- |" * len(rows[0])]
+            lines += ["| " + " | ".join(cell(v) for v in row.values()) + " |" for row in rows]
+            self.tensorboard.add_text("eval/generations", "\n".join(lines), global_step=step)
 
     def log_samples(self, step: int, ids: List[str], plan: Optional[Dict[str, float]] = None) -> None:
         """This rank's trained sample ids for `step`, and the curriculum's plan as this rank saw it
@@ -216,3 +233,6 @@ class RunLogger:
         if self.wandb is not None:
             self.wandb.finish()
             self.wandb = None
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None

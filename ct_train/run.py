@@ -62,6 +62,7 @@ OPERATIONAL_KEYS = (
     "trainer.output_dir", "trainer.resume", "trainer.resume_allow", "trainer.max_steps", "trainer.epochs",
     "trainer.early_stopping_patience", "trainer.early_stopping_threshold",
     "trainer.save_every_steps", "trainer.keep_last_checkpoints", "trainer.eval_every_steps",
+    "trainer.eval_generations", "trainer.eval_generation_tokens",
     "trainer.log_every_steps", "trainer.log_samples", "trainer.export_final", "trainer.save_final",
     "trainer.dist_timeout_s", "trainer.on_nonfinite", "trainer.max_skipped_steps", "trainer.checkpoint_globals",
     "deepspeed.gather_per_block",
@@ -77,7 +78,7 @@ OPERATIONAL_KEYS = (
 # compute what the older code did: left out of the default output dir's hash (compose.run_hash), so
 # the same command keeps finding, and resuming, the directory an earlier version made. (A resume
 # check leaves out any key a checkpoint lacks while it is at its default: identity_differences.)
-NEWER_KEYS = ("data.group_by_length", "model.lora")
+NEWER_KEYS = ("data.group_by_length", "model.lora", "data.columns")
 
 
 def schema_defaults() -> Dict[str, Any]:

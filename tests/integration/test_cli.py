@@ -218,3 +218,24 @@ def test_batch_split_checked_against_the_real_world_size(tmp_path):
         in proc.stderr
     )
     assert "Traceback (most recent call last)" not in proc.stderr.split("ct-train: error")[0]
+
+
+def test_logger_tensorboard_writes_the_metrics_and_generations_as_event_files(tmp_path):
+    """logger=tensorboard (issue 34): TensorBoard's own writer; its reader gets every scalar of
+    metrics.jsonl at its step, and the generations as a text table."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    args = FAST + ["trainer.max_steps=3", "trainer.global_batch_size=8", "trainer.micro_batch_size=4"]
+    args += ["trainer.eval_every_steps=2", "logger=tensorboard", f"trainer.output_dir={out}"]
+    proc = run_cli(args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0}).Reload()
+    rows = metrics(out)
+    loss = [(e.step, e.value) for e in events.Scalars("loss")]
+    assert loss == [(r["step"], pytest.approx(r["loss"], rel=1e-6)) for r in rows if "loss" in r]
+    assert [e.step for e in events.Scalars("eval/loss")] == [r["step"] for r in rows if "eval/loss" in r]
+    text = [e for e in events.Tensors("eval/generations/text_summary")]
+    assert [e.step for e in text] == [0, 2, 3]
+    table = text[-1].tensor_proto.string_val[0].decode()
+    assert table.startswith("| cluster | id | prompt | reference | generation |") and "add-L1-eval-0" in table
