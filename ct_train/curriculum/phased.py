@@ -12,8 +12,10 @@ How it maps here:
   share of trainer.max_steps in proportion to its size (every phase the same number of epochs).
   With steps or epochs given, trainer.max_steps=-1 takes the phases' total.
 - `thresholds` are difficulty values; without them the cuts are the `quantiles` of the training
-  samples' difficulty (default equal-count phases). A sample at a cut goes to the lower phase, so
-  ties are never split; a phase left empty is an error before training starts.
+  samples' difficulty (default equal-count phases), each placed between two distinct values (the
+  one nearest its quantile), so ties are never split and difficulty levels 1-3 in 3 phases are one
+  level a phase. A sample at a threshold goes to the lower phase; a phase left empty is an error
+  before training starts.
 - `lr_schedule=rewarm` (default) restarts warmup and decay in every phase, as a new fine-tuning run
   per phase would; `continue` runs one schedule over all phases. The optimizer's moments carry over
   between phases (the paper's separate runs would start each phase with a new optimizer; inferred,
@@ -98,11 +100,32 @@ class PhasedConfig(CurriculumConfig):
         )
 
 
+def quantile_cuts(difficulty: np.ndarray, qs: np.ndarray) -> np.ndarray:
+    """Cut points between distinct difficulty values, each the one whose share of samples below it is
+    nearest its quantile (rising, never splitting a tie). On a few discrete values (levels 1, 2, 3 and
+    3 phases) that is one phase per value: the quantiles themselves land on the values, 2 and 3, and
+    left the last phase empty."""
+    values = np.unique(difficulty)
+    if len(values) < 2:
+        return np.quantile(difficulty, qs) if len(difficulty) else qs
+    mids = (values[1:] + values[:-1]) / 2
+    share = np.searchsorted(np.sort(difficulty), mids, side="right") / len(difficulty)
+    if len(mids) < len(qs):  # fewer distinct values than phases: plain quantiles (a phase stays empty)
+        return np.quantile(difficulty, qs)
+    cuts, last = [], -1
+    for j, q in enumerate(qs):
+        # after this cut, room for the cuts still to place
+        allowed = np.arange(last + 1, len(mids) - (len(qs) - 1 - j))
+        last = int(allowed[np.argmin(np.abs(share[allowed] - q))])
+        cuts.append(mids[last])
+    return np.asarray(cuts, dtype=np.float64)
+
+
 def phase_of(difficulty: np.ndarray, phases: int, thresholds=None, quantiles=None) -> tuple:
     """(phase of each sample, the cut points used): by value thresholds or by quantiles."""
     if thresholds is None:
         qs = np.asarray(quantiles if quantiles is not None else np.arange(1, phases) / phases, dtype=np.float64)
-        thresholds = np.quantile(difficulty, qs) if len(difficulty) else qs
+        thresholds = quantile_cuts(difficulty, qs)
     cuts = np.asarray(thresholds, dtype=np.float64)
     return stratify(difficulty, cuts), cuts
 

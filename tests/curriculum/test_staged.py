@@ -192,3 +192,21 @@ def test_phased_replay_mixes_earlier_phases_by_size_and_is_off_by_default():
     assert counts["phase3"] == pytest.approx(700, abs=60) and counts["phase1"] > counts["phase2"]
     with pytest.raises(ConfigError, match=r"curriculum.replay=1.0 must be in \[0, 1\)"):
         PhasedConfig(replay=1.0).validate()
+
+
+def test_default_cuts_on_discrete_levels_give_one_phase_a_level():
+    """Levels 1-3 in 3 phases (the README's ct-train-sample walk-through): the quantiles 1/3 and 2/3
+    land on the values 2 and 3 and the third phase was empty, an error (issue 34)."""
+    d = np.repeat([1.0, 2.0, 3.0], [197, 197, 196])
+    cur = build_curriculum(PhasedConfig(), _index(d), seed=0, total_steps=30)
+    assert [sorted(set(d[p])) for p in cur.pools().values()] == [[1.0], [2.0], [3.0]]
+    skewed = np.repeat([1.0, 2.0, 3.0, 4.0], [10, 10, 10, 70])  # 3 phases: the 4s stay together
+    pools = build_curriculum(PhasedConfig(), _index(skewed), seed=0, total_steps=30).pools()
+    assert [sorted(set(skewed[p])) for p in pools.values()] == [[1.0, 2.0], [3.0], [4.0]]
+    continuous = np.random.default_rng(0).normal(size=300)
+    sizes = [
+        len(p) for p in build_curriculum(PhasedConfig(), _index(continuous), seed=0, total_steps=30).pools().values()
+    ]
+    assert sizes == [100, 100, 100]
+    with pytest.raises(ConfigError, match="phase 3 of 3"):  # two values cannot fill three phases
+        build_curriculum(PhasedConfig(), _index(np.repeat([1.0, 2.0], 50)), seed=0, total_steps=30)

@@ -129,3 +129,27 @@ def test_suite_v2_sizes_are_checked_and_keep_old_cache_keys(tmp_path, monkeypatc
     assert sum(1 for _ in open(v2["train"])) == 14  # noise is not in the suite: its size is ignored
     with pytest.raises(ConfigError, match="unknown skills"):
         skills.materialize(["hop1"], 1, 5, 2, seed=1)  # hop1 is a v2 skill only
+
+
+def test_ct_train_sample_writes_a_file_the_loaders_read_and_never_overwrites(tmp_path):
+    """The README's walk-through data (issue 34: it read ../shared/data, which a user's clone lacks)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from ct_train.data.loading import FileSpec, load_examples
+
+    exe = Path(sys.executable).parent / "ct-train-sample"
+    out = tmp_path / "sample.jsonl"
+    proc = subprocess.run(
+        [str(exe), str(out), "--per-level", "4", "--clusters", "add,reverse"], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote 24 records (2 clusters x 3 levels)" in proc.stdout
+    ds, stats = load_examples([FileSpec(str(out))], "auto", None, None, "error")
+    rows = ds.to_list()
+    assert stats["records"] == 24 and {r["cluster"] for r in rows} == {"add", "reverse"}
+    assert sorted({r["difficulty"] for r in rows}) == [1.0, 2.0, 3.0]
+    before = out.read_text()
+    again = subprocess.run([str(exe), str(out)], capture_output=True, text=True)
+    assert again.returncode == 2 and "exists; nothing is overwritten" in again.stderr and out.read_text() == before
