@@ -34,7 +34,7 @@ setup(
         "tensorboard>=2.14,<3",  # logger=tensorboard (through torch.utils.tensorboard's SummaryWriter)
     ],
     extras_require={
-        "gpu": ["flash-attn>=2.5"],
+        "gpu": ["flash-attn>=2.5", "bitsandbytes>=0.45"],  # bitsandbytes: QLoRA (model.lora.load_in_4bit)
         # triton: CI runs the kernel's own code on CPU under TRITON_INTERPRET=1 (CUDA torch builds ship it).
         "dev": ["pytest>=8,<10", "ruff>=0.6", "triton>=3.0,<4"],
         # make bench-peer: the same batches through TRL's SFTTrainer (benchmarks/peer.py)

@@ -65,6 +65,9 @@ class LoraConfig:
     target_modules: List[str] = field(default_factory=lambda: list(LLAMA_LORA_TARGETS))
     # final/ then also holds merged/: the adapters folded into the base, a plain HF model.
     merge_on_export: bool = False
+    # QLoRA: the frozen base loaded in 4 bits (bitsandbytes NF4, double quantisation, computing in
+    # model.dtype), the adapters in model.dtype. CUDA only; with ZeRO-2 (or 0/1), not ZeRO-3.
+    load_in_4bit: bool = False
 
     def validate(self) -> None:
         _positive("model.lora.r", self.r)
@@ -107,6 +110,16 @@ class ModelConfig:
         check_choice("model.dtype", self.dtype, ("auto", "bf16", "fp16", "fp32"))
         if self.path is None and not self.architecture:
             raise ConfigError("model: set model.path=DIR (a local Hugging Face checkpoint) or model.architecture")
+        if self.lora.load_in_4bit:
+            if not self.lora.enabled:
+                raise ConfigError("model.lora.load_in_4bit=true is QLoRA: set model.lora.enabled=true too")
+            if self.path is None:
+                raise ConfigError("model.lora.load_in_4bit=true quantises pretrained weights: set model.path")
+            if self.lora.merge_on_export:
+                raise ConfigError(
+                    "model.lora.merge_on_export=true needs the full-precision base, not the 4-bit one: merge "
+                    "final/ into model.path's weights afterwards (peft's merge_and_unload)"
+                )
         if self.path is None and "model_type" not in self.architecture:
             raise ConfigError("model.architecture.model_type is required when model.path is not set (e.g. llama)")
 
@@ -529,6 +542,11 @@ class Config:
     def validate(self) -> None:
         """Every section's checks; raises ConfigError naming the first bad key."""
         check_choice("mode", self.mode, ("train", "score", "interaction", "bench"))
+        if self.model.lora.load_in_4bit and self.deepspeed.zero_stage == 3:
+            raise ConfigError(
+                "model.lora.load_in_4bit=true needs deepspeed=zero2: ZeRO-3 would partition the 4-bit base "
+                "weights, which bitsandbytes keeps whole (the adapters are small; ZeRO-2 shards their optimizer)"
+            )
         if self.trainer.max_steps == -1 and self.mode == "train" and not self.curriculum.needs().sets_length:
             raise ConfigError(
                 "trainer.max_steps=-1 needs a curriculum that sets the run's length (curriculum=phased with "

@@ -61,6 +61,43 @@ def max_positions(cfg: ModelConfig) -> Optional[int]:
         raise ConfigError(f"model.path={cfg.path}: no loadable config.json ({str(e).splitlines()[0]})") from None
 
 
+def check_4bit(cfg: ModelConfig) -> None:
+    """Before any data work: QLoRA (model.lora.load_in_4bit) needs CUDA and bitsandbytes."""
+    if not cfg.lora.load_in_4bit:
+        return
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            "model.lora.load_in_4bit=true needs a CUDA GPU (bitsandbytes' 4-bit kernels); on CPU use "
+            "model.lora.enabled=true without it"
+        )
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "model.lora.load_in_4bit=true needs the bitsandbytes package (pip install -e .[gpu])"
+        ) from None
+
+
+def _quantization(cfg: ModelConfig, dtype: torch.dtype) -> Dict[str, Any]:
+    """from_pretrained's arguments for a 4-bit base (QLoRA's NF4 with double quantisation), each rank's
+    copy on its own GPU; the storage dtype is the compute dtype, so DeepSpeed's cast of the module to
+    it leaves the packed weights alone. Empty without load_in_4bit."""
+    if not cfg.lora.load_in_4bit:
+        return {}
+    from transformers import BitsAndBytesConfig
+
+    return dict(
+        quantization_config=BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_quant_storage=dtype,
+        ),
+        device_map={"": torch.cuda.current_device()},
+    )
+
+
 def build_hf_model(cfg: ModelConfig, tokenizer: Any, dtype: torch.dtype) -> Any:
     """The causal LM. Under ZeRO-3 transformers builds it inside `zero.Init` (HfDeepSpeedConfig alive)."""
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -69,7 +106,7 @@ def build_hf_model(cfg: ModelConfig, tokenizer: Any, dtype: torch.dtype) -> Any:
     if cfg.path:
         try:
             model = AutoModelForCausalLM.from_pretrained(
-                cfg.path, dtype=dtype, attn_implementation=attn, local_files_only=True
+                cfg.path, dtype=dtype, attn_implementation=attn, local_files_only=True, **_quantization(cfg, dtype)
             )
         except (OSError, ValueError) as e:
             raise ConfigError(
@@ -91,7 +128,15 @@ def build_hf_model(cfg: ModelConfig, tokenizer: Any, dtype: torch.dtype) -> Any:
         hf_config.bos_token_id = tokenizer.bos_token_id
         hf_config.eos_token_id = tokenizer.eos_token_id
         model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype, attn_implementation=attn)
-    if cfg.gradient_checkpointing:
+    if cfg.lora.load_in_4bit:  # peft's QLoRA preparation: norms in fp32, inputs that ask for grad
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=cfg.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    elif cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if cfg.lora.enabled:  # frozen embeddings: checkpointed blocks need an input that asks for grad
             model.enable_input_require_grads()

@@ -253,10 +253,13 @@ def test_phased_gets_one_phase_per_difficulty_value_of_a_suite_that_scores_its_s
     ctx = lambda name: SimpleNamespace(cfg=SimpleNamespace(data=SimpleNamespace(name=name)))  # noqa: E731
     extra = _prepare_phased(ctx("bench"))
     assert extra == ["curriculum.phases=3", "curriculum.thresholds=[1.5,2.5]"] and _prepare_phased(ctx("jsonl")) == []
-    # On the suite's own difficulty mix the default quantile cuts leave a phase empty; these do not.
+    # On the suite's own difficulty mix these cuts give one phase a value; so do the default cuts since
+    # they fall between distinct values (the plain quantiles left phase 3 empty until 2026-12-05).
     d = np.concatenate([np.full(n, BENCH_V2.difficulty[c], dtype=float) for c, n in BENCH_V2.sizes.items()])
     index = DataIndex(["x"], np.zeros(len(d), dtype=int), d)
     cur = build_curriculum(PhasedConfig(thresholds=[1.5, 2.5]), index, seed=0, total_steps=600)
     assert [len(p) for p in cur.pools().values()] == [4800, 1400, 4200]
-    with pytest.raises(ConfigError, match="phase 3 of 3"):
-        build_curriculum(PhasedConfig(), index, seed=0, total_steps=600)
+    default = build_curriculum(PhasedConfig(), index, seed=0, total_steps=600)
+    assert [len(p) for p in default.pools().values()] == [4800, 1400, 4200]
+    with pytest.raises(ConfigError, match="phase 4 of 4"):  # more phases than values: one stays empty
+        build_curriculum(PhasedConfig(phases=4), index, seed=0, total_steps=600)
