@@ -109,41 +109,41 @@ def read_inputs(paths: Dict[str, str]) -> Dict[str, Any]:
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
-def local_model_dir(value: str, key: str) -> str:
-    """`value` when it is a directory; a hub id (`org/name`) as its snapshot in the local Hugging Face
-    cache (HF_HUB_CACHE / HF_HOME, as a pre-filled cache on an offline cluster); nothing is downloaded.
-    ConfigError naming the key otherwise."""
-    expanded = os.path.expanduser(value)
-    if os.path.isdir(expanded) or not _HUB_ID.fullmatch(value):
-        return expanded  # (a missing local path is reported where it is opened)
+def _cached_snapshot(value: str, key: str, repo_type: str) -> str:
+    """The snapshot directory of hub repo `value` in the local Hugging Face cache (HF_HUB_CACHE /
+    HF_HOME, as a pre-filled cache on an offline cluster); nothing is downloaded. ConfigError naming
+    the key when it is not cached."""
     from huggingface_hub import constants, snapshot_download
 
     try:
-        return snapshot_download(value, local_files_only=True)
+        return snapshot_download(value, repo_type=repo_type, local_files_only=True)
     except Exception as e:  # LocalEntryNotFoundError, or a malformed cache entry
+        what, give = ("local file or directory nor a dataset", "a path") if repo_type == "dataset" else (
+            "local directory nor", "a directory")  # fmt: skip
+        fetch = f"hf download --repo-type dataset {value}" if repo_type == "dataset" else f"hf download {value}"
         raise ConfigError(
-            f"{key}={value} is neither a local directory nor in the local Hugging Face cache "
-            f"({constants.HF_HUB_CACHE}: {type(e).__name__}); nothing is downloaded at run time: fetch it where "
-            f"there is network (`hf download {value}`) into that cache, or give a directory"
+            f"{key}={value} is neither a {what} in the local Hugging Face cache ({constants.HF_HUB_CACHE}: "
+            f"{type(e).__name__}); nothing is downloaded at run time: fetch it where there is network "
+            f"(`{fetch}`) into that cache, or give {give}"
         ) from None
+
+
+def local_model_dir(value: str, key: str) -> str:
+    """`value` when it is a directory; a hub model id (`org/name`) as its snapshot in the local
+    Hugging Face cache."""
+    expanded = os.path.expanduser(value)
+    if os.path.isdir(expanded) or not _HUB_ID.fullmatch(value):
+        return expanded  # (a missing local path is reported where it is opened)
+    return _cached_snapshot(value, key, "model")
 
 
 def local_dataset_dir(value: str, key: str) -> Optional[str]:
     """A hub dataset id (`org/name`, not a local path) as its snapshot directory in the local Hugging
     Face cache, as `hf download --repo-type dataset` or `datasets.load_dataset` fill it; None when
-    `value` is no hub id. Nothing is downloaded: ConfigError naming the key when it is not cached."""
+    `value` is no hub id."""
     if os.path.exists(os.path.expanduser(value)) or not _HUB_ID.fullmatch(value):
         return None
-    from huggingface_hub import constants, snapshot_download
-
-    try:
-        return snapshot_download(value, repo_type="dataset", local_files_only=True)
-    except Exception as e:  # LocalEntryNotFoundError, or a malformed cache entry
-        raise ConfigError(
-            f"{key}={value} is neither a local file or directory nor a dataset in the local Hugging Face cache "
-            f"({constants.HF_HUB_CACHE}: {type(e).__name__}); nothing is downloaded at run time: fetch it where "
-            f"there is network (`hf download --repo-type dataset {value}`) into that cache, or give a path"
-        ) from None
+    return _cached_snapshot(value, key, "dataset")
 
 
 class DirLock:
