@@ -117,6 +117,33 @@ def test_ctrl_c_saves_like_sigterm_on_one_rank_and_the_same_command_resumes(tmp_
     assert sorted(train_rows(out)) == list(range(1, 21))
 
 
+def test_ctrl_c_at_a_terminal_saves_a_two_rank_run_under_the_deepspeed_launcher(tmp_path):
+    """Issue 34: Ctrl-C reaches the terminal's whole process group: the deepspeed runner (which dies
+    of it), its launch.py (which SIGTERMs the ranks and SIGKILLs them 30 s later) and both ranks. The
+    ranks save at the step boundary well inside those 30 s, one stop line; resuming is the SIGTERM
+    test's path."""
+    out = tmp_path / "run"
+    bindir = Path(sys.executable).parent
+    cmd = [str(bindir / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), "--module", "ct_train"]
+    proc = subprocess.Popen(
+        cmd + ARGS + [f"trainer.output_dir={out}"], cwd=REPO, env=cli_env(), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        _wait_for_step(out, 3, proc)
+        os.killpg(proc.pid, signal.SIGINT)  # what the terminal does
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    log = stdout + stderr
+    stopped = [line for line in log.splitlines() if line.startswith("ct-train: stopped: ")]
+    assert len(stopped) == 1 and "saved in" in stopped[0], log[-3000:]
+    at = int(stopped[0].split("at step ")[1].split(":")[0])
+    assert 3 <= at < 20 and (out / "checkpoints" / f"step{at:08d}" / "trainer_state.json").exists()
+    assert sorted(train_rows(out)) == list(range(1, at + 1))
+
+
 def test_a_second_ctrl_c_aborts_without_waiting_for_the_step():
     from ct_train import distributed as dist
     from ct_train.errors import Preempted
