@@ -124,6 +124,10 @@ class IT2ACLConfig(CurriculumConfig):
     # quantile (Graves' pooled percentiles of the raw gains)
     reward_scale: str = "auto"
     reward_t_full: float = 3.0  # reward_scale=noise: the t-statistic that earns the full reward +-1
+    # reward_scale=noise: the fall that counts as progress, in percent of the cluster's loss per 100
+    # steps; t is taken on the slope beyond it. 0: any significant fall. A cluster that only drifts
+    # down (an unlearnable one learning its answers' marginal) is then not rewarded for the drift.
+    lp_min_rate: float = 0.0
     clusters_per_batch: Optional[int] = None  # arms drawn per step; None: one per sample of the global batch
     probe_per_cluster: int = 16  # signal=lp: held-out probe samples per cluster
     probe_every_steps: int = 10  # signal=lp: steps between probe passes (one bandit update each)
@@ -170,6 +174,8 @@ class IT2ACLConfig(CurriculumConfig):
                 f"curriculum.reward_scale=noise judges the held-out probe's slope against its noise: it needs "
                 f"curriculum.signal=lp (got {self.signal!r})"
             )
+        if self.lp_min_rate < 0:
+            raise ConfigError(f"curriculum.lp_min_rate={self.lp_min_rate!r} must be >= 0 (percent per 100 steps)")
         if self.reward_t_full <= 0:
             raise ConfigError(f"curriculum.reward_t_full={self.reward_t_full!r} must be > 0")
         if self.lp_window < 2:
@@ -205,12 +211,13 @@ def lp_slope(steps: np.ndarray, losses: np.ndarray) -> np.ndarray:
     return (x[:, None] * (losses - losses.mean(axis=0))).sum(axis=0) / max(float((x**2).sum()), 1e-12)
 
 
-def slope_t(steps: np.ndarray, losses: np.ndarray, noise_var: np.ndarray) -> tuple:
+def slope_t(steps: np.ndarray, losses: np.ndarray, noise_var: np.ndarray, min_fall: float | np.ndarray = 0.0) -> tuple:
     """Minus the probe-loss slope of each column over `steps`, as a t-statistic against the probe noise.
 
     Returns (t, window_var): `window_var` is each column's residual variance around its least-squares
     line (nan with fewer than 3 probes); `noise_var` is the caller's running estimate, used for the
     standard error so that a 4-probe window (2 degrees of freedom) does not make t erratic.
+    `min_fall` (loss per step, per column): the fall not counted as progress (t of the rest).
     """
     x = steps - steps.mean()
     sxx = max(float((x**2).sum()), 1e-12)
@@ -220,7 +227,7 @@ def slope_t(steps: np.ndarray, losses: np.ndarray, noise_var: np.ndarray) -> tup
     window_var = (resid**2).sum(axis=0) / dof if dof > 0 else np.full(losses.shape[1], np.nan)
     var = np.where(np.isfinite(noise_var), noise_var, window_var)
     se = np.sqrt(np.maximum(np.nan_to_num(var, nan=0.0), NOISE_FLOOR**2) / sxx)
-    return -slope / se, window_var
+    return (-slope - min_fall) / se, window_var
 
 
 def cap_shares(p: np.ndarray, cap: float) -> np.ndarray:
@@ -406,7 +413,8 @@ class IT2ACLCurriculum:
             # Progress judged against its own noise: the slope's t-statistic. Flat (saturated, or
             # unlearnable at its entropy) scores ~0 and rising (fitting noise) below, however small the
             # cluster or its share; the share confound is left to the uniform floor (t is scale-free).
-            t, window_var = slope_t(steps, losses, self.noise_var)
+            min_fall = self.cfg.lp_min_rate / 100.0 * losses.mean(axis=0) / 100.0  # percent per 100 steps
+            t, window_var = slope_t(steps, losses, self.noise_var, min_fall)
             fresh = np.isfinite(window_var)
             seen = np.isfinite(self.noise_var)
             self.noise_var = np.where(

@@ -254,3 +254,20 @@ def test_noise_scaled_rewards_need_the_held_out_signal():
     IT2ACLConfig(signal="pg").validate()  # auto never asks pg for the probe
     with pytest.raises(ConfigError, match="curriculum.reward_t_full=0"):
         IT2ACLConfig(reward_t_full=0).validate()
+
+
+def test_lp_min_rate_takes_a_steady_drift_out_of_the_reward():
+    """A distractor whose held-out loss drifts down steadily (its answers' marginal, 0.3% of its loss per
+    100 steps, almost no noise) scores a large t; with lp_min_rate=2 (percent per 100 steps) that drift
+    is no progress, while a cluster falling 10% per 100 steps keeps a clearly positive t."""
+    steps = np.arange(10, dtype=np.float64) * 10
+    drift = 2.65 * (1 - 0.003 * steps / 100)
+    falling = 1.2 * (1 - 0.10 * steps / 100) + 0.02 * np.random.default_rng(1).normal(size=10)
+    losses = np.stack([drift, falling], 1)
+    t, _ = slope_t(steps, losses, np.full(2, np.nan))
+    assert t[0] > 0.5 and t[1] > 5  # the floor (0.01 nats) lets the steady drift score
+    min_fall = 2.0 / 100 * losses.mean(axis=0) / 100
+    t_min, _ = slope_t(steps, losses, np.full(2, np.nan), min_fall)
+    assert t_min[0] < 0 and t_min[1] > 3
+    with pytest.raises(ConfigError, match="lp_min_rate=-1 must be >= 0"):
+        IT2ACLConfig(lp_min_rate=-1).validate()
