@@ -46,7 +46,7 @@ setup(
             "ct-train-score=ct_train.cli:score_main",
             "ct-train-plot=ct_train.plot:main",
             "ct-train-bench=ct_train.cli:bench_main",
-            "ct-train-sample=ct_train.data.skills:main",
+            "ct-train-sample=ct_train.cli:sample_main",
         ]
     },
 )

@@ -1,6 +1,6 @@
 """The Hydra entry point: `ct-train`, `python -m ct_train`, and under `deepspeed`/`torchrun`;
 `ct-train-score` is the same with `mode=score` (ct_train.scoring), `ct-train-bench` with `mode=bench`
-(ct_train.bench).
+(ct_train.bench); `ct-train-sample` writes the bundled skill suite as a JSON lines file.
 
 The deepspeed launcher (without --no_local_rank) appends `--local_rank=N`, which Hydra would reject
 as an override; it is stripped here before Hydra parses and LOCAL_RANK is taken from the environment
@@ -232,6 +232,28 @@ def bench_main() -> None:
         defaults.append("trainer.output_dir=outputs/bench" + ("-quick" if quick else ""))
     sys.argv = [sys.argv[0], "mode=bench"] + defaults + (["bench.quick=true"] if quick else []) + args
     main()
+
+
+def sample_main(argv: Optional[List[str]] = None) -> None:
+    """`ct-train-sample OUT.jsonl`: the bundled skill suite as a JSON lines file of your own, to try
+    data=jsonl and the curricula with nothing outside the checkout."""
+    import argparse
+
+    from ct_train.data.skills import DEFAULT_SUITE, write_sample
+
+    ap = argparse.ArgumentParser(prog="ct-train-sample", description=sample_main.__doc__.split("\n")[0])
+    ap.add_argument("out", help="the .jsonl file to write (refused if it exists)")
+    ap.add_argument("--clusters", default=",".join(DEFAULT_SUITE), help="comma-separated skills")
+    ap.add_argument("--levels", type=int, default=3, help="difficulty levels per skill")
+    ap.add_argument("--per-level", type=int, default=20, help="records per skill and level")
+    ap.add_argument("--seed", type=int, default=1234)
+    args = ap.parse_args(argv)
+    clusters = [c for c in args.clusters.split(",") if c]
+    try:
+        n = write_sample(args.out, clusters, args.levels, args.per_level, args.seed)
+    except ValueError as e:
+        ap.error(str(e))
+    print(f"wrote {n} records ({len(clusters)} clusters x {args.levels} levels) to {args.out}")
 
 
 if __name__ == "__main__":

@@ -367,26 +367,15 @@ def materialize(
     return paths
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    """`ct-train-sample OUT.jsonl`: the skill suite as a JSON lines file of your own
-    (prompt/response records with `cluster` and `difficulty`), to try `data=jsonl` and the curricula
-    with nothing outside the checkout."""
-    import argparse
-
-    ap = argparse.ArgumentParser(prog="ct-train-sample", description=main.__doc__.split("\n")[0])
-    ap.add_argument("out", help="the .jsonl file to write (refused if it exists)")
-    ap.add_argument("--clusters", default=",".join(DEFAULT_SUITE), help="comma-separated skills")
-    ap.add_argument("--levels", type=int, default=3, help="difficulty levels per skill")
-    ap.add_argument("--per-level", type=int, default=20, help="records per skill and level")
-    ap.add_argument("--seed", type=int, default=1234)
-    args = ap.parse_args(argv)
-    if os.path.exists(args.out):
-        ap.error(f"{args.out} exists; nothing is overwritten")
-    clusters = [c for c in args.clusters.split(",") if c]
+def write_sample(path: str, clusters: List[str], levels: int, per_level: int, seed: int) -> int:
+    """The skill suite's training records as a JSON lines file of the user's own (`ct-train-sample`):
+    prompt/response with `cluster` and `difficulty` (the level). Returns how many records it wrote.
+    ValueError on an unknown skill or a file that exists (nothing is overwritten)."""
     unknown = sorted(set(clusters) - set(SKILLS))
     if unknown:
-        ap.error(f"unknown skills {unknown}; known: {sorted(SKILLS)}")
-    records = generate(clusters, args.levels, args.per_level, 1, args.seed)["train"]
-    io.write_atomic(args.out, "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records))
-    print(f"wrote {len(records)} records ({len(clusters)} clusters x {args.levels} levels) to {args.out}")
-    return 0
+        raise ValueError(f"unknown skills {unknown}; known: {sorted(SKILLS)}")
+    if os.path.exists(path):
+        raise ValueError(f"{path} exists; nothing is overwritten")
+    records = generate(clusters, levels, per_level, 1, seed)["train"]
+    io.write_atomic(path, "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records))
+    return len(records)
