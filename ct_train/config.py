@@ -260,10 +260,26 @@ class Needs:
     data_parts: Dict[str, List[str]] = field(default_factory=dict)  # part name -> files (TAPIR rounds)
     probe_per_cluster: int = 0  # held-out probe samples per cluster (signal=lp)
     probe_every_steps: int = 0  # steps between probe passes (signal=lp)
+    probe_backoff: float = 1.0  # from the run's second half, probes are this many times further apart
     sets_length: bool = False  # its stages fix the run's length (trainer.max_steps may be -1)
     loss_weights: Optional[Dict[str, float]] = None  # cluster -> weight of its losses in the objective
     inputs: Dict[str, str] = field(default_factory=dict)  # config key -> JSON file the caller loads
     chooses_clusters: bool = False  # it learns which cluster to train on (a bandit): one cluster leaves no choice
+
+    def probe_due(self, steps_done: int, total_steps: int) -> bool:
+        """Whether the held-out probe (signal=lp) runs after the step that completes `steps_done`."""
+        return probe_due(steps_done, self.probe_every_steps, self.probe_backoff, total_steps)
+
+
+def probe_due(steps_done: int, every: int, backoff: float, total_steps: int) -> bool:
+    """Every `every` steps; from the second half of a run of `total_steps` (when known), every
+    round(every x backoff). A function of the step alone, so every rank, and a resumed run, agree."""
+    if every <= 0:
+        return False
+    half = total_steps // 2
+    if backoff <= 1.0 or total_steps <= 0 or steps_done <= half:
+        return steps_done % every == 0
+    return (steps_done - half) % max(1, round(every * backoff)) == 0
 
 
 @dataclass

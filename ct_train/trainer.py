@@ -139,7 +139,9 @@ def train_step(run: Run) -> Optional[StepResult]:
         measure(run.engine, split, probe_micro or micro, run.pad_id, run.accumulators["after"], run.packing)
         stats.gain = prediction_gain(probe_before[0] if probe_before else stats, run.accumulators["after"].reduce())
     stats.share = share
-    if run.probe_every and (state.step + 1) % run.probe_every == 0:  # held-out learning progress (lp)
+    if run.probe_every and run.needs.probe_due(
+        state.step + 1, run.schedule.max_steps
+    ):  # held-out learning progress (lp)
         factor = PROBE_BATCH_FACTOR * run.cfg.trainer.micro_batch_size
         stats.probe_loss = probe_loss(run.engine, run.data.probe, len(run.data.clusters), factor, run.pad_id)
     t1 = time.perf_counter()

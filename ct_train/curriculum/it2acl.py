@@ -41,8 +41,9 @@ What we inferred, and the key that changes each choice:
 - The signal (`signal`): `lp` = held-out learning progress (Teacher-Student Curriculum Learning's
   validation slope, Matiisen et al. 2017; ALP-GMM): a probe split of `probe_per_cluster` samples per
   cluster, disjoint from training and evaluation, scored every `probe_every_steps` steps by the
-  distributed no-grad pass; progress = minus the least-squares slope of the probe loss over the last
-  `lp_window` probes, per unit share of the training the cluster got in that window. It is signed:
+  distributed no-grad pass (from the run's second half every `probe_every_steps` x `probe_backoff`);
+  progress = minus the least-squares slope of the probe loss over the last `lp_window` probes, per
+  unit share of the training the cluster got in that window. It is signed:
   the held-out loss of an unlearnable cluster rises while the model fits its noise, so an absolute
   value would reward it. `pg` = prediction gain, the paper's signal: the mean per-sample loss of the
   step's batch before the update minus after it (one extra no-grad forward per step); `spg` = the
@@ -80,7 +81,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from ct_train.config import CurriculumConfig, Needs, check_choice
+from ct_train.config import CurriculumConfig, Needs, check_choice, probe_due
 from ct_train.curriculum.bandit import Exp3S, QuantileRewardScaler
 from ct_train.curriculum.base import (
     ClusterStats,
@@ -132,6 +133,9 @@ class IT2ACLConfig(CurriculumConfig):
     probe_per_cluster: int = 16  # signal=lp: held-out probe samples per cluster
     probe_every_steps: int = 10  # signal=lp: steps between probe passes (one bandit update each)
     lp_window: int = 10  # signal=lp: probes the slope is fitted over (100 steps at the default period)
+    # signal=lp: from the run's second half the probe period is this many times longer (1: never), so
+    # the probe costs less where the slopes are slower and need a longer span to be seen anyway
+    probe_backoff: float = 1.0
     phase2: str = "none"  # none | bandit | pacing
     phase2_bands: int = 3
     phase2_difficulty: str = "auto"  # auto | data | initial_loss
@@ -178,6 +182,10 @@ class IT2ACLConfig(CurriculumConfig):
             raise ConfigError(f"curriculum.lp_min_rate={self.lp_min_rate!r} must be >= 0 (percent per 100 steps)")
         if self.reward_t_full <= 0:
             raise ConfigError(f"curriculum.reward_t_full={self.reward_t_full!r} must be > 0")
+        if self.probe_backoff < 1:
+            raise ConfigError(
+                f"curriculum.probe_backoff={self.probe_backoff!r} must be >= 1 (1: the same period throughout)"
+            )
         if self.lp_window < 2:
             raise ConfigError(f"curriculum.lp_window={self.lp_window!r} must be >= 2 (a slope needs two probes)")
         for key in ("phase2_start_step", "pacing_steps"):
@@ -201,6 +209,7 @@ class IT2ACLConfig(CurriculumConfig):
             difficulty_key="curriculum.phase2_difficulty",
             probe_per_cluster=self.probe_per_cluster if lp else 0,
             probe_every_steps=self.probe_every_steps if lp else 0,
+            probe_backoff=self.probe_backoff,
             chooses_clusters=True,
         )
 
@@ -262,9 +271,9 @@ class IT2ACLCurriculum:
         self.signal = cfg.signal
         self.arms = index.present_clusters()
         self.col = np.array([index.clusters.index(c) for c in self.arms])
-        updates = total_steps / (cfg.probe_every_steps if cfg.signal == "lp" else 1)
+        updates = total_steps if cfg.signal != "lp" else self._probe_count(cfg, total_steps)
         horizon = NOISE_ETA_HORIZON if cfg.scale == "noise" else ETA_HORIZON
-        self.eta = cfg.eta if cfg.eta is not None else (horizon / updates if total_steps > 0 else LEGACY_ETA)
+        self.eta = cfg.eta if cfg.eta is not None else (horizon / max(updates, 1) if total_steps > 0 else LEGACY_ETA)
         band_eta = cfg.phase2_eta or (cfg.eta if cfg.eta is not None else self._per_step_eta(total_steps))
         self.bandit = Exp3S(len(self.arms), self.eta, cfg.eps, cfg.beta)
         # A share below this (a cluster barely drawn) does not blow its per-share reward up further.
@@ -302,6 +311,13 @@ class IT2ACLCurriculum:
         self.last_reward: Dict[str, float] = {}  # signal=lp: each cluster's latest held-out reward
         self.noise_var = np.full(len(self.arms), np.nan)  # reward_scale=noise: each probe's noise (EMA)
         self._decision: Optional[tuple] = None
+
+    @staticmethod
+    def _probe_count(cfg: IT2ACLConfig, total_steps: int) -> int:
+        """The probe passes (bandit updates) in a run of `total_steps` (signal=lp)."""
+        return sum(
+            probe_due(s, cfg.probe_every_steps, cfg.probe_backoff, total_steps) for s in range(1, total_steps + 1)
+        )
 
     @staticmethod
     def _per_step_eta(total_steps: int) -> float:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from benchmarks.curriculum_micro import simulate
+from ct_train.config import probe_due
 from ct_train.curriculum import ClusterStats, DataIndex, build_curriculum
 from ct_train.curriculum.bandit import Exp3S
 from ct_train.curriculum.it2acl import (
@@ -271,3 +272,17 @@ def test_lp_min_rate_takes_a_steady_drift_out_of_the_reward():
     assert t_min[0] < 0 and t_min[1] > 3
     with pytest.raises(ConfigError, match="lp_min_rate=-1 must be >= 0"):
         IT2ACLConfig(lp_min_rate=-1).validate()
+
+
+def test_probe_backoff_spaces_the_second_halfs_probes_and_eta_counts_the_probes_that_run():
+    """probe_backoff=2 over 600 steps at every 10: steps 10..300, then 320..600 (45 probes, not 60),
+    and the default eta spreads NOISE_ETA_HORIZON over the 45; backoff 1 is the fixed period."""
+    due = [s for s in range(1, 601) if probe_due(s, 10, 2.0, 600)]
+    assert due == list(range(10, 301, 10)) + list(range(320, 601, 20))
+    assert [s for s in range(1, 601) if probe_due(s, 10, 1.0, 600)] == list(range(10, 601, 10))
+    assert [s for s in range(1, 31) if probe_due(s, 10, 2.0, 0)] == [10, 20, 30]  # run length unknown
+    cfg = IT2ACLConfig(signal="lp", probe_every_steps=10, probe_backoff=2.0)
+    assert cfg.needs().probe_due(320, 600) and not cfg.needs().probe_due(310, 600)
+    assert build_curriculum(cfg, _index(), 0, total_steps=600).eta == pytest.approx(NOISE_ETA_HORIZON / 45)
+    with pytest.raises(ConfigError, match="probe_backoff=0.5 must be >= 1"):
+        IT2ACLConfig(probe_backoff=0.5).validate()

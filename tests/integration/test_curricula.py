@@ -59,6 +59,23 @@ def test_spg_with_pacing_over_initial_loss_bands_resumes_into_another_directory(
         assert b[s]["loss"] == pytest.approx(a[s]["loss"], rel=1e-6)
 
 
+def test_it2acl_probes_the_held_out_split_on_its_schedule(tmp_path: Path):
+    """The trainer runs the probe pass where the curriculum's schedule says (every 2 steps, every 4
+    from the run's second half) and the bandit gets a held-out reward from the third probe on."""
+    out = tmp_path / "lp"
+    args = [
+        "curriculum=it2acl",
+        "curriculum.probe_every_steps=2",
+        "curriculum.probe_backoff=2",
+        "curriculum.lp_window=3",
+    ]
+    _ok(run_cli(SHORT + args + ["curriculum.probe_per_cluster=4", "trainer.max_steps=8", f"trainer.output_dir={out}"]))
+    rows = train_rows(out)
+    assert sorted(rows) == list(range(1, 9))
+    assert {s for s in rows if any(k.startswith("curriculum/probe/") for k in rows[s])} == {2, 4, 8}
+    assert {s for s in rows if any(k.startswith("curriculum/reward/") for k in rows[s])} == {8}
+
+
 def test_odm_and_mixture_runs_train_what_they_plan(tmp_path: Path):
     odm = tmp_path / "odm"
     _ok(
