@@ -78,7 +78,13 @@ OPERATIONAL_KEYS = (
 # compute what the older code did: left out of the default output dir's hash (compose.run_hash), so
 # the same command keeps finding, and resuming, the directory an earlier version made. (A resume
 # check leaves out any key a checkpoint lacks while it is at its default: identity_differences.)
-NEWER_KEYS = ("data.group_by_length", "model.lora", "data.columns", "curriculum.lp_min_rate")
+NEWER_KEYS = (
+    "data.group_by_length",
+    "model.lora",
+    "data.columns",
+    "curriculum.lp_min_rate",
+    "curriculum.probe_backoff",
+)
 
 
 def schema_defaults() -> Dict[str, Any]:
