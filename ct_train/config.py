@@ -196,8 +196,8 @@ class DataConfig:
     skills: SkillsConfig = field(default_factory=SkillsConfig)
 
     def validate(self) -> None:
-        # bench, bench_v1: the curriculum benchmark's suites (skill generators, ct_train.data.bench_suite)
-        check_choice("data.name", self.name, ("skills", "bench", "bench_v1", "jsonl"))
+        # bench, bench_v2, bench_v1: the curriculum benchmark's suites (skill generators, ct_train.data.bench_suite)
+        check_choice("data.name", self.name, ("skills", "bench", "bench_v2", "bench_v1", "jsonl"))
         check_choice("data.truncation", self.truncation, ("truncate", "drop"))
         check_choice("data.on_bad_record", self.on_bad_record, ("skip", "error"))
         _positive("data.max_seq_len", self.max_seq_len)

@@ -13,15 +13,17 @@ unequal size and value, so spending the same steps differently gives a different
 - unrelated learnable clusters (`max` of five digits, `count` of `a` in a word).
 
 Answers are one to three characters and prompts about 10-40 bytes (with `data.template=bare`), so a
-step of the tiny model is cheap. `bench_v1` is the first suite (docs/results.md's 2026-11-22 grid),
-kept so its results can be re-run.
+step of the tiny model is cheap. `data=bench` is suite v3: suite v2's skills with a larger `hop1`
+and smaller `max` and `count` (below), so that IID's pilot gate holds with a margin; `bench_v2` is
+v2 as it was (docs/results.md's 2026-12-01 and 2026-12-04 grids) and `bench_v1` the first suite
+(the 2026-11-22 grid), kept so their results can be re-run.
 """
 
 from __future__ import annotations
 
 import random
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, List, Tuple
 
 Instance = Tuple[str, str]  # (prompt, response)
@@ -153,6 +155,13 @@ BENCH_V2 = Suite(
     difficulty={"hop1": 1, "kind": 1, "hop2": 2, "max": 2, "count": 2, "hop3": 3, "noise": 3, "noise_hop": 3},
 )
 
+# Suite v3 (2026-12-05): v2's pilot gate failed on the reported seeds 42-43 (`hop1` at 53.9% by
+# mid-run): the lookup's copy step is learned in a jump whose step varies by seed (150-300 steps on
+# tuning seeds 3-6 under IID). A larger `hop1` (3600) moves the jump earlier, and a smaller `max`
+# (150) and `count` (450) keep them from saturating under IID, which had taken `max` to 95% on seed 5.
+# IID, tuning seeds 1-6: hop1 at mid-run 96.9-100%, hop3 at the end 30-39%, max 66-100% (docs/results.md).
+BENCH_V3 = replace(BENCH_V2, sizes={**BENCH_V2.sizes, "hop1": 3600, "max": 150, "count": 450})
+
 BENCH_V1 = Suite(
     clusters=[
         "copy",
@@ -178,4 +187,4 @@ BENCH_V1 = Suite(
     distractors=["noise"],
 )
 
-SUITES: Dict[str, Suite] = {"bench": BENCH_V2, "bench_v1": BENCH_V1}
+SUITES: Dict[str, Suite] = {"bench": BENCH_V3, "bench_v2": BENCH_V2, "bench_v1": BENCH_V1}

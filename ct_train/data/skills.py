@@ -8,8 +8,8 @@ the same `datasets` path as user data. Exact match (the response string, whole) 
 
 Level 1 of every skill is within reach of a ~1M-parameter model in a few minutes of CPU training.
 `DEFAULT_SUITE` is `data=skills`; `BENCH_SUITE` (`data=bench_v1`, the first curriculum benchmark) adds
-prerequisite chains (`CHAINS`) and an unlearnable distractor (`noise`). `data=bench` (suite v2) has its
-own generators: `ct_train.data.bench_suite`.
+prerequisite chains (`CHAINS`) and an unlearnable distractor (`noise`). `data=bench` (suite v3) and
+`data=bench_v2` have their own generators: `ct_train.data.bench_suite`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from ct_train import io
 
-GENERATED = ("skills", "bench", "bench_v1")  # the data.name values this module generates
+GENERATED = ("skills", "bench", "bench_v2", "bench_v1")  # the data.name values this module generates
 GENERATOR_VERSION = 1  # part of the cache key: bump when a generator changes its output
 
 Instance = Tuple[str, str]  # (prompt, response)
@@ -261,10 +261,11 @@ def _rng(seed: int, skill: str, level: int, split: str) -> random.Random:
 
 
 def registry(suite: str) -> Dict[str, Callable[[random.Random, int], Instance]]:
-    """The generators of a suite by `data.name`: `bench` (v2) has its own, the others share SKILLS."""
+    """The generators of a suite by `data.name`: `bench` (v3) and `bench_v2` have their own, the others
+    share SKILLS."""
     from ct_train.data.bench_suite import SKILLS_V2
 
-    return SKILLS_V2 if suite == "bench" else SKILLS
+    return SKILLS_V2 if suite in ("bench", "bench_v2") else SKILLS
 
 
 def generate(
@@ -353,7 +354,7 @@ def materialize(
         raise ConfigError(f"data.skills.sizes names unknown skills {bad} for data={suite}; known: {sorted(known)}")
     sizes = {k: v for k, v in (sizes or {}).items() if k in skills}  # (a suite's sizes for clusters left out)
     key = [GENERATOR_VERSION, skills, levels, train_per_level, eval_per_level, seed]
-    if sizes or suite == "bench":  # (the key of every earlier setting stays the same: caches stay valid)
+    if sizes or suite in ("bench", "bench_v2"):  # (every earlier setting's key stays the same: caches stay valid)
         key += [dict(sorted((sizes or {}).items())), suite, "difficulty-by-skill"]
     key = json.dumps(key)
     folder = cache_dir() / "skills" / hashlib.sha1(key.encode()).hexdigest()[:16]

@@ -119,6 +119,25 @@ def test_suite_v2_sizes_answers_and_planted_structure():
     assert set(BENCH_V2.clusters) <= set(SKILLS_V2)
 
 
+@pytest.mark.parametrize("name", ["bench", "bench_v2"])
+def test_each_suites_yaml_trains_its_planted_sizes_and_v2_is_kept_as_it_was(name):
+    """`data=bench` (suite v3) and the held-back `data=bench_v2` compose to the sizes their Suite
+    declares (the report reads the Suite, the runs the YAML); v3 differs from v2 in hop1, max and count
+    only, and v2's sizes are the 2026-12-04 grid's."""
+    from ct_train.compose import to_typed
+    from ct_train.data.bench_suite import BENCH_V2, SUITES
+    from tests.test_config import _compose
+
+    cfg = to_typed(_compose([f"data={name}"])).data
+    sizes = {c: (cfg.skills.sizes or {}).get(c, cfg.skills.train_per_level) for c in cfg.skills.clusters}
+    assert cfg.name == name and sizes == SUITES[name].sizes and cfg.skills.clusters == SUITES[name].clusters
+    assert BENCH_V2.sizes == {
+        "hop1": 2400, "hop2": 600, "hop3": 600, "max": 200, "count": 600, "kind": 2400, "noise": 1800, "noise_hop": 1800
+    }  # fmt: skip
+    changed = {c for c in BENCH_V2.sizes if SUITES["bench"].sizes[c] != BENCH_V2.sizes[c]}
+    assert changed == {"hop1", "max", "count"}
+
+
 def test_suite_v2_sizes_are_checked_and_keep_old_cache_keys(tmp_path, monkeypatch):
     monkeypatch.setenv("CT_TRAIN_CACHE", str(tmp_path))
     from ct_train.errors import ConfigError
