@@ -84,6 +84,8 @@ NEWER_KEYS = (
     "data.columns",
     "curriculum.lp_min_rate",
     "curriculum.probe_backoff",
+    "curriculum.forget",
+    "curriculum.reward_noise_floor",
 )
 
 

@@ -7,7 +7,8 @@ Exp3.S (Auer et al. 2002, in the form Graves et al. 2017 use for curricula):
   reward   r~_i = (r_i * n_i / m + beta) / pi(i)        (n_i of the step's m draws went to arm i; with
                                                         m = 1 this is Graves' (r * [i = k] + beta) / pi(i))
   weights  w_i <- log((1 - a_t) e^{w_i + eta r~_i} + a_t / (N - 1) * sum_{j != i} e^{w_j + eta r~_j}),
-           a_t = 1 / t
+           a_t = 1 / t (Graves' choice: the weights settle as evidence accumulates), or max(1 / t, `alpha`)
+           (a memory of about 1 / alpha updates: an arm that stops paying loses its lead at a steady rate)
 With every arm's reward observed (all clusters in the step's batch, or a held-out probe of every
 cluster) `update_full` is the full-information form (Hedge with the same fixed share): r~_i = r_i,
 no importance weight, so no variance from dividing by a small pi(i).
@@ -27,13 +28,21 @@ import numpy as np
 
 
 class Exp3S:
-    def __init__(self, n_arms: int, eta: float, eps: float, beta: float = 0.0, bias: Optional[Sequence] = None):
+    def __init__(
+        self,
+        n_arms: int,
+        eta: float,
+        eps: float,
+        beta: float = 0.0,
+        bias: Optional[Sequence] = None,
+        alpha: Optional[float] = None,
+    ):
         """`bias`: a fixed logit offset per arm (a prior, e.g. easy bands first). It is added in the
         policy, not to the weights, because a_1 = 1 makes the first update replace each weight by
         the mean of the others: a prior put into the weights would be inverted at step 1."""
         if n_arms < 1:
             raise ValueError("a bandit needs at least one arm")
-        self.n, self.eta, self.eps, self.beta = n_arms, eta, eps, beta
+        self.n, self.eta, self.eps, self.beta, self.alpha = n_arms, eta, eps, beta, alpha
         self.bias = np.zeros(n_arms) if bias is None else np.asarray(bias, dtype=np.float64)
         self.w = np.zeros(n_arms)
         self.t = 0  # updates so far
@@ -63,7 +72,7 @@ class Exp3S:
         self.t += 1
         if self.n == 1:
             return
-        alpha = 1.0 / self.t
+        alpha = 1.0 / self.t if self.alpha is None else max(self.alpha, 1.0 / self.t)
         v = self.w + delta
         top = int(np.argmax(v))
         e = np.exp(v - v[top])  # e[top] = 1, every other entry <= 1

@@ -115,6 +115,9 @@ class IT2ACLConfig(CurriculumConfig):
     eta: Optional[float] = None  # None: ETA_HORIZON / bandit updates in the run
     eps: float = 0.05
     beta: float = 0.0
+    # Exp3.S's fixed share per update: null = 1/t (Graves: the weights settle as evidence accumulates);
+    # a constant forgets at that rate, so a cluster that stops progressing (learned) loses its lead
+    forget: Optional[float] = None
     uniform_mix: float = 0.3  # share of every batch's draws spread uniformly over the clusters
     share_cap: float = 0.0  # no cluster gets more than share_cap / N of the draws (0: no ceiling)
     reward_per_share: bool = True  # divide each gain by the cluster's share of the loss denominator
@@ -125,6 +128,9 @@ class IT2ACLConfig(CurriculumConfig):
     # quantile (Graves' pooled percentiles of the raw gains)
     reward_scale: str = "auto"
     reward_t_full: float = 3.0  # reward_scale=noise: the t-statistic that earns the full reward +-1
+    # reward_scale=noise: the probe noise (nats) is never taken below this, so a nearly learned cluster's
+    # small steady fall (0.04 -> 0.01) is not "significant" progress
+    reward_noise_floor: float = NOISE_FLOOR
     # reward_scale=noise: the fall that counts as progress, in percent of the cluster's loss per 100
     # steps; t is taken on the slope beyond it. 0: any significant fall. A cluster that only drifts
     # down (an unlearnable one learning its answers' marginal) is then not rewarded for the drift.
@@ -180,6 +186,10 @@ class IT2ACLConfig(CurriculumConfig):
             )
         if self.lp_min_rate < 0:
             raise ConfigError(f"curriculum.lp_min_rate={self.lp_min_rate!r} must be >= 0 (percent per 100 steps)")
+        if self.forget is not None and not 0.0 < self.forget < 1.0:
+            raise ConfigError(f"curriculum.forget={self.forget!r} must be in (0, 1) (or null: 1/t)")
+        if self.reward_noise_floor <= 0:
+            raise ConfigError(f"curriculum.reward_noise_floor={self.reward_noise_floor!r} must be > 0 (nats)")
         if self.reward_t_full <= 0:
             raise ConfigError(f"curriculum.reward_t_full={self.reward_t_full!r} must be > 0")
         if self.probe_backoff < 1:
@@ -220,13 +230,20 @@ def lp_slope(steps: np.ndarray, losses: np.ndarray) -> np.ndarray:
     return (x[:, None] * (losses - losses.mean(axis=0))).sum(axis=0) / max(float((x**2).sum()), 1e-12)
 
 
-def slope_t(steps: np.ndarray, losses: np.ndarray, noise_var: np.ndarray, min_fall: float | np.ndarray = 0.0) -> tuple:
+def slope_t(
+    steps: np.ndarray,
+    losses: np.ndarray,
+    noise_var: np.ndarray,
+    min_fall: float | np.ndarray = 0.0,
+    floor: float = NOISE_FLOOR,
+) -> tuple:
     """Minus the probe-loss slope of each column over `steps`, as a t-statistic against the probe noise.
 
     Returns (t, window_var): `window_var` is each column's residual variance around its least-squares
     line (nan with fewer than 3 probes); `noise_var` is the caller's running estimate, used for the
     standard error so that a 4-probe window (2 degrees of freedom) does not make t erratic.
     `min_fall` (loss per step, per column): the fall not counted as progress (t of the rest).
+    `floor` (nats): the least noise a probe is taken to have.
     """
     x = steps - steps.mean()
     sxx = max(float((x**2).sum()), 1e-12)
@@ -235,7 +252,7 @@ def slope_t(steps: np.ndarray, losses: np.ndarray, noise_var: np.ndarray, min_fa
     dof = len(steps) - 2
     window_var = (resid**2).sum(axis=0) / dof if dof > 0 else np.full(losses.shape[1], np.nan)
     var = np.where(np.isfinite(noise_var), noise_var, window_var)
-    se = np.sqrt(np.maximum(np.nan_to_num(var, nan=0.0), NOISE_FLOOR**2) / sxx)
+    se = np.sqrt(np.maximum(np.nan_to_num(var, nan=0.0), floor**2) / sxx)
     return (-slope - min_fall) / se, window_var
 
 
@@ -275,7 +292,7 @@ class IT2ACLCurriculum:
         horizon = NOISE_ETA_HORIZON if cfg.scale == "noise" else ETA_HORIZON
         self.eta = cfg.eta if cfg.eta is not None else (horizon / max(updates, 1) if total_steps > 0 else LEGACY_ETA)
         band_eta = cfg.phase2_eta or (cfg.eta if cfg.eta is not None else self._per_step_eta(total_steps))
-        self.bandit = Exp3S(len(self.arms), self.eta, cfg.eps, cfg.beta)
+        self.bandit = Exp3S(len(self.arms), self.eta, cfg.eps, cfg.beta, alpha=cfg.forget)
         # A share below this (a cluster barely drawn) does not blow its per-share reward up further.
         self.share_floor = 0.25 / len(self.arms)
         self.scaler = QuantileRewardScaler(cfg.reward_history, *cfg.reward_quantiles)
@@ -430,7 +447,7 @@ class IT2ACLCurriculum:
             # unlearnable at its entropy) scores ~0 and rising (fitting noise) below, however small the
             # cluster or its share; the share confound is left to the uniform floor (t is scale-free).
             min_fall = self.cfg.lp_min_rate / 100.0 * losses.mean(axis=0) / 100.0  # percent per 100 steps
-            t, window_var = slope_t(steps, losses, self.noise_var, min_fall)
+            t, window_var = slope_t(steps, losses, self.noise_var, min_fall, self.cfg.reward_noise_floor)
             fresh = np.isfinite(window_var)
             seen = np.isfinite(self.noise_var)
             self.noise_var = np.where(

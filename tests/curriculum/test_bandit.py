@@ -91,3 +91,23 @@ def test_reward_scaler_history_is_a_bounded_window():
     restored = QuantileRewardScaler(history=10)
     restored.load_state_dict(scaler.state_dict())
     assert restored.scale(0.5) == scaler.scale(0.5)
+
+
+def test_a_constant_fixed_share_forgets_an_arm_that_stopped_paying():
+    """alpha=None (1/t): an arm that paid for 30 updates keeps over half its probability through 30
+    silent ones; with a constant alpha = 0.1 it keeps under a quarter, near uniform (1/8); the first
+    update is the same either way."""
+    settled, forgetful = Exp3S(8, 0.3, 0.05), Exp3S(8, 0.3, 0.05, alpha=0.1)
+    paid = np.eye(8)[0]
+    for b in (settled, forgetful):
+        b.update_full(paid)
+    assert np.allclose(settled.probs(), forgetful.probs())
+    for _ in range(29):
+        for b in (settled, forgetful):
+            b.update_full(paid)
+    leads = settled.probs()[0], forgetful.probs()[0]
+    for _ in range(30):
+        for b in (settled, forgetful):
+            b.update_full(np.zeros(8))
+    assert settled.probs()[0] > 0.5 * leads[0]
+    assert forgetful.probs()[0] < 0.25 * leads[1] and forgetful.probs()[0] < 0.15

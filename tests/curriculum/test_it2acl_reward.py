@@ -286,3 +286,22 @@ def test_probe_backoff_spaces_the_second_halfs_probes_and_eta_counts_the_probes_
     assert build_curriculum(cfg, _index(), 0, total_steps=600).eta == pytest.approx(NOISE_ETA_HORIZON / 45)
     with pytest.raises(ConfigError, match="probe_backoff=0.5 must be >= 1"):
         IT2ACLConfig(probe_backoff=0.5).validate()
+
+
+def test_the_noise_floor_decides_whether_a_nearly_learned_clusters_last_fall_counts():
+    """A cluster at 0.04 nats falling to 0.01 over the window, with almost no noise: significant
+    progress at the 0.01-nat floor (t > 3), not at 0.05 (t < 1); a fall of 0.3 nats counts at both."""
+    steps = np.arange(10, dtype=np.float64) * 10
+    rng = np.random.default_rng(0)
+    losses = np.stack([np.linspace(0.04, 0.01, 10), np.linspace(0.9, 0.6, 10)], 1) + 0.001 * rng.normal(size=(10, 2))
+    t_low, _ = slope_t(steps, losses, np.full(2, np.nan), floor=0.01)
+    t_high, _ = slope_t(steps, losses, np.full(2, np.nan), floor=0.05)
+    assert t_low[0] > 3 and t_high[0] < 1
+    assert t_high[1] > 3
+    assert IT2ACLConfig().reward_noise_floor == 0.01
+    for bad, match in (
+        (dict(reward_noise_floor=0), "reward_noise_floor=0 must be > 0"),
+        (dict(forget=1.0), "forget=1.0"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            IT2ACLConfig(**bad).validate()
