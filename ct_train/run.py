@@ -83,10 +83,12 @@ NEWER_KEYS = (
     "model.lora",
     "data.columns",
     "curriculum.lp_min_rate",
-    "curriculum.probe_backoff",
     "curriculum.forget",
     "curriculum.reward_noise_floor",
 )
+# Keys added after runs were first identified whose default has since moved: a checkpoint that lacks
+# one ran with this value, not with today's default (curriculum.probe_backoff: 1 until 2026-12-05).
+LEGACY_VALUES: Dict[str, Any] = {"curriculum.probe_backoff": 1.0}
 
 
 def schema_defaults() -> Dict[str, Any]:
@@ -143,7 +145,9 @@ def identity_differences(saved: Dict[str, Any], current: Dict[str, Any], allowed
     # A key added to the schema after the checkpoint was written, left at its default, computes what
     # the older code did (data.group_by_length, model.lora.*): no difference. A key that has become
     # operational since (data.packing) is still in older checkpoints' identity: not a difference.
+    # A key in LEGACY_VALUES ran at its legacy value there.
     defaults = schema_defaults()
+    old = {**{k: v for k, v in LEGACY_VALUES.items() if k in new}, **old}
     keys = sorted(
         k
         for k in set(old) | set(new)

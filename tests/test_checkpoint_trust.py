@@ -262,6 +262,13 @@ def test_run_identity_names_what_differs_and_leaves_out_what_does_not_change_a_r
     assert identity_differences(base, newer) == []
     grouped = {"config": {**base["config"], "data.group_by_length": True}, "data": "a"}
     assert identity_differences(base, grouped) == ["data.group_by_length '(unset)' -> True"]
+    # a newer key whose default has moved since (curriculum.probe_backoff: 1, now 2): a checkpoint
+    # without it ran at the legacy value, so today's default differs and the legacy value does not
+    backoff = {"config": {**base["config"], "curriculum.probe_backoff": 2.0}, "data": "a"}
+    assert identity_differences(base, backoff) == ["curriculum.probe_backoff 1.0 -> 2.0"]
+    assert (
+        identity_differences(base, {"config": {**base["config"], "curriculum.probe_backoff": 1.0}, "data": "a"}) == []
+    )
     # a key operational since the checkpoint was written (data.packing, a layout): never a difference,
     # whichever side has it and whatever its value
     packed_then = {"config": {**base["config"], "data.packing": False}, "data": "a"}

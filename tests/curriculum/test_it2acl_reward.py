@@ -23,7 +23,7 @@ from ct_train.errors import ConfigError
 
 N = 14
 LEGACY = dict(eta=0.1, uniform_mix=0.0, reward_per_share=False, clusters_per_batch=8)  # the 2026-11 defaults
-QUANTILE_LP = dict(reward_scale="quantile", lp_window=4)  # the lp reward before 2026-12-04
+QUANTILE_LP = dict(reward_scale="quantile", lp_window=4, probe_backoff=1.0)  # the lp reward before 2026-12-04
 
 
 @pytest.mark.parametrize("power", [0.5, 1.0])
@@ -118,9 +118,10 @@ def test_eta_defaults_from_the_run_length_and_an_explicit_value_wins():
     assert build_curriculum(IT2ACLConfig(signal="pg"), index, 0, total_steps=400).eta == pytest.approx(
         ETA_HORIZON / 400
     )
+    # per probe: 20 in the first 200 steps, then 10 at the default backoff's doubled period
     lp = IT2ACLConfig(signal="lp", probe_every_steps=10)  # reward_scale=auto: noise
-    assert build_curriculum(lp, index, 0, total_steps=400).eta == pytest.approx(NOISE_ETA_HORIZON / 40)  # per probe
-    lp_quantile = IT2ACLConfig(signal="lp", probe_every_steps=10, reward_scale="quantile")
+    assert build_curriculum(lp, index, 0, total_steps=400).eta == pytest.approx(NOISE_ETA_HORIZON / 30)
+    lp_quantile = IT2ACLConfig(signal="lp", probe_every_steps=10, reward_scale="quantile", probe_backoff=1.0)
     assert build_curriculum(lp_quantile, index, 0, total_steps=400).eta == pytest.approx(ETA_HORIZON / 40)
     assert build_curriculum(IT2ACLConfig(eta=0.3), index, 0, total_steps=400).eta == 0.3
     assert build_curriculum(IT2ACLConfig(signal="pg"), index, 0, total_steps=0).eta == LEGACY_ETA
