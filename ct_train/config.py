@@ -105,7 +105,9 @@ class ModelConfig:
         check_choice("model.loss_backend", self.loss_backend, ("auto", "triton", "torch"))
         check_choice("model.loss_grad_mode", self.loss_grad_mode, ("recompute", "forward"))
         check_choice(
-            "model.attn_implementation", self.attn_implementation, ("auto", "flash_attention_2", "sdpa", "eager")
+            "model.attn_implementation",
+            self.attn_implementation,
+            ("auto", "flash_attention_2", "flex_attention", "sdpa", "eager"),
         )
         check_choice("model.dtype", self.dtype, ("auto", "bf16", "fp16", "fp32"))
         if self.path is None and not self.architecture:

@@ -30,15 +30,39 @@ def flash_attn_available() -> bool:
 
 
 def resolve_attn(name: str) -> str:
-    """`auto` -> flash_attention_2 when flash-attn imports on a GPU, else sdpa."""
+    """`auto` -> flash_attention_2 when flash-attn imports on a GPU; else flex_attention on a GPU
+    (PyTorch's own FlexAttention: packed rows get a document block mask whose empty blocks are skipped,
+    where sdpa with a dense (R, 1, T, T) mask has no flash kernel); else sdpa (CPU)."""
     if name == "auto":
-        return "flash_attention_2" if flash_attn_available() else "sdpa"
+        if flash_attn_available():
+            return "flash_attention_2"
+        return "flex_attention" if torch.cuda.is_available() else "sdpa"
     if name == "flash_attention_2" and not flash_attn_available():
         raise ConfigError(
             "model.attn_implementation=flash_attention_2 needs a GPU and the flash-attn "
             "package (pip install -e .[gpu]); use sdpa"
         )
+    if name == "flex_attention" and not torch.cuda.is_available():
+        raise ConfigError(
+            "model.attn_implementation=flex_attention needs a GPU (FlexAttention has no backward on CPU); use sdpa"
+        )
     return name
+
+
+def document_block_mask(sample_index: torch.Tensor) -> Any:
+    """FlexAttention's mask for packed rows (R, T): causal inside each sample, never across samples,
+    padding (-1) attending to padding: the pairs of `SampleLossModel.packed_attention`'s dense mask,
+    kept as (128 x 128) blocks, so the kernel skips the blocks between samples. Compiled on CUDA (as
+    transformers builds its own block masks); on CPU the mask function is evaluated densely."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def same_sample_causal(b: Any, h: Any, q: Any, kv: Any) -> Any:
+        return (sample_index[b, q] == sample_index[b, kv]) & (q >= kv)
+
+    rows, t = sample_index.shape
+    return create_block_mask(
+        same_sample_causal, rows, None, t, t, device=sample_index.device, _compile=sample_index.is_cuda
+    )
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -222,6 +246,8 @@ class SampleLossModel(nn.Module):
             flat = flatten_packed(input_ids, position_ids, labels, sample_index)
             input_ids, position_ids, labels, sample_index = flat
             attention_mask = None
+        elif sample_index is not None and self.lm.config._attn_implementation == "flex_attention":
+            attention_mask = document_block_mask(sample_index)  # transformers passes a BlockMask through
         elif sample_index is not None:
             attention_mask = self.packed_attention(sample_index)
         hidden = body(

@@ -129,3 +129,69 @@ def test_group_by_length_keeps_the_samples_and_sizes():
     assert [sorted(lengths[m].tolist()) for m in grouped] == [[80, 90], [60, 70], [6, 7], [3, 5]]
     padded = sum(len(m) * lengths[m].max() for m in micro)
     assert sum(len(m) * lengths[m].max() for m in grouped) < padded
+
+
+def _packed(lengths, indices, seed=0):
+    return collate(split_of(lengths, seed), indices, pad_id=0, pack=True)
+
+
+def test_the_document_block_mask_allows_the_dense_masks_pairs_and_skips_the_blocks_between_samples():
+    """flex_attention's mask (modeling.document_block_mask) holds the same (query, key) pairs as the
+    sdpa path's dense block-diagonal mask, and a query block sees no key block of an earlier sample."""
+    from ct_train.modeling import document_block_mask
+
+    batch = _packed([256, 128, 128, 100, 60, 30], range(6))  # rows as long as the longest sample
+    sample_index = batch.sample_index
+    rows, t = sample_index.shape
+    mask = document_block_mask(sample_index)
+    b, q, kv = torch.arange(rows)[:, None, None], torch.arange(t)[None, :, None], torch.arange(t)[None, None, :]
+    pairs = mask.mask_mod(b, torch.zeros_like(b), q, kv)
+    dense = tiny_lm("sdpa").packed_attention(sample_index)[:, 0]
+    assert torch.equal(pairs, dense)
+    # The row holding the two 128-token samples: its second query block (the second sample) reads one
+    # key block (its own), not the first sample's: the kernel skips what the dense mask only zeroes.
+    row = next(r for r in range(rows) if sample_index[r, 0] != sample_index[r, 255])
+    assert sample_index[row, 127] != sample_index[row, 128]  # (the samples meet at the block edge)
+    seen = mask.kv_num_blocks[row, 0, 1] + (
+        mask.full_kv_num_blocks[row, 0, 1] if mask.full_kv_num_blocks is not None else 0
+    )
+    assert int(seen) == 1
+
+
+def test_flex_attention_forward_gives_the_dense_masks_per_sample_losses_on_cpu():
+    """FlexAttention's CPU path runs forward only (no backward on CPU in torch 2.13): the packed rows'
+    per-sample losses through it equal those of sdpa with the dense mask. (Gradients: the GPU test.)"""
+    batch = _packed([37, 12, 64, 5, 50, 23, 41, 9], [3, 0, 7, 2, 5, 1, 6, 4])
+    args = (batch.input_ids, batch.attention_mask, batch.labels, None, batch.position_ids, batch.sample_index,
+            batch.num_samples)  # fmt: skip
+    with torch.no_grad():
+        dense, _ = tiny_lm("sdpa").eval()(*args)
+        flex, _ = tiny_lm("flex_attention").eval()(*args)
+    torch.testing.assert_close(flex, dense, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_flex_attention_losses_and_gradients_equal_the_dense_mask_on_gpu():
+    torch.backends.cuda.matmul.allow_tf32 = False
+    batch = _packed([37, 12, 64, 5, 50, 23, 41, 9, 300, 200], list(range(10)))
+    for name in ("input_ids", "attention_mask", "labels", "position_ids", "sample_index"):
+        value = getattr(batch, name)
+        setattr(batch, name, value.cuda() if value is not None else None)
+    weights = torch.linspace(0.5, 2.0, 10, device="cuda")
+    loss_a, correct_a, grads_a = losses_and_grads(tiny_lm("sdpa").cuda(), batch, weights)
+    loss_b, correct_b, grads_b = losses_and_grads(tiny_lm("flex_attention").cuda(), batch, weights)
+    torch.testing.assert_close(loss_b, loss_a, rtol=1e-4, atol=1e-4)
+    for name, g in grads_a.items():
+        torch.testing.assert_close(grads_b[name], g, rtol=1e-3, atol=1e-4, msg=name)
+
+
+def test_auto_attention_is_sdpa_on_cpu_and_flex_attention_is_refused_there():
+    from ct_train.errors import ConfigError
+    from ct_train.modeling import resolve_attn
+
+    if torch.cuda.is_available():
+        pytest.skip("a CPU-only check")
+    assert resolve_attn("auto") == "sdpa"
+    with pytest.raises(ConfigError, match="flex_attention needs a GPU .*use sdpa"):
+        resolve_attn("flex_attention")
