@@ -5,7 +5,16 @@ setup(
     version="0.1.0",
     description="Curriculum-learning instruction tuning for LLMs on DeepSpeed ZeRO-3",
     python_requires=">=3.10",
-    packages=["ct_train", "ct_train.data", "ct_train.curriculum", "ct_train.scoring", "ct_train.interaction", "ct_train.bench", "ct_train.hydra_conf", "ct_train.kernels"],
+    packages=[
+        "ct_train",
+        "ct_train.data",
+        "ct_train.curriculum",
+        "ct_train.scoring",
+        "ct_train.interaction",
+        "ct_train.bench",
+        "ct_train.hydra_conf",
+        "ct_train.kernels",
+    ],
     # hydra_conf/ lives at the top level (the design card's layout) but installs inside the package, so
     # Hydra finds pkg://ct_train.hydra_conf from any directory. kernels/ is a folder without
     # __init__.py, reached as the namespace subpackage ct_train.kernels through the symlink
@@ -34,9 +43,11 @@ setup(
         "tensorboard>=2.14,<3",  # logger=tensorboard (through torch.utils.tensorboard's SummaryWriter)
     ],
     extras_require={
-        "gpu": ["flash-attn>=2.5", "bitsandbytes>=0.45"],  # bitsandbytes: QLoRA (model.lora.load_in_4bit)
+        # bitsandbytes: QLoRA (model.lora.load_in_4bit); liger-kernel: model.liger_kernel
+        "gpu": ["flash-attn>=2.5", "bitsandbytes>=0.45", "liger-kernel>=0.8.5"],
         # triton: CI runs the kernel's own code on CPU under TRITON_INTERPRET=1 (CUDA torch builds ship it).
-        "dev": ["pytest>=8,<10", "ruff>=0.6", "triton>=3.0,<4"],
+        # liger-kernel: its patching of our models is checked on CPU (its kernels need CUDA).
+        "dev": ["pytest>=8,<10", "ruff>=0.6", "triton>=3.0,<4", "liger-kernel>=0.8.5"],
         # make bench-peer: the same batches through TRL's SFTTrainer (benchmarks/peer.py)
         "peer": ["trl>=1.16,<2"],
     },

@@ -98,6 +98,9 @@ class ModelConfig:
     # Its gradients: recompute the logits in backward, or finish them in forward for the objective's
     # weights (known before the forward pass): no recompute, but dX and dW are held until backward.
     loss_grad_mode: str = "recompute"
+    # Liger-Kernel's fused RMSNorm, RoPE and SwiGLU in the decoder (TRL's / axolotl's use_liger_kernel;
+    # CUDA only). Its cross-entropy is not used: the loss is ours (losses.per_sample_loss).
+    liger_kernel: bool = False
     lora: LoraConfig = field(default_factory=LoraConfig)
 
     def validate(self) -> None:

@@ -85,8 +85,37 @@ def max_positions(cfg: ModelConfig) -> Optional[int]:
         raise ConfigError(f"model.path={cfg.path}: no loadable config.json ({str(e).splitlines()[0]})") from None
 
 
+def check_gpu_options(cfg: ModelConfig) -> None:
+    """Before any data work: the options that need CUDA and a package of the `gpu` extra."""
+    check_4bit(cfg)
+    if not cfg.liger_kernel:
+        return
+    if not torch.cuda.is_available():
+        raise ConfigError("model.liger_kernel=true needs a CUDA GPU (Liger's Triton kernels); on CPU leave it false")
+    try:
+        import liger_kernel  # noqa: F401
+    except ImportError:
+        raise ConfigError("model.liger_kernel=true needs the liger-kernel package (pip install -e .[gpu])") from None
+
+
+def apply_liger(model: Any) -> None:
+    """Liger's RMSNorm, RoPE and SwiGLU patched into this model instance (its losses left alone: the
+    lm_head forward is never called here). Model types Liger does not cover are refused by name."""
+    from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN, _apply_liger_kernel_to_instance
+
+    model_type = model.config.model_type
+    if model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
+        raise ConfigError(
+            f"model.liger_kernel=true: Liger has no kernels for model type {model_type!r} "
+            f"(it has {sorted(MODEL_TYPE_TO_APPLY_LIGER_FN)})"
+        )
+    _apply_liger_kernel_to_instance(
+        model=model, rms_norm=True, rope=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False
+    )
+
+
 def check_4bit(cfg: ModelConfig) -> None:
-    """Before any data work: QLoRA (model.lora.load_in_4bit) needs CUDA and bitsandbytes."""
+    """QLoRA (model.lora.load_in_4bit) needs CUDA and bitsandbytes."""
     if not cfg.lora.load_in_4bit:
         return
     if not torch.cuda.is_available():
@@ -165,6 +194,8 @@ def build_hf_model(cfg: ModelConfig, tokenizer: Any, dtype: torch.dtype) -> Any:
         if cfg.lora.enabled:  # frozen embeddings: checkpointed blocks need an input that asks for grad
             model.enable_input_require_grads()
     model.config.use_cache = False
+    if cfg.liger_kernel:
+        apply_liger(model)
     return apply_lora(model, cfg.lora) if cfg.lora.enabled else model
 
 

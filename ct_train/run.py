@@ -32,7 +32,7 @@ from ct_train.engine import Engine, check_checkpoint_files, to_universal
 from ct_train.errors import ConfigError, DataError
 from ct_train.evaluation import evaluate, generations, sample_losses
 from ct_train.logging import RunLogger, check_wandb_login
-from ct_train.modeling import check_4bit, max_positions
+from ct_train.modeling import check_gpu_options, max_positions
 from ct_train.sampler import CurriculumSampler
 from ct_train.signals import ClusterLossAccumulator
 
@@ -85,6 +85,7 @@ NEWER_KEYS = (
     "curriculum.lp_min_rate",
     "curriculum.forget",
     "curriculum.reward_noise_floor",
+    "model.liger_kernel",
 )
 # Keys added after runs were first identified whose default has since moved: a checkpoint that lacks
 # one ran with this value, not with today's default (curriculum.probe_backoff: 1 until 2026-12-05).
@@ -601,7 +602,7 @@ def setup(cfg: Config, resolved: Dict[str, Any]) -> Run:
     dist.init(trainer.dist_timeout_s)
     dist.install_stop_handlers()  # from here a stop signal ends the start at once; in training it saves
     grad_accum_steps = trainer.grad_accum_steps(dist.world_size())  # fails here, before any data work
-    check_4bit(cfg.model)  # (QLoRA: CUDA and bitsandbytes)
+    check_gpu_options(cfg.model)  # (QLoRA, Liger: CUDA and their packages)
     output_dir = prepare_output_dir(cfg, resolved)
     needs = cfg.curriculum.needs()
     tokenizer = load_tokenizer(cfg.model.tokenizer, cfg.model.path)
