@@ -98,7 +98,8 @@ from ct_train.errors import ConfigError
 _SALT = 0x17AC1  # separates this strategy's per-step generator from the sampler's
 ETA_HORIZON = 4.0  # eta x bandit updates in the run, when curriculum.eta is null
 # ... with reward_scale=noise (rewards near 0 for most clusters most of the time, so a longer reach;
-# 6 / 60 probe updates = 0.1 was the tuning seeds' choice, docs/results.md)
+# 6 / 60 probe updates = 0.1 was the tuning seeds' choice, docs/results.md; with probe_backoff=2 a
+# 600-step run has 45 probes, so 0.133)
 NOISE_ETA_HORIZON = 6.0
 LEGACY_ETA = 0.1  # eta when the run's length is unknown (total_steps <= 0)
 # reward_scale=noise: each cluster's probe noise (residual sd around the window's line) is an EMA over
