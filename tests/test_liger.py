@@ -58,7 +58,9 @@ def test_liger_patches_the_norms_the_mlps_and_rope_of_the_model_built():
     from ct_train.data import byte_tokenizer
     from ct_train.modeling import build_hf_model
 
-    original_rope = llama.apply_rotary_pos_emb
+    # Liger patches transformers' Llama module too (its RMSNorm and MLP classes, its rope function):
+    # put every name back, so later tests build plain Llamas.
+    saved = dict(vars(llama))
     try:
         model = build_hf_model(ModelConfig(architecture=TINY, liger_kernel=True), byte_tokenizer(), torch.float32)
         norms = [m for n, m in model.named_modules() if n.endswith("norm") or n.endswith("layernorm")]
@@ -68,4 +70,6 @@ def test_liger_patches_the_norms_the_mlps_and_rope_of_the_model_built():
         assert {layer.mlp.forward.__func__.__qualname__ for layer in model.model.layers} == {"LigerSwiGLUMLP.forward"}
         assert llama.apply_rotary_pos_emb.__name__ == "liger_rotary_pos_emb"
     finally:
-        llama.apply_rotary_pos_emb = original_rope  # (a module-level patch: later tests get the original)
+        for name, value in saved.items():
+            if vars(llama).get(name) is not value:
+                setattr(llama, name, value)

@@ -22,6 +22,7 @@ ARGS = FAST + [
     "curriculum.signal=lp",
     "curriculum.probe_per_cluster=2",
     "curriculum.probe_every_steps=3",
+    "curriculum.probe_backoff=1",  # (probes at 3 and 6 of 8 steps: the same period throughout)
     "curriculum.lp_window=2",
     "curriculum.clusters_per_batch=2",
     "trainer.warmup_steps=2",
