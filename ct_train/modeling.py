@@ -87,6 +87,7 @@ def max_positions(cfg: ModelConfig) -> Optional[int]:
 
 def check_gpu_options(cfg: ModelConfig) -> None:
     """Before any data work: the options that need CUDA and a package of the `gpu` extra."""
+    resolve_attn(cfg.attn_implementation)  # (flash_attention_2 / flex_attention without a GPU)
     check_4bit(cfg)
     if not cfg.liger_kernel:
         return

@@ -144,7 +144,7 @@ class IT2ACLConfig(CurriculumConfig):
     lp_window: int = 10  # signal=lp: probes the slope is fitted over (100 steps at the default period)
     # signal=lp: from the run's second half the probe period is this many times longer (1: never), so
     # the probe costs less where the slopes are slower and need a longer span to be seen anyway
-    # (2: 45 probes in 600 steps, not 60; the probe's cost falls below 5% of IID's tokens/s)
+    # (2: 45 probes in 600 steps, not 60: about 4.8% of step time by the 2026-12-04 per-probe cost, not re-measured)
     probe_backoff: float = 2.0
     phase2: str = "none"  # none | bandit | pacing
     phase2_bands: int = 3
