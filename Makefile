@@ -27,7 +27,7 @@ STAMP := $(VENV)/.installed-$(shell cat setup.py $(CONSTRAINTS) | cksum | cut -d
 RUN_DIR ?= outputs/make-train-$(shell date +%Y%m%d-%H%M%S)
 ARGS ?=
 
-.PHONY: setup train test test-fast test-slow real-model lint bench bench-headline bench-quick bench-throughput bench-curriculum bench-batching bench-lora bench-peer upgrade-deps clean
+.PHONY: setup train test test-fast test-slow real-model lint bench bench-headline bench-quick bench-throughput bench-curriculum bench-batching bench-lora bench-peer bench-gpu upgrade-deps clean
 
 setup: $(STAMP)
 
@@ -122,6 +122,13 @@ bench-curriculum: $(STAMP)
 	$(BIN)/python -m ct_train.plot --throughput outputs/bench-iid outputs/bench-it2acl-loss outputs/bench-it2acl-pg \
 		outputs/bench-it2acl-lp
 	$(BIN)/python benchmarks/curriculum_micro.py sampler
+
+# Every GPU figure of issue 33 (loss kernel table; ct_train ZeRO-3/ZeRO-2, packed/padded, vs a plain PyTorch
+# loop vs TRL on identical samples: tokens/s, 6N-MFU, peak memory) in one table, on the GPU machine: no
+# .venv there, the wheels from ../shared/gpu/wheels.sh are carried as .whl/ (benchmarks/gpu.sh).
+# make test runs the same script with --smoke (CPU, tiny: tests/test_bench_gpu.py).
+bench-gpu:
+	bash benchmarks/gpu.sh
 
 # Padded vs length-grouped vs packed micro-batches on the same Alpaca stage-3 samples (1 rank), with the
 # tiny model and with SmolLM2-135M; then LoRA vs full tuning on SmolLM2 (trainable parameters,

@@ -47,7 +47,8 @@ setup(
         "gpu": ["flash-attn>=2.5", "bitsandbytes>=0.45", "liger-kernel>=0.8.5"],
         # triton: CI runs the kernel's own code on CPU under TRITON_INTERPRET=1 (CUDA torch builds ship it).
         # liger-kernel: its patching of our models is checked on CPU (its kernels need CUDA).
-        "dev": ["pytest>=8,<10", "ruff>=0.6", "triton>=3.0,<4", "liger-kernel>=0.8.5"],
+        # trl: make test runs benchmarks/gpu.py --smoke, TRL's SFTTrainer included
+        "dev": ["pytest>=8,<10", "ruff>=0.6", "triton>=3.0,<4", "liger-kernel>=0.8.5", "trl>=1.16,<2"],
         # make bench-peer: the same batches through TRL's SFTTrainer (benchmarks/peer.py)
         "peer": ["trl>=1.16,<2"],
     },

@@ -55,6 +55,8 @@ def ct_run(out: Path, model: str, records: Path, steps: int, extra: list) -> lis
 
 def trl_worker(args: argparse.Namespace) -> None:
     """One TRL run (this process): the ct_train run's samples in its order; writes per-step seconds."""
+    import dataclasses
+
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, TrainerCallback
@@ -78,9 +80,11 @@ def trl_worker(args: argparse.Namespace) -> None:
         model = AutoModelForCausalLM.from_pretrained(cfg.model.path, dtype=torch.float32, attn_implementation="sdpa")
     else:  # the tiny model: the same architecture and initial weights as ct_train's
         torch.manual_seed(cfg.trainer.seed)
-        model = build_hf_model(cfg.model, tok, torch.float32)
+        # sdpa as on CPU (on CUDA ct_train's `auto` would pick FlexAttention with its own block mask)
+        model = build_hf_model(dataclasses.replace(cfg.model, attn_implementation="sdpa"), tok, torch.float32)
 
     ends = []
+    micro, accum, lr = args.micro or MICRO, args.accum or ACCUM, args.lr or LR
 
     class StepClock(TrainerCallback):
         def on_train_begin(self, *a, **k):
@@ -90,9 +94,10 @@ def trl_worker(args: argparse.Namespace) -> None:
             ends.append(time.perf_counter())
 
     config = SFTConfig(
-        output_dir=args.out, max_steps=len(order) // (MICRO * ACCUM), per_device_train_batch_size=MICRO,
-        gradient_accumulation_steps=ACCUM, learning_rate=LR, gradient_checkpointing=args.checkpointing,
-        train_sampling_strategy="sequential", max_length=None, use_cpu=True, bf16=False, report_to="none",
+        output_dir=args.out, max_steps=len(order) // (micro * accum), per_device_train_batch_size=micro,
+        gradient_accumulation_steps=accum, learning_rate=lr, gradient_checkpointing=args.checkpointing,
+        train_sampling_strategy="sequential", max_length=None, use_cpu=not args.gpu, bf16=args.gpu, report_to="none",
+        use_liger_kernel=args.liger,
         logging_steps=1, save_strategy="no", seed=cfg.trainer.seed, disable_tqdm=True,
         include_num_input_tokens_seen="non_padding", padding_free=args.padding_free,
     )  # fmt: skip
@@ -113,7 +118,8 @@ def trl_worker(args: argparse.Namespace) -> None:
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
     result = {"seconds": [b - a for a, b in zip(ends, ends[1:])], "losses": losses,
               "tokens": fed[0] if args.padding_free else trainer.state.num_input_tokens_seen,
-              "checkpointing": model.is_gradient_checkpointing}  # fmt: skip
+              "checkpointing": model.is_gradient_checkpointing,
+              "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if args.gpu else float("nan")}  # fmt: skip
     Path(args.out, "steps.json").write_text(json.dumps(result))
 
 
@@ -144,6 +150,12 @@ def main() -> None:
     parser.add_argument("--ct-run", help=argparse.SUPPRESS)
     parser.add_argument("--checkpointing", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--padding-free", action="store_true", help=argparse.SUPPRESS)
+    # the worker as benchmarks/gpu.py runs it: its batch and lr, on the GPU (bf16 autocast), with Liger
+    parser.add_argument("--micro", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--accum", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--lr", type=float, default=0.0, help=argparse.SUPPRESS)
+    parser.add_argument("--gpu", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--liger", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.trl_worker:
         return trl_worker(args)

@@ -254,9 +254,17 @@ def log_metrics(run: Run, r: StepResult) -> Dict[str, Any]:
         "tokens_per_s": r.tokens / r.seconds,
         "step_time_s": r.seconds,
         "curriculum_ms": 1e3 * r.curriculum_s,
+        **memory_metrics(),
         **cluster_loss_metrics(r.stats),
         **{f"curriculum/{k}": v for k, v in {**r.plan.info, **r.curriculum_metrics}.items()},
     }
+
+
+def memory_metrics() -> Dict[str, float]:
+    """This rank's peak GPU memory since the start (what a dashboard watches for an OOM coming); none on CPU."""
+    if not torch.cuda.is_available():
+        return {}
+    return {"memory/peak_gib": torch.cuda.max_memory_allocated() / 2**30}
 
 
 def end_step(run: Run, metrics: Dict[str, Any]) -> None:
