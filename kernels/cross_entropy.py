@@ -15,9 +15,9 @@ Backends: `torch` (here; chunks of `chunk_tokens` rows) and `triton` (`triton_cr
 `auto` is Triton on CUDA.
 
 Two ways to get the gradients (`grad_mode`):
-- "recompute" (default): forward keeps only per-row results (Triton: one fused kernel, online
-  log-sum-exp over vocabulary tiles, fp32 logits never written to memory); backward rebuilds the
-  logits a chunk at a time. 8 N*H*V flops in all; exact for ANY upstream gradient.
+- "recompute" (default): forward keeps only per-row results (a chunk of rows' logits exists at a
+  time and is dropped); backward rebuilds the logits a chunk (torch) or a vocabulary slice (Triton)
+  at a time. 8 N*H*V flops in all; exact for ANY upstream gradient.
 - "forward": the gradients are finished during forward, a chunk of logits at a time (materialised
   chunk x V, then dlogits in place, then dX and dW), for the upstream gradient the caller says it will
   send (`upstream_grad`; the trainer knows it: its objective is linear in the per-sample losses).
@@ -215,8 +215,8 @@ def linear_cross_entropy(
         label_smoothing: eps in [0, 1), PyTorch's definition.
         softcap: c > 0 applies c * tanh(logits / c) before the softmax (Gemma-2 style).
         backend: "auto" (Triton on CUDA, else torch), "triton", or "torch".
-        chunk_tokens: rows whose logits exist at once (the torch backend; the triton backend in
-            grad_mode="forward"). Default: 4096 for torch; for triton the rows of 256 MiB of logits.
+        chunk_tokens: rows whose logits exist at once in the forward (both backends; the torch backend's
+            backward too). Default: 4096 for torch; for triton the rows of 256 MiB of logits.
         return_correct: also return, reduced like the loss's counts, how many valid rows have the
             target as the argmax ("sample": per-sample count; "token": per-row 0/1; else a total).
         grad_mode: "recompute" (default; exact for any upstream gradient) or "forward" (gradients
@@ -287,14 +287,14 @@ def linear_cross_entropy(
     if backend == "triton":
         from ct_train.kernels import triton_cross_entropy as tce
 
+        chunk = chunk_tokens or tce.forward_chunk_rows(weight.shape[0], hidden.dtype)
         if scale is not None:
-            chunk = chunk_tokens or tce.forward_chunk_rows(weight.shape[0], hidden.dtype)
             run = lambda: tce.triton_forward_grads(  # noqa: E731
                 h, weight, targets, float(label_smoothing), softcap, chunk, scale, h.requires_grad, weight.requires_grad
             )
             tok, correct = FinishedInForward.apply(h, weight, scale, run)
         else:
-            tok, correct = tce.TritonLinearCE.apply(h, weight, targets, float(label_smoothing), softcap)
+            tok, correct = tce.TritonLinearCE.apply(h, weight, targets, float(label_smoothing), softcap, chunk)
     else:
         chunk = chunk_tokens or 4096
         if scale is not None:

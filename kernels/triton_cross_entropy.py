@@ -1,22 +1,26 @@
 """Triton backend of `linear_cross_entropy`: per-token losses of compacted valid rows.
 
-Forward: one program per block of rows streams the vocabulary in tiles; each tile's logits are
-accumulated over H in fp32 (`tl.dot`), soft-capped if asked, and folded into an online log-sum-exp;
-the target logit, the logit sum (label smoothing) and the running argmax are gathered on the way. Only
-lse, the loss and the argmax flag are written: O(rows) memory, never [rows x vocab].
+The matmuls are cuBLAS's (torch `@`, input dtype, fp32 accumulation); Triton does the row-wise part
+that PyTorch would need several [rows x vocab] passes and fp32 copies for.
 
-Backward (recompute) and grad_mode="forward" (`triton_forward_grads`) share one chunked path
-(`_chunked`): a chunk of rows' logits is materialised by one matmul (cuBLAS on GPU, input dtype, fp32
-accumulation), `_chunk_kernel` reads each row twice (online log-sum-exp, then dlogits = scale * (softmax
-- (1-eps) onehot - eps/V) * softcap', in fp32, rounded once) and writes dlogits over the logits in
-place, and two matmuls give the chunk's dX and its share of dW. Workspace: one chunk of logits
-(`forward_chunk_rows` sizes it to 256 MiB). dW accumulates in the weight's own dtype, one rounding per
-chunk, so no [V x H] fp32 buffer exists (it would be 1.96 GiB at V=128256, H=4096). Recompute costs
-8 N*H*V flops in all (the fused forward, then 6 in backward); forward mode 6 and no recompute.
+Forward (both modes) goes a chunk of rows at a time (`_chunked`; `forward_chunk_rows` sizes a chunk's
+logits to 256 MiB): one matmul materialises the chunk's logits, `_chunk_kernel` reads each row once
+for the online log-sum-exp, the loss (label smoothing, soft-cap) and the argmax. In grad_mode="forward"
+it reads the row again to write dlogits = scale * (softmax - (1-eps) onehot - eps/V) * softcap' over
+the logits in place (fp32 arithmetic, rounded once), and two matmuls give the chunk's dX and its
+share of dW, summed in an fp32 [V x H] buffer (1.96 GiB at V=128256, H=4096: the price of that mode).
+In grad_mode="recompute" only lse, the loss and the argmax flag are kept.
 
-Program ids are cast to int64 before address arithmetic: rows x H exceeds 2^31 at the sizes this is
-for (16K rows x 4096), as Liger-Kernel's cross-entropy notes. Tile sizes are pinned (no autotune), so
-the kernel runs identically under `TRITON_INTERPRET=1`, which is how CI tests it on CPU.
+Backward (recompute, `_vocab_sliced_backward`): a vocabulary slice at a time over ALL rows, so each
+dW row is one matmul rounded once and no fp32 [V x H] buffer exists; `_slice_kernel` turns the slice's
+logits into dlogits in place from the saved lse. Recompute costs 8 N*H*V flops in all (2 forward, 6
+backward), forward mode 6. Until 2026-12-06 the recompute forward was one fused Triton kernel with
+16 x 64 x 32 tiles: every program block re-read the whole weight, 4.9x the matmul floor on an H200
+(issue 33), so the forward now uses the same cuBLAS chunks as forward mode.
+
+Program ids are cast to int64 before address arithmetic: rows x V exceeds 2^31 at the sizes this is
+for (16K rows x 128K vocabulary), as Liger-Kernel's cross-entropy notes. Tile sizes are pinned (no
+autotune), so the kernels run identically under `TRITON_INTERPRET=1`, which is how CI tests them on CPU.
 """
 
 from __future__ import annotations
@@ -25,93 +29,10 @@ import torch
 import triton
 import triton.language as tl
 
-BLOCK_N, BLOCK_V, BLOCK_H = 16, 64, 32  # tl.dot needs >= 16 per dimension
-
 
 @triton.jit
 def _tanh(x):
     return 2.0 * tl.sigmoid(2.0 * x) - 1.0
-
-
-@triton.jit
-def _logits_tile(
-    h_ptr,
-    w_ptr,
-    rows,
-    cols,
-    rmask,
-    cmask,
-    H,
-    softcap,
-    HAS_SOFTCAP: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_V: tl.constexpr,
-    BLOCK_H: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
-    acc = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
-    for h0 in range(0, H, BLOCK_H):
-        hk = h0 + tl.arange(0, BLOCK_H)
-        hmask = hk < H
-        a = tl.load(h_ptr + rows[:, None] * H + hk[None, :], mask=rmask[:, None] & hmask[None, :], other=0.0)
-        b = tl.load(w_ptr + cols[:, None] * H + hk[None, :], mask=cmask[:, None] & hmask[None, :], other=0.0)
-        acc = tl.dot(a, tl.trans(b), acc, input_precision=PRECISION)
-    if HAS_SOFTCAP:
-        acc = softcap * _tanh(acc / softcap)
-    return acc
-
-
-@triton.jit
-def _fwd_kernel(
-    h_ptr,
-    w_ptr,
-    y_ptr,
-    lse_ptr,
-    loss_ptr,
-    correct_ptr,
-    N,
-    V,
-    H,
-    eps,
-    softcap,
-    HAS_SOFTCAP: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_V: tl.constexpr,
-    BLOCK_H: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
-    pid = tl.program_id(0).to(tl.int64)
-    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
-    rmask = rows < N
-    y = tl.load(y_ptr + rows, mask=rmask, other=0)
-    m = tl.full((BLOCK_N,), float("-inf"), dtype=tl.float32)
-    s = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    target = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    zsum = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    best = tl.full((BLOCK_N,), float("-inf"), dtype=tl.float32)
-    best_idx = tl.zeros((BLOCK_N,), dtype=tl.int64)
-    for v0 in range(0, V, BLOCK_V):
-        cols = v0 + tl.arange(0, BLOCK_V).to(tl.int64)
-        cmask = cols < V
-        z = _logits_tile(
-            h_ptr, w_ptr, rows, cols, rmask, cmask, H, softcap, HAS_SOFTCAP, BLOCK_N, BLOCK_V, BLOCK_H, PRECISION
-        )
-        z = tl.where(cmask[None, :], z, float("-inf"))
-        tile_max = tl.max(z, axis=1)
-        new_m = tl.maximum(m, tile_max)
-        s = s * tl.exp(m - new_m) + tl.sum(tl.exp(z - new_m[:, None]), axis=1)
-        m = new_m
-        target += tl.sum(tl.where(cols[None, :] == y[:, None], z, 0.0), axis=1)
-        zsum += tl.sum(tl.where(cmask[None, :], z, 0.0), axis=1)
-        tile_arg = tl.argmax(z, axis=1).to(tl.int64) + v0
-        better = tile_max > best  # first maximum wins, as torch.argmax
-        best_idx = tl.where(better, tile_arg, best_idx)
-        best = tl.where(better, tile_max, best)
-    lse = m + tl.log(s)
-    loss = (1.0 - eps) * (lse - target) + eps * (lse - zsum / V)
-    tl.store(lse_ptr + rows, lse, mask=rmask)
-    tl.store(loss_ptr + rows, loss, mask=rmask)
-    tl.store(correct_ptr + rows, (best_idx == y).to(tl.int8), mask=rmask)
 
 
 @triton.jit
@@ -128,15 +49,18 @@ def _chunk_kernel(
     z_ptr,
     y_ptr,
     scale_ptr,
+    lse_ptr,
     loss_ptr,
     correct_ptr,
     V,
     eps,
     softcap,
     HAS_SOFTCAP: tl.constexpr,
+    WITH_GRAD: tl.constexpr,
     BLOCK_V: tl.constexpr,
 ):
-    """One row of a materialised logits chunk: loss and argmax, then dlogits * scale over z in place."""
+    """One row of a materialised logits chunk: log-sum-exp, loss and argmax; with WITH_GRAD, then
+    dlogits * scale over z in place."""
     row = tl.program_id(0).to(tl.int64)
     z_row = z_ptr + row * V
     y = tl.load(y_ptr + row)
@@ -161,10 +85,12 @@ def _chunk_kernel(
         best_idx = tl.where(better, tile_arg, best_idx)
         best = tl.where(better, tile_max, best)
     lse = m + tl.log(s)
+    tl.store(lse_ptr + row, lse)
     tl.store(loss_ptr + row, (1.0 - eps) * (lse - target) + eps * (lse - zsum / V))
     tl.store(correct_ptr + row, (best_idx == y).to(tl.int8))
-    g = tl.load(scale_ptr + row)
-    _dlogits_in_place(z_row, y, lse, g, 0, V, V, eps, softcap, HAS_SOFTCAP, BLOCK_V)
+    if WITH_GRAD:
+        g = tl.load(scale_ptr + row)
+        _dlogits_in_place(z_row, y, lse, g, 0, V, V, eps, softcap, HAS_SOFTCAP, BLOCK_V)
 
 
 @triton.jit
@@ -258,23 +184,27 @@ def forward_chunk_rows(vocab: int, dtype: torch.dtype) -> int:
 
 def triton_forward_grads(h, weight, targets, eps, softcap, chunk, scale, need_h, need_w):
     """grad_mode="forward": token losses, correct flags and the gradients of sum(scale * loss)."""
-    if h.dtype == torch.float64:
-        raise TypeError("backend='triton' supports fp32/fp16/bf16 inputs; use backend='torch' for fp64")
-    return _chunked(
+    _check_dtype(h)
+    loss, correct, _lse, grad_h, grad_w = _chunked(
         h.contiguous(), weight.contiguous(), targets.contiguous(), eps, softcap, chunk, scale, need_h, need_w
     )
+    return loss, correct, grad_h, grad_w
 
 
 def _chunked(h, weight, targets, eps, softcap, chunk, scale, need_h, need_w):
-    """Rows chunk by chunk: logits by matmul, `_chunk_kernel` (loss, then dlogits * scale in place), dX, dW."""
+    """Rows chunk by chunk: logits by matmul, then `_chunk_kernel` (log-sum-exp, loss, argmax). With a
+    `scale` (grad_mode="forward") the kernel goes on to dlogits * scale in place, and dX, dW follow;
+    without one (the recompute forward) only the per-row results are kept."""
     n, vocab = h.shape[0], weight.shape[0]
-    scale = scale.float().contiguous()
+    with_grad = scale is not None
+    scale = scale.float().contiguous() if with_grad else None
+    lse = torch.empty(n, dtype=torch.float32, device=h.device)
     loss = torch.empty(n, dtype=torch.float32, device=h.device)
     correct = torch.empty(n, dtype=torch.int8, device=h.device)
-    grad_h = torch.empty_like(h) if need_h else None
+    grad_h = torch.empty_like(h) if with_grad and need_h else None
     # dW sums over every chunk: in fp32 (a [V x H] fp32 buffer for half-precision weights, the price
     # of this mode), as one rounding per chunk into bf16 would pass 2x PyTorch's error at ~3 chunks.
-    grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+    grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if with_grad and need_w else None
     block_v = min(4096, triton.next_power_of_2(vocab))
     for s in range(0, n, chunk):
         hc = h[s : s + chunk]
@@ -282,60 +212,40 @@ def _chunked(h, weight, targets, eps, softcap, chunk, scale, need_h, need_w):
         _chunk_kernel[(hc.shape[0],)](
             z,
             targets[s : s + chunk],
-            scale[s : s + chunk],
+            scale[s : s + chunk] if with_grad else lse,  # not read without WITH_GRAD
+            lse[s : s + chunk],
             loss[s : s + chunk],
             correct[s : s + chunk],
             vocab,
             float(eps),
             float(softcap or 1.0),
             HAS_SOFTCAP=softcap is not None,
+            WITH_GRAD=with_grad,
             BLOCK_V=block_v,
         )
         if grad_h is not None:
             grad_h[s : s + chunk] = z @ weight
         if grad_w is not None:
             grad_w += z.t() @ hc
-    return loss, correct.bool(), grad_h, None if grad_w is None else grad_w.to(weight.dtype)
+    return loss, correct.bool(), lse, grad_h, None if grad_w is None else grad_w.to(weight.dtype)
 
 
-def _precision(dtype: torch.dtype) -> str:
-    # fp32 inputs: full-precision dots (tf32 would lose ~3 digits of the logits).
-    return "ieee" if dtype == torch.float32 else "tf32"
+def _check_dtype(h: torch.Tensor) -> None:
+    if h.dtype == torch.float64:
+        raise TypeError("backend='triton' supports fp32/fp16/bf16 inputs; use backend='torch' for fp64")
 
 
 class TritonLinearCE(torch.autograd.Function):
+    """grad_mode="recompute": the forward keeps per-row results only (the chunk workspace is freed),
+    the backward rebuilds the logits a vocabulary slice at a time."""
+
     @staticmethod
-    def forward(ctx, h, weight, targets, label_smoothing, softcap):
-        if h.dtype == torch.float64:
-            raise TypeError("backend='triton' supports fp32/fp16/bf16 inputs; use backend='torch' for fp64")
+    def forward(ctx, h, weight, targets, label_smoothing, softcap, chunk):
+        _check_dtype(h)
         h, weight, targets = h.contiguous(), weight.contiguous(), targets.contiguous()
-        n, hdim = h.shape
-        vocab = weight.shape[0]
-        lse = torch.empty(n, dtype=torch.float32, device=h.device)
-        loss = torch.empty(n, dtype=torch.float32, device=h.device)
-        correct = torch.empty(n, dtype=torch.int8, device=h.device)
-        if n:
-            _fwd_kernel[(triton.cdiv(n, BLOCK_N),)](
-                h,
-                weight,
-                targets,
-                lse,
-                loss,
-                correct,
-                n,
-                vocab,
-                hdim,
-                float(label_smoothing),
-                float(softcap or 1.0),
-                HAS_SOFTCAP=softcap is not None,
-                BLOCK_N=BLOCK_N,
-                BLOCK_V=BLOCK_V,
-                BLOCK_H=BLOCK_H,
-                PRECISION=_precision(h.dtype),
-            )
+        loss, correct, lse, _, _ = _chunked(h, weight, targets, label_smoothing, softcap, chunk, None, False, False)
         ctx.save_for_backward(h, weight, targets, lse)
         ctx.label_smoothing, ctx.softcap = label_smoothing, softcap
-        correct = correct.bool()
         ctx.mark_non_differentiable(correct)
         return loss, correct
 
@@ -345,4 +255,4 @@ class TritonLinearCE(torch.autograd.Function):
         grad_h, grad_w = _vocab_sliced_backward(
             h, weight, targets, lse, ctx.label_smoothing, ctx.softcap, grad_loss, *ctx.needs_input_grad[:2]
         )
-        return grad_h, grad_w, None, None, None
+        return grad_h, grad_w, None, None, None, None

@@ -202,8 +202,9 @@ def test_bad_arguments_are_named():
 @pytest.mark.parametrize("option", ["plain", "all"])
 @pytest.mark.parametrize("reduction", ["sample", "token"])
 def test_triton_kernel_matches_reference(dtype, option, reduction, grad_mode, monkeypatch):
-    """recompute: the fused forward kernel, then the backward over vocabulary slices (32 columns here:
-    4 slices of V=123); forward: the chunk kernel between matmuls (chunk_tokens=7: 3 chunks of rows)."""
+    """Both modes' forward: the chunk kernel after each chunk's matmul (chunk_tokens=7: several chunks
+    of rows); recompute: then the backward over vocabulary slices (32 columns here: 4 slices of V=123);
+    forward: dlogits in place and the chunk's dX, dW."""
     tce = pytest.importorskip("ct_train.kernels.triton_cross_entropy")
     monkeypatch.setattr(tce, "SLICE_BYTES", 37 * 32 * torch.finfo(dtype).bits // 8)
     hidden, weight, labels, samples, _ = make_case(n=37, h=31, v=123, seed=2)
