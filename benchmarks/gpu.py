@@ -59,8 +59,11 @@ CT_VARIANTS = {  # --variants key -> (the table's label, ct-train overrides)
     "zero3-padded": ("ct_train ZeRO-3 padded", ["data.packing=false"]),
     "zero2": ("ct_train ZeRO-2 packed", ["deepspeed=zero2"]),
     "zero3-liger": ("ct_train ZeRO-3 packed, Liger", ["model.liger_kernel=true"]),
+    "zero3-compile": ("ct_train ZeRO-3 packed, blocks compiled", ["model.compile=true"]),
 }
-GPU_ONLY = {"zero3-sdpa", "zero3-liger"}  # on CPU: the same as zero3 / refused
+# on CPU: the same as zero3 / refused; compile: its test is tests/distributed/test_compile_run.py (the
+# smoke run would spend most of its time compiling)
+GPU_ONLY = {"zero3-sdpa", "zero3-liger", "zero3-compile"}
 LABELS = {**{k: v[0] for k, v in CT_VARIANTS.items()}, "reference": "plain PyTorch reference",
           "trl": "TRL SFTTrainer (padding-free, Liger on GPU)"}  # fmt: skip
 

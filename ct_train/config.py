@@ -101,6 +101,10 @@ class ModelConfig:
     # Liger-Kernel's fused RMSNorm, RoPE and SwiGLU in the decoder (TRL's / axolotl's use_liger_kernel;
     # CUDA only). Its cross-entropy is not used: the loss is ours (losses.per_sample_loss).
     liger_kernel: bool = False
+    # torch.compile each transformer block's forward (TRL's torch_compile, torchtune's compile). Under
+    # ZeRO-3 it needs deepspeed.gather_per_block=true: the gathers then happen around the block, outside
+    # the compiled graph, instead of as hooks inside it (one graph break per layer).
+    compile: bool = False
     lora: LoraConfig = field(default_factory=LoraConfig)
 
     def validate(self) -> None:
@@ -567,6 +571,11 @@ class Config:
             raise ConfigError(
                 "model.lora.load_in_4bit=true needs deepspeed=zero2: ZeRO-3 would partition the 4-bit base "
                 "weights, which bitsandbytes keeps whole (the adapters are small; ZeRO-2 shards their optimizer)"
+            )
+        if self.model.compile and self.deepspeed.zero_stage == 3 and not self.deepspeed.gather_per_block:
+            raise ConfigError(
+                "model.compile=true under ZeRO-3 needs deepspeed.gather_per_block=true: otherwise ZeRO's "
+                "per-layer gather hooks run inside every compiled block and break its graph"
             )
         if self.trainer.max_steps == -1 and self.mode == "train" and not self.curriculum.needs().sets_length:
             raise ConfigError(

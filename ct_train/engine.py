@@ -26,7 +26,7 @@ from ct_train import io
 from ct_train.config import Config, DeepSpeedConfig, TrainerConfig
 from ct_train.errors import CheckpointError
 from ct_train.losses import objective
-from ct_train.modeling import SampleLossModel, block_class_names, build_hf_model, resolve_dtype
+from ct_train.modeling import SampleLossModel, block_class_names, build_hf_model, compile_blocks, resolve_dtype
 
 
 def _merge(base: Dict[str, Any], extra: Dict[str, Any]) -> Dict[str, Any]:
@@ -259,6 +259,7 @@ class Engine:
                 lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda step: self._lr_fn(step)),
             )
         self.device = self.ds.device
+        self.compiled_blocks = compile_blocks(model) if cfg.model.compile else 0
         # What DeepSpeed did mark (its config may name classes the model lacks): for the start line.
         self.gathered_blocks = sorted(type(m).__name__ for m in model.modules() if z3_leaf_module(m))
 
@@ -291,7 +292,8 @@ class Engine:
         """`ZeRO-3 (gathered per block: 30 x LlamaDecoderLayer)`, for the start line."""
         blocks = sorted(set(self.gathered_blocks))
         per_block = ", ".join(f"{self.gathered_blocks.count(b)} x {b}" for b in blocks)
-        return f"ZeRO-{self.zero_stage}" + (f" (gathered per block: {per_block})" if per_block else "")
+        compiled = f", {self.compiled_blocks} blocks compiled" if self.compiled_blocks else ""
+        return f"ZeRO-{self.zero_stage}" + (f" (gathered per block: {per_block})" if per_block else "") + compiled
 
     @contextlib.contextmanager
     def eval_mode(self) -> Iterator[None]:

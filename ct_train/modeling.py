@@ -9,7 +9,7 @@ an external parameter of this wrapper so ZeRO gathers it for our forward and bac
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -231,6 +231,29 @@ def block_class_names(model: nn.Module) -> List[str]:
     transformers lists as the model's `_no_split_modules`, found among its modules."""
     declared = {name for m in model.modules() for name in (getattr(m, "_no_split_modules", None) or [])}
     return sorted({type(m).__name__ for m in model.modules() if type(m).__name__ in declared})
+
+
+def compile_blocks(model: nn.Module) -> int:
+    """torch.compile every transformer block's forward in place (`model.compile`); returns how many.
+
+    The block module's own hooks (ZeRO-3's gather per block) run around the compiled function, not
+    inside it. Shapes are dynamic from the start (rows and lengths change every step). Only forwards
+    with gradients take the compiled path: the no-grad passes (evaluation, the probe) and generation
+    stay eager, as generation's KV cache differs per layer and would recompile every block."""
+    names = set(block_class_names(model))
+    blocks = [m for m in model.modules() if type(m).__name__ in names]
+    for m in blocks:
+        m.forward = _compiled_when_training(m.forward)
+    return len(blocks)
+
+
+def _compiled_when_training(forward: Callable) -> Callable:
+    compiled = torch.compile(forward, dynamic=True)
+
+    def block_forward(*args: Any, **kwargs: Any) -> Any:
+        return (compiled if torch.is_grad_enabled() else forward)(*args, **kwargs)
+
+    return block_forward
 
 
 def _linear_names(model: nn.Module) -> List[str]:

@@ -71,6 +71,8 @@ OPERATIONAL_KEYS = (
     # may resume with packing switched either way. (Its default went from off to on: runs made
     # before then keep their output directory and resume.)
     "data.packing",
+    # Compiled blocks compute the same as eager ones up to float order (tests/distributed/test_compile_run.py).
+    "model.compile",
 )  # fmt: skip
 
 

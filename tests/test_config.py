@@ -76,6 +76,7 @@ def test_phased_ift_experiment_is_the_published_recipe():
         (["data.judge_fields=[a]"], "data.judge_fields must name two different fields"),
         (["trainer.epochs=0"], r"trainer.epochs=0.0 must be > 0"),
         (["trainer.seed=-1"], r"trainer.seed=-1 must be in 0 \.\. 4294967295"),  # (a traceback after the model, before)
+        (["model.compile=true", "deepspeed.gather_per_block=false"], "model.compile=true under ZeRO-3 needs"),
     ],
 )
 def test_staged_curricula_and_scoring_keys_are_checked(overrides, message):
