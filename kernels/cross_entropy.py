@@ -27,6 +27,7 @@ Two ways to get the gradients (`grad_mode`):
 
 from __future__ import annotations
 
+import sys
 from typing import Optional, Tuple, Union
 
 import torch
@@ -215,8 +216,8 @@ def linear_cross_entropy(
         label_smoothing: eps in [0, 1), PyTorch's definition.
         softcap: c > 0 applies c * tanh(logits / c) before the softmax (Gemma-2 style).
         backend: "auto" (Triton on CUDA, else torch), "triton", or "torch".
-        chunk_tokens: rows whose logits exist at once in the forward (both backends; the torch backend's
-            backward too). Default: 4096 for torch; for triton the rows of 256 MiB of logits.
+        chunk_tokens: at most this many rows' logits exist at once (default 4096 for torch; the torch
+            backend's backward too). The triton backend's forward also caps a chunk at 256 MiB of logits.
         return_correct: also return, reduced like the loss's counts, how many valid rows have the
             target as the argmax ("sample": per-sample count; "token": per-row 0/1; else a total).
         grad_mode: "recompute" (default; exact for any upstream gradient) or "forward" (gradients
@@ -287,7 +288,7 @@ def linear_cross_entropy(
     if backend == "triton":
         from ct_train.kernels import triton_cross_entropy as tce
 
-        chunk = chunk_tokens or tce.forward_chunk_rows(weight.shape[0], hidden.dtype)
+        chunk = min(chunk_tokens or sys.maxsize, tce.forward_chunk_rows(weight.shape[0], hidden.dtype))
         if scale is not None:
             run = lambda: tce.triton_forward_grads(  # noqa: E731
                 h, weight, targets, float(label_smoothing), softcap, chunk, scale, h.requires_grad, weight.requires_grad
