@@ -270,6 +270,8 @@ class Needs:
     probe_per_cluster: int = 0  # held-out probe samples per cluster (signal=lp)
     probe_every_steps: int = 0  # steps between probe passes (signal=lp)
     probe_backoff: float = 1.0  # from the run's second half, probes are this many times further apart
+    # a probe pass at a multiple of this step also scores the probe's prompt-swapped twins (0: never)
+    probe_twin_every_steps: int = 0
     sets_length: bool = False  # its stages fix the run's length (trainer.max_steps may be -1)
     loss_weights: Optional[Dict[str, float]] = None  # cluster -> weight of its losses in the objective
     inputs: Dict[str, str] = field(default_factory=dict)  # config key -> JSON file the caller loads
@@ -278,6 +280,11 @@ class Needs:
     def probe_due(self, steps_done: int, total_steps: int) -> bool:
         """Whether the held-out probe (signal=lp) runs after the step that completes `steps_done`."""
         return probe_due(steps_done, self.probe_every_steps, self.probe_backoff, total_steps)
+
+    def twins_due(self, steps_done: int, total_steps: int) -> bool:
+        """Whether that probe pass also scores the prompt-swapped twins (`data.prompt_swap`)."""
+        every = self.probe_twin_every_steps
+        return every > 0 and steps_done % every == 0 and self.probe_due(steps_done, total_steps)
 
 
 def probe_due(steps_done: int, every: int, backoff: float, total_steps: int) -> bool:

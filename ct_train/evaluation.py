@@ -150,11 +150,46 @@ def probe_loss(engine, probe: TokenizedSplit, n_clusters: int, micro_batch_size:
     """(C,) mean loss of each cluster's held-out probe samples (NaN without any): the distributed
     no-grad scoring pass (the same forward count on every rank), then a per-cluster mean."""
     losses = sample_losses(engine, probe, micro_batch_size, pad_id)
-    has = (probe.n_target > 0).astype(np.float64)
-    total = np.bincount(probe.cluster_ids, weights=losses * has, minlength=n_clusters)
-    count = np.bincount(probe.cluster_ids, weights=has, minlength=n_clusters)
+    return cluster_means(losses, probe.cluster_ids, probe.n_target, n_clusters)
+
+
+def cluster_means(losses: np.ndarray, cluster_ids: np.ndarray, n_target: np.ndarray, n_clusters: int) -> np.ndarray:
+    """(C,) the mean of per-sample `losses` over each cluster's samples with a response token (NaN
+    for a cluster without any)."""
+    has = (n_target > 0).astype(np.float64)
+    total = np.bincount(cluster_ids, weights=losses * has, minlength=n_clusters)
+    count = np.bincount(cluster_ids, weights=has, minlength=n_clusters)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(count > 0, total / np.maximum(count, 1.0), np.nan)
+
+
+def prompt_information(
+    engine,
+    combined: TokenizedSplit,
+    n_probe: int,
+    kept: np.ndarray,
+    n_clusters: int,
+    micro_batch_size: int,
+    pad_id: int,
+) -> tuple:
+    """(probe_loss, info, info_se), each (C,), from one scoring pass over the probe followed by its
+    prompt-swapped twins (`data.prompt_swap.with_twins`; the first `n_probe` samples are the probe):
+    the probe's per-cluster mean loss as `probe_loss` gives it, and each cluster's mean of twin loss
+    minus own-prompt loss (what the model takes from the prompt, in nats) with its standard error
+    (NaN with fewer than two pairs)."""
+    losses = sample_losses(engine, combined, micro_batch_size, pad_id)
+    own, swapped = losses[:n_probe], losses[n_probe:]
+    ok = (combined.n_target[kept] > 0) & (combined.n_target[n_probe:] > 0)
+    diff, cid = (swapped - own[kept])[ok], combined.cluster_ids[n_probe:][ok]
+    n = np.bincount(cid, minlength=n_clusters).astype(np.float64)
+    total = np.bincount(cid, weights=diff, minlength=n_clusters)
+    sq = np.bincount(cid, weights=diff**2, minlength=n_clusters)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(n > 0, total / np.maximum(n, 1.0), np.nan)
+        var = np.where(n > 1, (sq - n * mean**2) / np.maximum(n - 1.0, 1.0), np.nan)
+        se = np.sqrt(np.maximum(var, 0.0) / np.maximum(n, 1.0))
+    probe = cluster_means(own, combined.cluster_ids[:n_probe], combined.n_target[:n_probe], n_clusters)
+    return probe, mean, se
 
 
 def first_turn(input_ids: List[int], labels: List[int]) -> Optional[Tuple[List[int], List[int]]]:

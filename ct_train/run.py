@@ -15,7 +15,7 @@ import math
 import os
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Set
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 import numpy as np
 import yaml
@@ -25,8 +25,9 @@ from ct_train import distributed as dist
 from ct_train.config import Config, Needs
 from ct_train.curriculum import DataIndex, build_curriculum
 from ct_train.curriculum.base import Curriculum, Staged, stage_at
-from ct_train.data import PreparedData, group_by_length, load_tokenizer, prepare_data
+from ct_train.data import PreparedData, TokenizedSplit, group_by_length, load_tokenizer, prepare_data
 from ct_train.data.prepare import data_fingerprint
+from ct_train.data.prompt_swap import with_twins
 from ct_train.drills import FaultDrills
 from ct_train.engine import Engine, check_checkpoint_files, to_universal
 from ct_train.errors import ConfigError, DataError
@@ -90,8 +91,9 @@ NEWER_KEYS = (
     "model.liger_kernel",
 )
 # Keys added after runs were first identified whose default has since moved: a checkpoint that lacks
-# one ran with this value, not with today's default (curriculum.probe_backoff: 1 until 2026-12-05).
-LEGACY_VALUES: Dict[str, Any] = {"curriculum.probe_backoff": 1.0}
+# one ran with this value, not with today's default (curriculum.probe_backoff: 1 until 2026-12-05;
+# curriculum.learnability_every_steps: 0, no prompt-information weighting, until 2026-12-06).
+LEGACY_VALUES: Dict[str, Any] = {"curriculum.probe_backoff": 1.0, "curriculum.learnability_every_steps": 0}
 
 
 def schema_defaults() -> Dict[str, Any]:
@@ -385,6 +387,9 @@ class Run:
     probe_every: int  # steps between held-out probe passes (signal=lp), 0 for none
     accumulators: Dict[str, ClusterLossAccumulator]
     drills: FaultDrills
+    # the probe followed by its prompt-swapped twins, and the probe indices they pair with
+    # (`Needs.probe_twin_every_steps`)
+    probe_twins: Optional[Tuple[TokenizedSplit, np.ndarray]] = None
     stop_signal: int = 0  # a stop signal some rank received, agreed on at the last step (0: none)
 
     @property
@@ -670,6 +675,7 @@ def setup(cfg: Config, resolved: Dict[str, Any]) -> Run:
         probe_every=needs.probe_every_steps if data.probe is not None else 0,
         accumulators={n: ClusterLossAccumulator(data.clusters, engine.device) for n in ("train", "probe", "after")},
         drills=FaultDrills(dist.rank()),
+        probe_twins=with_twins(data.probe) if data.probe is not None and needs.probe_twin_every_steps else None,
     )
     _log_start(run, grad_accum_steps, warned + curriculum_warnings, stage_info, saved)
     return run

@@ -28,7 +28,7 @@ from ct_train.curriculum import ClusterStats, Plan
 from ct_train.data import collate
 from ct_train.data.templates import with_chat_template
 from ct_train.errors import Preempted, TrainingStopped
-from ct_train.evaluation import probe_loss
+from ct_train.evaluation import probe_loss, prompt_information
 from ct_train.logging import METRICS_FILE
 from ct_train.losses import objective_weights
 from ct_train.run import Run, release_output_dir, setup
@@ -139,11 +139,8 @@ def train_step(run: Run) -> Optional[StepResult]:
         measure(run.engine, split, probe_micro or micro, run.pad_id, run.accumulators["after"], run.packing)
         stats.gain = prediction_gain(probe_before[0] if probe_before else stats, run.accumulators["after"].reduce())
     stats.share = share
-    if run.probe_every and run.needs.probe_due(
-        state.step + 1, run.schedule.max_steps
-    ):  # held-out learning progress (lp)
-        factor = PROBE_BATCH_FACTOR * run.cfg.trainer.micro_batch_size
-        stats.probe_loss = probe_loss(run.engine, run.data.probe, len(run.data.clusters), factor, run.pad_id)
+    if run.probe_every and run.needs.probe_due(state.step + 1, run.schedule.max_steps):
+        held_out_probe(run, stats)  # held-out learning progress (lp)
     t1 = time.perf_counter()
     curriculum_metrics = run.curriculum.observe(state.step, stats)
     curriculum_s += time.perf_counter() - t1
@@ -153,6 +150,20 @@ def train_step(run: Run) -> Optional[StepResult]:
     seconds = time.perf_counter() - t0
     run.log.log_samples(state.step, trained_ids, plan.weights)
     return StepResult(stats, plan, curriculum_metrics, tokens, seconds, curriculum_s)
+
+
+def held_out_probe(run: Run, stats: ClusterStats) -> None:
+    """The held-out probe pass after the update (signal=lp): each cluster's probe loss into `stats`;
+    where the curriculum asks, the prompt-swapped twins ride in the same forwards (twice the samples
+    per micro-batch, the same forward count) and the prompt information comes too."""
+    factor, n = PROBE_BATCH_FACTOR * run.cfg.trainer.micro_batch_size, len(run.data.clusters)
+    if run.probe_twins is not None and run.needs.twins_due(run.state.step + 1, run.schedule.max_steps):
+        combined, kept = run.probe_twins
+        stats.probe_loss, stats.probe_info, stats.probe_info_se = prompt_information(
+            run.engine, combined, len(run.data.probe), kept, n, 2 * factor, run.pad_id
+        )
+    else:
+        stats.probe_loss = probe_loss(run.engine, run.data.probe, n, factor, run.pad_id)
 
 
 def loss_denominator(run: Run, global_batch: np.ndarray) -> tuple:

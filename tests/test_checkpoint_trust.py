@@ -269,6 +269,8 @@ def test_run_identity_names_what_differs_and_leaves_out_what_does_not_change_a_r
     assert (
         identity_differences(base, {"config": {**base["config"], "curriculum.probe_backoff": 1.0}, "data": "a"}) == []
     )
+    learnability = {"config": {**base["config"], "curriculum.learnability_every_steps": 30}, "data": "a"}
+    assert identity_differences(base, learnability) == ["curriculum.learnability_every_steps 0 -> 30"]
     # a key operational since the checkpoint was written (data.packing, a layout): never a difference,
     # whichever side has it and whatever its value
     packed_then = {"config": {**base["config"], "data.packing": False}, "data": "a"}

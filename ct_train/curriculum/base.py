@@ -35,7 +35,9 @@ class ClusterStats:
     run measures one (`curriculum.signal=pg|spg`); NaN for a cluster without samples this step.
     `share` is each cluster's share of the step's loss denominator (tokens with token-normalised loss),
     known on every rank from the global batch. `probe_loss` is the mean held-out probe loss per
-    cluster after this step's update, on the steps a probe ran (`curriculum.signal=lp`).
+    cluster after this step's update, on the steps a probe ran (`curriculum.signal=lp`); on the
+    probes that also scored the prompt-swapped twins, `probe_info` is each cluster's mean twin loss
+    minus own-prompt loss (what the model takes from the prompt) and `probe_info_se` its standard error.
     """
 
     clusters: List[str]
@@ -44,6 +46,8 @@ class ClusterStats:
     gain: Optional[np.ndarray] = None  # (C,) float64
     share: Optional[np.ndarray] = None  # (C,) float64, sums to 1
     probe_loss: Optional[np.ndarray] = None  # (C,) float64, NaN for a cluster without probe samples
+    probe_info: Optional[np.ndarray] = None  # (C,) float64 nats, NaN without two twin pairs
+    probe_info_se: Optional[np.ndarray] = None  # (C,) float64
 
     def mean_loss(self) -> Dict[str, float]:
         """Mean per-sample loss of each cluster that had samples this step."""

@@ -51,6 +51,20 @@ What we inferred, and the key that changes each choice:
   no extra forward: the drop of a pool's training loss since the last time it was drawn, per unit
   share trained since. Per-cluster sums and counts are all-reduced, so every rank updates an
   identical bandit.
+- What the prompt tells (`learnability_every_steps`, 30 by default): a held-out fall of loss is not
+  always learning the task. A cluster whose answers do not depend on their prompts (random labels)
+  still falls for the whole run while the model learns the answers' marginal (0.01 nats per 100
+  steps at 2.2 nats on suite v3's `noise`: significant against the probe's noise, so it was rewarded
+  as often as the slow learnable clusters). Every `learnability_every_steps` the probe pass also
+  scores each probe response after another probe prompt of its cluster (`data.prompt_swap`; one
+  pass, twice the samples per forward) and takes the mean loss difference, the information the
+  model draws from the prompt (IFD's contrast, Li et al. 2024, with a same-cluster prompt as the
+  unconditioned case), in standard errors t. A positive reward is multiplied by min(1, t /
+  `learnability_z`=2), so a fall without information earns nothing; a rise is punished as before.
+  Unlearnable clusters stay at t ~ 0 (`noise` 0.00 +- 0.01 nats all run); learnable ones gain
+  information as they are learned. It cannot tell an unlearnable cluster from a learnable one on a
+  plateau (`count` has none until its jump either): both get no positive reward until then, the
+  uniform floor keeps them drawn.
 - Batches: each step draws `clusters_per_batch` arms (with replacement; default one per sample of
   the global batch) and the global batch is split between them; each drawn cluster's reward is
   credited to its arm with the importance weight n_i / (m pi(i)), pi the sampling policy (after the
@@ -146,6 +160,13 @@ class IT2ACLConfig(CurriculumConfig):
     # the probe costs less where the slopes are slower and need a longer span to be seen anyway
     # (2: 45 probes in 600 steps, not 60: about 4.8% of step time by the 2026-12-04 per-probe cost, not re-measured)
     probe_backoff: float = 2.0
+    # signal=lp: a probe pass at a multiple of this step also scores the probe's prompt-swapped twins
+    # (data.prompt_swap): what the model takes from each cluster's prompts, in nats, with its standard
+    # error. A fall of held-out loss earns its reward only in the measure that this information is
+    # there, in full from `learnability_z` standard errors (a fall without it is the model learning
+    # the answers' marginal, which is all an unlearnable cluster has to give). 0: never measured.
+    learnability_every_steps: int = 30
+    learnability_z: float = 2.0
     phase2: str = "none"  # none | bandit | pacing
     phase2_bands: int = 3
     phase2_difficulty: str = "auto"  # auto | data | initial_loss
@@ -200,6 +221,11 @@ class IT2ACLConfig(CurriculumConfig):
             raise ConfigError(
                 f"curriculum.probe_backoff={self.probe_backoff!r} must be >= 1 (1: the same period throughout)"
             )
+        if self.learnability_every_steps < 0 or self.learnability_z <= 0:
+            raise ConfigError(
+                f"curriculum.learnability_every_steps={self.learnability_every_steps!r} must be >= 0 (0: off) and "
+                f"curriculum.learnability_z={self.learnability_z!r} > 0"
+            )
         if self.lp_window < 2:
             raise ConfigError(f"curriculum.lp_window={self.lp_window!r} must be >= 2 (a slope needs two probes)")
         for key in ("phase2_start_step", "pacing_steps"):
@@ -224,6 +250,7 @@ class IT2ACLConfig(CurriculumConfig):
             probe_per_cluster=self.probe_per_cluster if lp else 0,
             probe_every_steps=self.probe_every_steps if lp else 0,
             probe_backoff=self.probe_backoff,
+            probe_twin_every_steps=self.learnability_every_steps if lp else 0,
             chooses_clusters=True,
         )
 
@@ -331,6 +358,8 @@ class IT2ACLCurriculum:
         self.cum_share = np.zeros(len(self.arms))
         self.last_reward: Dict[str, float] = {}  # signal=lp: each cluster's latest held-out reward
         self.noise_var = np.full(len(self.arms), np.nan)  # reward_scale=noise: each probe's noise (EMA)
+        # learnability_every_steps: each cluster's latest prompt information in standard errors (NaN: unmeasured)
+        self.info_t = np.full(len(self.arms), np.nan)
         self._decision: Optional[tuple] = None
 
     @staticmethod
@@ -481,6 +510,7 @@ class IT2ACLCurriculum:
         else:
             self.scaler.add(gains.values())
             rewards = dict(zip(gains, self.scaler.scale_many(list(gains.values()))))
+        rewards = self._weigh_by_information(stats, rewards)
         r = np.array([rewards.get(c, 0.0) for c in self.arms])
         if rewards and len(rewards) == len(self.arms):  # every arm measured: full information
             self.bandit.update_full(r)
@@ -499,7 +529,23 @@ class IT2ACLCurriculum:
         metrics.update({f"reward/{c}": v for c, v in rewards.items()})
         if stats.probe_loss is not None:
             metrics.update({f"probe/{c}": float(stats.probe_loss[j]) for c, j in zip(self.arms, self.col)})
+        if stats.probe_info is not None:
+            metrics.update({f"info/{c}": float(stats.probe_info[j]) for c, j in zip(self.arms, self.col)})
+            metrics.update({f"info_se/{c}": float(stats.probe_info_se[j]) for c, j in zip(self.arms, self.col)})
         return metrics
+
+    def _weigh_by_information(self, stats: ClusterStats, rewards: Dict[str, float]) -> Dict[str, float]:
+        """Each positive reward times min(1, t / learnability_z), t the cluster's latest prompt
+        information in standard errors (floored at 0.01 nats, as the probe noise); unmeasured: as is."""
+        if stats.probe_info is not None:
+            info = np.asarray(stats.probe_info, dtype=np.float64)[self.col]
+            se = np.asarray(stats.probe_info_se, dtype=np.float64)[self.col]
+            t = info / np.maximum(np.nan_to_num(se, nan=0.0), self.cfg.reward_noise_floor)
+            self.info_t = np.where(np.isfinite(t), t, self.info_t)
+        if not self.cfg.learnability_every_steps or self.signal != "lp":
+            return rewards
+        weight = np.where(np.isfinite(self.info_t), np.clip(self.info_t / self.cfg.learnability_z, 0.0, 1.0), 1.0)
+        return {c: v * float(weight[self.arms.index(c)]) if v > 0 else v for c, v in rewards.items()}
 
     # -- state ------------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
@@ -516,6 +562,7 @@ class IT2ACLCurriculum:
             "cum_share": self.cum_share.tolist(),
             "last_reward": dict(self.last_reward),
             "noise_var": [None if not np.isfinite(v) else float(v) for v in self.noise_var],
+            "info_t": [None if not np.isfinite(v) else float(v) for v in self.info_t],
         }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
@@ -532,6 +579,8 @@ class IT2ACLCurriculum:
         self.last_reward = dict(state.get("last_reward", {}))
         saved = state.get("noise_var") or [None] * len(self.arms)
         self.noise_var = np.array([np.nan if v is None else v for v in saved], dtype=np.float64)
+        saved = state.get("info_t") or [None] * len(self.arms)
+        self.info_t = np.array([np.nan if v is None else v for v in saved], dtype=np.float64)
         self._decision = None
 
     def describe(self) -> str:

@@ -306,3 +306,43 @@ def test_the_noise_floor_decides_whether_a_nearly_learned_clusters_last_fall_cou
     ):
         with pytest.raises(ConfigError, match=match):
             IT2ACLConfig(**bad).validate()
+
+
+def test_a_fall_without_prompt_information_earns_nothing_and_a_rise_is_still_punished():
+    """learnability_every_steps: c0 and c1 fall alike, but only c0's answers use the prompt (4 standard
+    errors of information); c1 (an unlearnable cluster learning its answers' marginal) gets no positive
+    reward; c2 rises and is punished whatever its information; c3 at 1 se gets half the reward."""
+    index = _index(4)
+    cfg = IT2ACLConfig(signal="lp", learnability_every_steps=20, learnability_z=2.0, probe_every_steps=10)
+    cfg.validate()
+    assert cfg.needs().probe_twin_every_steps == 20
+    off = IT2ACLConfig(signal="lp", probe_every_steps=10, learnability_every_steps=0)
+    runs = {}
+    for name, c in (("on", cfg), ("off", off)):
+        cur = build_curriculum(c, index, seed=0, total_steps=100)
+        for step in range(60):
+            cur.plan(step)
+            stats = ClusterStats(index.clusters, np.full(4, 16.0), np.full(4, 8.0), share=np.full(4, 0.25))
+            if (step + 1) % 10 == 0:
+                stats.probe_loss = np.array(
+                    [3.0 - 0.03 * step, 3.0 - 0.03 * step, 2.0 + 0.03 * step, 3.0 - 0.03 * step]
+                )
+            if (step + 1) % 20 == 0:  # the trainer sends the twins' information only when they were scored
+                stats.probe_info, stats.probe_info_se = np.array([0.4, 0.0, 0.4, 0.1]), np.array([0.1, 0.05, 0.1, 0.1])
+            metrics = cur.observe(step, stats)
+        runs[name] = (metrics, cur)
+    on, off_metrics = runs["on"][0], runs["off"][0]
+    assert off_metrics["reward/c0"] == off_metrics["reward/c1"] == off_metrics["reward/c3"] == 1.0
+    assert on["reward/c0"] == 1.0 and on["reward/c1"] == 0.0 and on["reward/c3"] == 0.5
+    assert on["reward/c2"] == off_metrics["reward/c2"] == -1.0
+    assert on["info/c0"] == 0.4 and on["info_se/c1"] == 0.05
+    probs = runs["on"][1].bandit.probs()
+    assert probs[0] > probs[3] > probs[1]
+    state = json.loads(json.dumps(runs["on"][1].state_dict()))
+    again = build_curriculum(cfg, index, seed=0, total_steps=100)
+    again.load_state_dict(state)
+    np.testing.assert_array_equal(again.info_t, runs["on"][1].info_t)
+    # the other signals have no probe: no twins are asked for
+    assert IT2ACLConfig(signal="pg", learnability_every_steps=30).needs().probe_twin_every_steps == 0
+    with pytest.raises(ConfigError, match="curriculum.learnability_every_steps=-1 must be >= 0"):
+        IT2ACLConfig(learnability_every_steps=-1).validate()

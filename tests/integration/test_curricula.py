@@ -68,12 +68,18 @@ def test_it2acl_probes_the_held_out_split_on_its_schedule(tmp_path: Path):
         "curriculum.probe_every_steps=2",
         "curriculum.probe_backoff=2",
         "curriculum.lp_window=3",
+        "curriculum.learnability_every_steps=4",
     ]
     _ok(run_cli(SHORT + args + ["curriculum.probe_per_cluster=4", "trainer.max_steps=8", f"trainer.output_dir={out}"]))
     rows = train_rows(out)
     assert sorted(rows) == list(range(1, 9))
     assert {s for s in rows if any(k.startswith("curriculum/probe/") for k in rows[s])} == {2, 4, 8}
     assert {s for s in rows if any(k.startswith("curriculum/reward/") for k in rows[s])} == {8}
+    # the prompt-swapped twins are scored on the probe passes at multiples of 4, for every cluster
+    info = {s: {k: v for k, v in rows[s].items() if k.startswith("curriculum/info/")} for s in rows}
+    assert {s for s in info if info[s]} == {4, 8}
+    assert len(info[8]) == len([k for k in rows[8] if k.startswith("curriculum/probe/")]) > 1
+    assert all(np.isfinite(v) for v in info[8].values())
 
 
 def test_odm_and_mixture_runs_train_what_they_plan(tmp_path: Path):
