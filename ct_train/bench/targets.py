@@ -137,9 +137,9 @@ def targets(a: Dict[str, Any], data: str) -> List[str]:
         out.append(f"- IT2ACL reaches {what}: **missed** (never reached it).")
     else:
         verdict = "met" if n == it["n"] and it["worst_ratio"] <= STEPS_RATIO else "missed"
+        worst = f"worst {it['worst_ratio']:.2f}x, " if np.isfinite(it["worst_ratio"]) else ""  # inf: a seed never did
         out.append(
-            f"- IT2ACL reaches {what}: **{verdict}** (mean {ratio:.2f}x, worst "
-            f"{it['worst_ratio']:.2f}x, {n}/{it['n']} seeds reached it)."
+            f"- IT2ACL reaches {what}: **{verdict}** (mean {ratio:.2f}x, {worst}{n}/{it['n']} seeds reached it)."
         )
     if BALANCED in s:
         out.append(_beats_balanced(a, "it2acl"))

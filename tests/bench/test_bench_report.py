@@ -237,6 +237,9 @@ def test_targets_compare_it2acl_with_balanced_paired_by_seed_and_the_distractor_
     a["summary"]["it2acl"]["distractor"]["noise"] = [0.1, 0.13, 0.1, 0.1]  # Q2 over half of uniform
     t = targets(a, "bench_v1")
     assert "**missed** (mean 0.40x, worst 0.60x" in t[0] and "**missed**" in t[2]
+    # a seed that never reached IID's loss has no ratio: no "worst infx", the count says it
+    a["summary"]["it2acl"].update(worst_ratio=float("inf"), reached=2)
+    assert "**missed** (mean 0.40x, 2/3 seeds reached it)." in targets(a, "bench")[0]
     assert "no worse than `balanced` beyond the seed spread: **met**" in t[3]
     assert "no worse than IID beyond the seed spread: **met**" in t[4]
 
