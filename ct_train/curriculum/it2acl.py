@@ -90,6 +90,7 @@ What we inferred, and the key that changes each choice:
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -324,6 +325,13 @@ class IT2ACLCurriculum:
         self.eta = cfg.eta if cfg.eta is not None else (horizon / max(updates, 1) if total_steps > 0 else LEGACY_ETA)
         band_eta = cfg.phase2_eta or (cfg.eta if cfg.eta is not None else self._per_step_eta(total_steps))
         self.bandit = Exp3S(len(self.arms), self.eta, cfg.eps, cfg.beta, alpha=cfg.forget)
+        if cfg.forget is not None and total_steps > 0 and cfg.forget <= 1.0 / max(updates, 1):
+            warnings.warn(
+                f"curriculum.forget={cfg.forget:g} changes nothing in this run: Exp3.S forgets at max(forget, 1/t) "
+                f"and 1/t >= 1/{updates} (its bandit updates) throughout; raise it above {1.0 / max(updates, 1):.3g} "
+                "or leave it null",
+                stacklevel=2,
+            )
         # A share below this (a cluster barely drawn) does not blow its per-share reward up further.
         self.share_floor = 0.25 / len(self.arms)
         self.scaler = QuantileRewardScaler(cfg.reward_history, *cfg.reward_quantiles)

@@ -346,3 +346,17 @@ def test_a_fall_without_prompt_information_earns_nothing_and_a_rise_is_still_pun
     assert IT2ACLConfig(signal="pg", learnability_every_steps=30).needs().probe_twin_every_steps == 0
     with pytest.raises(ConfigError, match="curriculum.learnability_every_steps=-1 must be >= 0"):
         IT2ACLConfig(learnability_every_steps=-1).validate()
+
+
+def test_a_forget_share_below_one_over_the_updates_is_named_as_changing_nothing():
+    """Exp3.S forgets at max(forget, 1/t): with 45 probe updates (600 steps) forget=0.02 is a no-op
+    (docs/results.md, 2026-12-05), 0.05 is not."""
+    index = _index(3)
+    with pytest.warns(UserWarning, match=r"curriculum.forget=0.02 changes nothing .* 1/t >= 1/45 .* above 0.0222"):
+        build_curriculum(IT2ACLConfig(signal="lp", forget=0.02), index, seed=0, total_steps=600)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build_curriculum(IT2ACLConfig(signal="lp", forget=0.05), index, seed=0, total_steps=600)
+        build_curriculum(IT2ACLConfig(signal="lp"), index, seed=0, total_steps=600)
