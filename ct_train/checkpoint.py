@@ -4,7 +4,7 @@ Layout: `<output_dir>/checkpoints/step<N>/` holds DeepSpeed's files, one `rng_ra
 and, written last, `trainer_state.json` (step, sampler, curriculum, ..., and the manifest: size and
 sha256 of every other file). That file is written by rank 0 only after every rank has finished
 writing (a barrier), to a temporary name then renamed, so its presence marks a complete checkpoint: a
-save killed half-way leaves a directory without it, which `latest_complete` never picks. DeepSpeed's
+save killed half-way leaves a directory without it, which `complete_tags` never lists. DeepSpeed's
 own `latest` file is not used for the same reason.
 
 Before a checkpoint is loaded its files are checked against the manifest. With `trainer.resume=auto`

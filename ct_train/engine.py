@@ -333,7 +333,7 @@ class Engine:
         losses) after each backward. `weights_of(batch)`: the objective's per-sample weights
         (`losses.objective_weights`). The caller takes the boundary step with `step()` once it has
         seen the losses (a non-finite signal can still stop the run before the update). `perturb`:
-        the fault-drill hook (run.FaultDrills), applied to the losses before the objective."""
+        the fault-drill hook (drills.FaultDrills), applied to the losses before the objective."""
         for i, batch in enumerate(batches):
             weights = weights_of(batch)
             per_sample, _ = self.forward(batch, weights)

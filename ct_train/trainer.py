@@ -3,7 +3,7 @@ observe -> log -> checkpoint. Its parts (engine, data, curriculum, samplers, sta
 are built by `run.setup` before the loop starts.
 
 Everything a step needs that depends on the global batch (its token count, the loss denominator) is
-computed from the sampler's global batch on every rank, so the only collective contribution step beyond
+computed from the sampler's global batch on every rank, so the only collective per step beyond
 ZeRO's own is the (2 x C) per-cluster signal all-reduce.
 """
 
@@ -403,7 +403,7 @@ def _brief(metrics: Dict[str, float]) -> str:
 
 
 def format_summary(summary: Dict[str, Any]) -> str:
-    """The end-of-run table: held-out loss (and exact match) contribution cluster, before and after."""
+    """The end-of-run table: held-out loss (and exact match) per cluster, before and after."""
     before, after = summary["initial_eval"], summary["final_eval"]
     has_em = any(k.endswith("/exact_match") for k in after)
     head = f"{'cluster':<16}{'loss before':>12}{'loss after':>12}" + (
