@@ -64,7 +64,8 @@ What we inferred, and the key that changes each choice:
   Unlearnable clusters stay at t ~ 0 (`noise` 0.00 +- 0.01 nats all run); learnable ones gain
   information as they are learned. It cannot tell an unlearnable cluster from a learnable one on a
   plateau (`count` has none until its jump either): both get no positive reward until then, the
-  uniform floor keeps them drawn.
+  uniform floor keeps them drawn. A cluster whose answer rightly ignores the prompt (one fixed
+  reply) is treated like a distractor too; the floor is enough to learn a constant.
 - Batches: each step draws `clusters_per_batch` arms (with replacement; default one per sample of
   the global batch) and the global batch is split between them; each drawn cluster's reward is
   credited to its arm with the importance weight n_i / (m pi(i)), pi the sampling policy (after the
