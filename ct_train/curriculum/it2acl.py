@@ -223,11 +223,12 @@ class IT2ACLConfig(CurriculumConfig):
             raise ConfigError(
                 f"curriculum.probe_backoff={self.probe_backoff!r} must be >= 1 (1: the same period throughout)"
             )
-        if self.learnability_every_steps < 0 or self.learnability_z <= 0:
+        if self.learnability_every_steps < 0:
             raise ConfigError(
-                f"curriculum.learnability_every_steps={self.learnability_every_steps!r} must be >= 0 (0: off) and "
-                f"curriculum.learnability_z={self.learnability_z!r} > 0"
+                f"curriculum.learnability_every_steps={self.learnability_every_steps!r} must be >= 0 (0: off)"
             )
+        if self.learnability_z <= 0:
+            raise ConfigError(f"curriculum.learnability_z={self.learnability_z!r} must be > 0 (standard errors)")
         if self.lp_window < 2:
             raise ConfigError(f"curriculum.lp_window={self.lp_window!r} must be >= 2 (a slope needs two probes)")
         for key in ("phase2_start_step", "pacing_steps"):
